@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the test servers and clients it needs
+# (cached under .tools/), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/install-test-tools.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

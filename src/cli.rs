@@ -1,0 +1,224 @@
+//! The `kvreplica` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::source::{self, RemoteOptions, S3Options, SourceUrl};
+use crate::store::Store;
+use crate::sync::{SyncOptions, Syncer};
+
+/// Keeps a live, read-only replica of a Deno KV database from the backups
+/// Deno Deploy writes to S3, GCS or a directory.
+#[derive(Debug, Parser)]
+#[command(name = "kvreplica", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync the replica file to the newest point in the backup, then exit
+    /// (or keep following with --follow).
+    Sync(SyncArgs),
+}
+
+/// Where to read from and where the replica lives.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Backup location: s3://bucket/prefix/ or file:///dir/prefix/.
+    /// Falls back to s3://$DENO_KV_S3_BUCKET/$DENO_KV_S3_PREFIX.
+    #[arg(long, env = "KVREPLICA_SOURCE")]
+    pub source: Option<String>,
+
+    /// The replica SQLite file (created if missing).
+    /// Falls back to $DENO_KV_SQLITE_PATH.
+    #[arg(long, env = "KVREPLICA_DB")]
+    pub db: Option<PathBuf>,
+
+    /// S3-compatible endpoint URL (MinIO, R2, ...). Falls back to $DENO_KV_S3_ENDPOINT.
+    #[arg(long, env = "KVREPLICA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, else us-east-1).
+    #[arg(long, env = "KVREPLICA_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style bucket addressing (default: on with --s3-endpoint, off for AWS).
+    #[arg(long, env = "KVREPLICA_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+
+    /// Timeout of each request to the object store.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Knobs of the sync engine.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Time between polls of the bucket when caught up (e.g. 1s, 250ms).
+    #[arg(long, env = "KVREPLICA_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Leave log objects younger than this (at the start of a poll round)
+    /// for a later round, in case an earlier upload is still landing.
+    #[arg(long, env = "KVREPLICA_SETTLE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+
+    /// Downloads in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub fetch_concurrency: usize,
+
+    /// Upper bound of downloaded-but-not-yet-applied data, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_mib_in_flight: u64,
+
+    /// Objects per listing request (S3 allows at most 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+impl SourceArgs {
+    /// The source URL, from the flag or denokv's environment variables.
+    pub fn source_url(&self) -> anyhow::Result<SourceUrl> {
+        let raw = match &self.source {
+            Some(s) => s.clone(),
+            None => match std::env::var("DENO_KV_S3_BUCKET") {
+                Ok(bucket) if !bucket.is_empty() => format!(
+                    "s3://{bucket}/{}",
+                    std::env::var("DENO_KV_S3_PREFIX").unwrap_or_default()
+                ),
+                _ => bail!("no source given: pass --source s3://bucket/prefix/ or file:///dir/ (or set DENO_KV_S3_BUCKET)"),
+            },
+        };
+        Ok(SourceUrl::parse(&raw)?)
+    }
+
+    pub fn db_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.db {
+            Some(p) => Ok(p.clone()),
+            None => match std::env::var_os("DENO_KV_SQLITE_PATH") {
+                Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+                _ => bail!("no replica file given: pass --db PATH (or set DENO_KV_SQLITE_PATH)"),
+            },
+        }
+    }
+
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            endpoint: self
+                .s3_endpoint
+                .clone()
+                .or_else(|| std::env::var("DENO_KV_S3_ENDPOINT").ok().filter(|s| !s.is_empty())),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+        }
+    }
+
+    pub fn remote_options(&self) -> RemoteOptions {
+        RemoteOptions {
+            request_timeout: self.request_timeout,
+            ..RemoteOptions::default()
+        }
+    }
+}
+
+impl EngineArgs {
+    pub fn sync_options(&self) -> SyncOptions {
+        SyncOptions {
+            fetch_concurrency: self.fetch_concurrency.max(1),
+            max_bytes_in_flight: self.max_mib_in_flight.max(1) << 20,
+            page_size: self.page_size.clamp(1, 1000),
+            poll_interval: self.poll_interval,
+            settle: self.settle,
+            ..SyncOptions::default()
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
+    let url = args.source.source_url()?;
+    let db = args.source.db_path()?;
+    let source = source::open(&url, &args.source.s3_options(), &args.source.remote_options())?;
+    let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
+    let syncer = Syncer::new(source, store, args.engine.sync_options())?;
+    tracing::info!(source = %url, db = %db.display(), "syncing");
+    {
+        let _report = syncer.progress().report(Duration::from_secs(5));
+        syncer.initial().await?;
+        syncer.catch_up().await?;
+    }
+    let state = syncer.state();
+    tracing::info!(
+        visible = %state.visible().map(|v| v.to_string()).unwrap_or_default(),
+        "replica is at the newest point"
+    );
+    if args.follow {
+        syncer.follow(shutdown_signal()).await;
+    }
+    Ok(())
+}
+
+/// Entry point of the binary: parses arguments, runs the command and turns
+/// an error into a message and a non-zero exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Sync(args) => run_sync(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

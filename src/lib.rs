@@ -1,0 +1,18 @@
+//! kvreplica keeps a live, read-only replica of a Deno KV database from the
+//! backups Deno Deploy writes to a bucket.
+//!
+//! # Layout
+//! Data flows one way: source → format → sync → store.
+//! - [`source`]: where backups are read from (directory, S3), with retries.
+//! - [`format`]: object names, versionstamps and the protobuf payloads.
+//! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
+//!   CLI's layout, redo/undo history, sync cursor and source binding.
+//! - [`sync`]: the engine that loads the initial snapshot and applies logs.
+//! - [`cli`]: the `kvreplica` command line.
+
+pub mod cli;
+pub mod format;
+pub mod progress;
+pub mod source;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,101 @@
+//! Progress of a sync, shared between the engine (which counts) and whoever
+//! reports it: a progress bar on a terminal, periodic log lines otherwise.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters the sync engine bumps as it goes. Plain atomics: they are read
+/// by reporters and metrics without taking any lock on the hot path.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Snapshot ranges in the initial snapshot.
+    pub ranges_total: AtomicU64,
+    /// Snapshot ranges already in the replica.
+    pub ranges_loaded: AtomicU64,
+    /// Log objects applied or stored.
+    pub log_objects: AtomicU64,
+    /// Log entries (mutations) applied or stored.
+    pub mutations: AtomicU64,
+    /// Bytes downloaded, snapshots and logs.
+    pub bytes: AtomicU64,
+    /// Keys written by the snapshot load.
+    pub snapshot_keys: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Progress::default())
+    }
+
+    fn line(&self, elapsed: Duration) -> String {
+        let bytes = self.bytes.load(Relaxed);
+        let secs = elapsed.as_secs_f64().max(0.001);
+        format!(
+            "snapshot ranges {}/{}, {} keys; log objects {}, mutations {}; {:.1} MiB at {:.1} MiB/s",
+            self.ranges_loaded.load(Relaxed),
+            self.ranges_total.load(Relaxed),
+            self.snapshot_keys.load(Relaxed),
+            self.log_objects.load(Relaxed),
+            self.mutations.load(Relaxed),
+            bytes as f64 / 1048576.0,
+            bytes as f64 / 1048576.0 / secs,
+        )
+    }
+
+    /// Reports progress on stderr until the returned guard is dropped: a
+    /// spinner line on a terminal, an `info` log line every `every` otherwise.
+    pub fn report(self: &Arc<Self>, every: Duration) -> ReportGuard {
+        let me = self.clone();
+        let start = Instant::now();
+        let handle = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(200));
+            tokio::spawn(async move {
+                let _clear = ClearOnDrop(bar.clone());
+                loop {
+                    bar.set_message(me.line(start.elapsed()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        } else {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    tracing::info!("sync progress: {}", me.line(start.elapsed()));
+                }
+            })
+        };
+        ReportGuard {
+            handle,
+            progress: self.clone(),
+            start,
+        }
+    }
+}
+
+struct ClearOnDrop(indicatif::ProgressBar);
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Stops the reporter and logs a final summary line.
+pub struct ReportGuard {
+    handle: tokio::task::JoinHandle<()>,
+    progress: Arc<Progress>,
+    start: Instant,
+}
+
+impl Drop for ReportGuard {
+    fn drop(&mut self) {
+        self.handle.abort();
+        tracing::info!(
+            "sync finished in {:.1}s: {}",
+            self.start.elapsed().as_secs_f64(),
+            self.progress.line(self.start.elapsed())
+        );
+    }
+}

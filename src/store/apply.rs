@@ -1,0 +1,309 @@
+//! Applying mutation logs to the replica: the hot path of the sync engine.
+
+use rusqlite::{CachedStatement, OptionalExtension, Transaction};
+
+use super::{set_meta, Store, StoreError};
+use crate::format::{KvRecord, LogBatch, LogStamp, Versionstamp};
+
+pub(super) const SQL_PUT: &str = "insert or replace into kv (k, v, v_encoding, version, seq, expiration_ms) \
+     values (?, ?, ?, ?, ?, ?)";
+const SQL_DELETE: &str = "delete from kv where k = ?";
+const SQL_GET: &str = "select v, v_encoding, version, seq, expiration_ms from kv where k = ?";
+const SQL_UNDO: &str = "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
+     values (?, ?, ?, ?, ?, ?, ?, ?)";
+const SQL_REDO: &str =
+    "insert into kvr_redo (stamp, ts_ms, k, v, v_encoding, expiration_ms) values (?, ?, ?, ?, ?, ?)";
+const SQL_POINT: &str = "insert or ignore into kvr_points (versionstamp, ts_ms) values (?, ?)";
+
+/// What one call to [`Store::apply_logs`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Entries written to `kv`.
+    pub applied: u64,
+    /// Entries kept in redo (partial commit tail, or pinned).
+    pub deferred: u64,
+    /// The new visible commit when it moved.
+    pub visible: Option<Versionstamp>,
+    /// Set when this batch reached the initial point.
+    pub reached_initial: Option<Versionstamp>,
+}
+
+/// One log entry on its way to `kv`: borrowed from a fetched batch or read
+/// back from redo.
+struct Pending {
+    stamp: LogStamp,
+    ts_ms: i64,
+    key: Vec<u8>,
+    record: Option<KvRecord>,
+}
+
+pub(super) fn put_row(
+    stmt: &mut CachedStatement<'_>,
+    key: &[u8],
+    r: &KvRecord,
+) -> Result<(), StoreError> {
+    stmt.execute(rusqlite::params![
+        key,
+        r.value,
+        r.encoding,
+        r.versionstamp.version() as i64,
+        r.versionstamp.seq(),
+        r.expire_at_ms
+    ])?;
+    Ok(())
+}
+
+pub(super) fn set_data_version(tx: &Transaction<'_>, v: Versionstamp) -> Result<(), StoreError> {
+    tx.prepare_cached("update data_version set version = ?, seq = ? where k = 0")?
+        .execute(rusqlite::params![v.version() as i64, v.seq()])?;
+    Ok(())
+}
+
+/// Statements of the apply loop, prepared once per transaction.
+struct Stmts<'t> {
+    get: CachedStatement<'t>,
+    put: CachedStatement<'t>,
+    delete: CachedStatement<'t>,
+    undo: CachedStatement<'t>,
+    point: CachedStatement<'t>,
+}
+
+impl<'t> Stmts<'t> {
+    fn new(tx: &'t Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(Stmts {
+            get: tx.prepare_cached(SQL_GET)?,
+            put: tx.prepare_cached(SQL_PUT)?,
+            delete: tx.prepare_cached(SQL_DELETE)?,
+            undo: tx.prepare_cached(SQL_UNDO)?,
+            point: tx.prepare_cached(SQL_POINT)?,
+        })
+    }
+
+    /// Reads a key's current row, the pre-image an undo record keeps.
+    fn get(&mut self, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+        Ok(self
+            .get
+            .query_row([key], |r| {
+                Ok(KvRecord {
+                    value: r.get(0)?,
+                    encoding: r.get(1)?,
+                    versionstamp: Versionstamp::from_parts(r.get::<_, i64>(2)? as u64, r.get(3)?),
+                    expire_at_ms: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn write(&mut self, key: &[u8], record: Option<&KvRecord>) -> Result<(), StoreError> {
+        match record {
+            Some(r) => put_row(&mut self.put, key, r),
+            None => {
+                self.delete.execute([key])?;
+                Ok(())
+            }
+        }
+    }
+
+    fn write_undo(
+        &mut self,
+        stamp: LogStamp,
+        ts_ms: i64,
+        key: &[u8],
+        prev: Option<&KvRecord>,
+    ) -> Result<(), StoreError> {
+        let (v, enc, version, seq, exp) = match prev {
+            Some(r) => (
+                Some(&r.value[..]),
+                r.encoding,
+                r.versionstamp.version() as i64,
+                r.versionstamp.seq(),
+                r.expire_at_ms,
+            ),
+            None => (None, 0, 0, 0, -1),
+        };
+        self.undo
+            .execute(rusqlite::params![&stamp.0[..], ts_ms, key, v, enc, version, seq, exp])
+            .map_err(|e| dup_stamp(e, stamp))?;
+        Ok(())
+    }
+}
+
+/// A primary-key clash on a stamp means the same entry arrived twice:
+/// overlapping objects in the bucket.
+fn dup_stamp(e: rusqlite::Error, stamp: LogStamp) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.code == rusqlite::ErrorCode::ConstraintViolation {
+            return StoreError::Corrupt(format!("log entry {stamp} was delivered twice"));
+        }
+    }
+    StoreError::Sqlite(e)
+}
+
+fn insert_redo(stmt: &mut CachedStatement<'_>, p: &Pending) -> Result<(), StoreError> {
+    let (v, enc, exp) = match &p.record {
+        Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
+        None => (None, 0, -1),
+    };
+    stmt.execute(rusqlite::params![&p.stamp.0[..], p.ts_ms, p.key, v, enc, exp])
+        .map_err(|e| dup_stamp(e, p.stamp))?;
+    Ok(())
+}
+
+/// Takes every redo row out of the table, in stamp order.
+fn drain_redo(tx: &Transaction<'_>) -> Result<Vec<Pending>, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo order by stamp")?;
+    let rows = stmt
+        .query_map([], |r| {
+            let stamp: Vec<u8> = r.get(0)?;
+            let v: Option<Vec<u8>> = r.get(3)?;
+            Ok((stamp, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, v, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (stamp, ts_ms, key, v, enc, exp) in rows {
+        let stamp = LogStamp::from_slice(&stamp)
+            .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?;
+        out.push(Pending {
+            stamp,
+            ts_ms,
+            key,
+            record: v.map(|value| KvRecord {
+                value,
+                encoding: enc,
+                versionstamp: stamp.versionstamp(),
+                expire_at_ms: exp,
+            }),
+        });
+    }
+    tx.execute("delete from kvr_redo", [])?;
+    Ok(out)
+}
+
+impl Store {
+    /// Stores a run of consecutive log objects, in one transaction with the
+    /// cursor that covers them.
+    ///
+    /// Following: entries are applied up to the last commit boundary they
+    /// contain (the rest waits in redo for the next object), so the visible
+    /// state moves from one boundary to another. Pinned: everything goes to
+    /// redo and the visible state stays put.
+    ///
+    /// Fails without writing anything when an object overlaps or precedes
+    /// the previous one, or when the snapshot is not fully loaded.
+    pub fn apply_logs(&mut self, batches: Vec<LogBatch>) -> Result<ApplyOutcome, StoreError> {
+        if batches.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        match self.state.snapshot_ranges {
+            Some((loaded, total)) if loaded == total => {}
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "logs cannot be applied before every snapshot range is loaded".into(),
+                ))
+            }
+        }
+        let dv = self
+            .state
+            .dv
+            .ok_or_else(|| StoreError::Corrupt("logs cannot be applied before DV is known".into()))?;
+
+        // Objects must follow each other strictly: the only ordering is the
+        // stamp, and the names announce the range each object covers.
+        let mut prev = self.state.cursor;
+        for b in &batches {
+            if let Some(p) = prev {
+                if b.name.first <= p.last {
+                    return Err(StoreError::Corrupt(format!(
+                        "log object logs/{}.bin overlaps or precedes the previous object logs/{}.bin \
+                         (first stamp {} is not after {})",
+                        b.name, p, b.name.first, p.last
+                    )));
+                }
+            }
+            prev = Some(b.name);
+        }
+        let cursor = prev.expect("non-empty");
+
+        let pinned = self.state.pinned;
+        let mut initial = self.state.initial_point;
+        let mut position = self.state.position;
+        let mut out = ApplyOutcome::default();
+
+        let tx = self.conn.transaction()?;
+        {
+            let mut redo = tx.prepare_cached(SQL_REDO)?;
+            let mut stmts = Stmts::new(&tx)?;
+            let new_entries = batches.into_iter().flat_map(|b| {
+                let ts_ms = b.timestamp_ms;
+                b.entries.into_iter().map(move |e| Pending {
+                    stamp: e.stamp,
+                    ts_ms,
+                    key: e.key,
+                    record: e.record,
+                })
+            });
+            if pinned {
+                for p in new_entries {
+                    if p.stamp.is_commit_end() {
+                        stmts
+                            .point
+                            .execute(rusqlite::params![&p.stamp.versionstamp().0[..], p.ts_ms])?;
+                    }
+                    insert_redo(&mut redo, &p)?;
+                    out.deferred += 1;
+                }
+            } else {
+                let mut all = drain_redo(&tx)?;
+                all.extend(new_entries);
+                let last_end = all.iter().rposition(|p| p.stamp.is_commit_end());
+                let split = last_end.map_or(0, |i| i + 1);
+                for p in &all[..split] {
+                    if position.is_some_and(|pos| p.stamp <= pos) {
+                        return Err(StoreError::Corrupt(format!(
+                            "log entry {} is not after the replica's position {}",
+                            p.stamp,
+                            position.expect("checked")
+                        )));
+                    }
+                    if initial.is_some() {
+                        let prev = stmts.get(&p.key)?;
+                        stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev.as_ref())?;
+                    }
+                    stmts.write(&p.key, p.record.as_ref())?;
+                    position = Some(p.stamp);
+                    out.applied += 1;
+                    if p.stamp.is_commit_end() {
+                        let vs = p.stamp.versionstamp();
+                        if initial.is_some() {
+                            stmts.point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
+                        } else if p.stamp >= dv.commit_end() {
+                            initial = Some(vs);
+                            out.reached_initial = Some(vs);
+                        }
+                    }
+                }
+                for p in &all[split..] {
+                    insert_redo(&mut redo, p)?;
+                    out.deferred += 1;
+                }
+            }
+        }
+        set_meta(&tx, "cursor", cursor.to_string().as_bytes())?;
+        if let Some(i) = initial {
+            set_meta(&tx, "initial_point", &i.0)?;
+        }
+        if let Some(p) = position {
+            set_meta(&tx, "position", &p.0)?;
+            if position != self.state.position && initial.is_some() {
+                set_data_version(&tx, p.versionstamp())?;
+                out.visible = Some(p.versionstamp());
+            }
+        }
+        tx.commit()?;
+        self.state.cursor = Some(cursor);
+        self.state.initial_point = initial;
+        self.state.position = position;
+        Ok(out)
+    }
+}

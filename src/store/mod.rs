@@ -1,0 +1,418 @@
+//! The replica file: one SQLite database in WAL mode.
+//!
+//! The visible state is the `kv` table (Deno CLI layout, see [`schema`]). It
+//! only ever moves from one commit boundary to another inside a single SQLite
+//! transaction, so a reader in its own read transaction never sees half a
+//! commit. Each log batch commits together with the sync cursor that covers
+//! it, so a killed process resumes exactly where the last commit left off.
+//!
+//! One process at a time may write a replica file: [`Store::open`] takes an
+//! advisory lock on `<file>.lock`.
+
+mod apply;
+pub mod schema;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
+
+pub use apply::ApplyOutcome;
+
+/// Errors at the replica-file boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is in use by another kvreplica process (lock file {path}.lock); \
+         stop it first, or use its admin API"
+    )]
+    Locked { path: String },
+    #[error(
+        "{path} was built from {bound}, not {requested}: a replica follows one backup. \
+         To start over from the new source, delete {path} (and its -wal/-shm files) or choose another --db"
+    )]
+    BoundToOtherSource {
+        path: String,
+        bound: String,
+        requested: String,
+    },
+    #[error("{path} has schema version {found}, newer than this kvreplica supports ({supported}); upgrade kvreplica")]
+    SchemaTooNew { found: i64, supported: i64, path: String },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("the initial snapshot is not complete yet")]
+    InitialIncomplete,
+}
+
+/// Where a replica stands, as stored in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The backup this file is bound to.
+    pub source: Option<String>,
+    /// The differential versionstamp read from the bucket.
+    pub dv: Option<Versionstamp>,
+    /// First consistent state; set once logs reach DV.
+    pub initial_point: Option<Versionstamp>,
+    /// Stamp of the last entry applied to `kv`.
+    pub position: Option<LogStamp>,
+    /// The last log object consumed (applied or kept in redo).
+    pub cursor: Option<LogName>,
+    /// Pinned by a checkout: new logs are stored but not applied.
+    pub pinned: bool,
+    /// Snapshot ranges: (loaded, total); `None` until listed.
+    pub snapshot_ranges: Option<(u64, u64)>,
+}
+
+impl SyncState {
+    /// The initial snapshot is loaded and logs have reached the initial point:
+    /// from here on the visible state is consistent and may be served.
+    pub fn initial_complete(&self) -> bool {
+        self.initial_point.is_some()
+            && matches!(self.snapshot_ranges, Some((loaded, total)) if loaded == total)
+    }
+
+    /// The visible commit, once the initial snapshot is complete.
+    pub fn visible(&self) -> Option<Versionstamp> {
+        if self.initial_complete() {
+            self.position.map(|p| p.versionstamp())
+        } else {
+            None
+        }
+    }
+}
+
+/// SQLite's default busy handler would fail a writer at once when a reader
+/// holds the WAL for a checkpoint; waiting a little is always right here.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// 64 MiB page cache (negative = KiB): the apply path reads the pre-image of
+/// every key it writes, and a warm cache keeps that off the disk.
+const CACHE_SIZE_KIB: i64 = -65536;
+
+/// The writer's handle on a replica file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Held for the life of the store: the advisory writer lock.
+    _lock: File,
+    state: SyncState,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl Store {
+    /// Opens (creating if needed) a replica file for writing, taking the
+    /// writer lock and migrating the schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let display = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(path))
+            .map_err(|source| StoreError::Io {
+                path: display.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: display })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Io {
+                    path: display,
+                    source,
+                })
+            }
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        // WAL + NORMAL: a commit is atomic and survives a process kill; only
+        // a power loss can drop the newest commits, which are re-fetched.
+        conn.pragma_update(None, "synchronous", "normal")?;
+        conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn).map_err(|e| match e {
+            StoreError::SchemaTooNew {
+                found, supported, ..
+            } => StoreError::SchemaTooNew {
+                found,
+                supported,
+                path: display.clone(),
+            },
+            e => e,
+        })?;
+        let state = read_state(&conn)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            _lock: lock,
+            state,
+        })
+    }
+
+    /// Where the replica stands.
+    pub fn state(&self) -> &SyncState {
+        &self.state
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Binds a fresh file to `identity`, or checks that an existing file was
+    /// built from the same backup.
+    pub fn bind_source(&mut self, identity: &str) -> Result<(), StoreError> {
+        match &self.state.source {
+            Some(bound) if bound == identity => Ok(()),
+            Some(bound) => Err(StoreError::BoundToOtherSource {
+                path: self.path.display().to_string(),
+                bound: bound.clone(),
+                requested: identity.to_string(),
+            }),
+            None => {
+                set_meta(&self.conn, "source", identity.as_bytes())?;
+                self.state.source = Some(identity.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the differential versionstamp. A different DV than the one
+    /// stored means the bucket was re-exported: refuse, like another source.
+    pub fn set_dv(&mut self, dv: Versionstamp) -> Result<(), StoreError> {
+        match self.state.dv {
+            Some(old) if old == dv => Ok(()),
+            Some(old) => Err(StoreError::Corrupt(format!(
+                "the bucket's differential changed from {old} to {dv}: the backup was restarted. \
+                 Delete {} to build a new replica from it",
+                self.path.display()
+            ))),
+            None => {
+                set_meta(&self.conn, "dv", &dv.0)?;
+                self.state.dv = Some(dv);
+                Ok(())
+            }
+        }
+    }
+
+    /// The snapshot ranges recorded for the initial load, in apply order,
+    /// with whether each is loaded. `None` until they have been listed.
+    pub fn snapshot_ranges(&self) -> Result<Option<Vec<(SnapshotName, bool)>>, StoreError> {
+        if self.state.snapshot_ranges.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("select name, loaded from kvr_snapshot_ranges")?;
+        let mut out = Vec::new();
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))? {
+            let (name, loaded) = row?;
+            let name: SnapshotName = name
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("kvr_snapshot_ranges: {e}")))?;
+            out.push((name, loaded));
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
+    /// Records the full list of snapshot ranges, once.
+    pub fn record_snapshot_ranges(&mut self, names: &[SnapshotName]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins =
+                tx.prepare_cached("insert or ignore into kvr_snapshot_ranges (name, loaded) values (?, 0)")?;
+            for n in names {
+                ins.execute([n.to_string()])?;
+            }
+        }
+        set_meta(&tx, "snapshot_listed", b"1")?;
+        tx.commit()?;
+        self.state.snapshot_ranges = Some((0, names.len() as u64));
+        Ok(())
+    }
+
+    /// Writes one snapshot range into `kv` and marks it loaded, in one
+    /// transaction.
+    pub fn load_snapshot_range(
+        &mut self,
+        name: &SnapshotName,
+        entries: &[crate::format::SnapshotEntry],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let loaded: Option<bool> = tx
+            .query_row(
+                "select loaded from kvr_snapshot_ranges where name = ?",
+                [name.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match loaded {
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot range {name} was not in the recorded listing"
+                )))
+            }
+            Some(true) => return Ok(()),
+            Some(false) => {}
+        }
+        {
+            let mut put = tx.prepare_cached(apply::SQL_PUT)?;
+            for e in entries {
+                apply::put_row(&mut put, &e.key, &e.record)?;
+            }
+        }
+        tx.execute(
+            "update kvr_snapshot_ranges set loaded = 1 where name = ?",
+            [name.to_string()],
+        )?;
+        tx.commit()?;
+        if let Some((loaded, _)) = &mut self.state.snapshot_ranges {
+            *loaded += 1;
+        }
+        Ok(())
+    }
+
+    /// Declares the initial point reached at DV when the log holds no commit
+    /// at or after it (a database with no writes since the snapshot).
+    pub fn complete_initial_at_dv(&mut self) -> Result<Versionstamp, StoreError> {
+        let dv = self.state.dv.ok_or(StoreError::InitialIncomplete)?;
+        if let Some(p) = self.state.initial_point {
+            return Ok(p);
+        }
+        let tx = self.conn.transaction()?;
+        let pending: i64 = tx.query_row("select count(*) from kvr_redo", [], |r| r.get(0))?;
+        if pending > 0 {
+            // A commit is half fetched: the state is not at a boundary yet.
+            return Err(StoreError::InitialIncomplete);
+        }
+        set_meta(&tx, "initial_point", &dv.0)?;
+        set_meta(&tx, "position", &dv.commit_end().0)?;
+        apply::set_data_version(&tx, dv)?;
+        tx.commit()?;
+        self.state.initial_point = Some(dv);
+        self.state.position = Some(dv.commit_end());
+        Ok(dv)
+    }
+
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite reports "ok".
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let r: String = self
+            .conn
+            .query_row("pragma integrity_check", [], |r| r.get(0))?;
+        if r == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!("integrity check: {r}")))
+        }
+    }
+
+    /// Number of rows in the visible state.
+    pub fn key_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("select count(*) from kv", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+/// Opens a replica file read-only, for tools that only look (and for the
+/// server's reader pool): no lock, no migration.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Reads the sync state of an open connection (writer or reader).
+pub fn read_state(conn: &Connection) -> Result<SyncState, StoreError> {
+    let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(conn
+            .query_row("select v from kvr_meta where k = ?", [k], |r| r.get(0))
+            .optional()?)
+    };
+    let stamp10 = |k: &str| -> Result<Option<Versionstamp>, StoreError> {
+        get(k)?
+            .map(|v| {
+                Versionstamp::from_slice(&v)
+                    .ok_or_else(|| StoreError::Corrupt(format!("kvr_meta.{k} is not 10 bytes")))
+            })
+            .transpose()
+    };
+    let source = get("source")?.map(|v| String::from_utf8_lossy(&v).into_owned());
+    let dv = stamp10("dv")?;
+    let initial_point = stamp10("initial_point")?;
+    let position = get("position")?
+        .map(|v| {
+            LogStamp::from_slice(&v)
+                .ok_or_else(|| StoreError::Corrupt("kvr_meta.position is not 12 bytes".into()))
+        })
+        .transpose()?;
+    let cursor = get("cursor")?
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .parse::<LogName>()
+                .map_err(|e| StoreError::Corrupt(format!("kvr_meta.cursor: {e}")))
+        })
+        .transpose()?;
+    let pinned = get("mode")?.as_deref() == Some(b"pinned");
+    let snapshot_ranges = if get("snapshot_listed")?.is_some() {
+        Some(conn.query_row(
+            "select coalesce(sum(loaded), 0), count(*) from kvr_snapshot_ranges",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    } else {
+        None
+    };
+    Ok(SyncState {
+        source,
+        dv,
+        initial_point,
+        position,
+        cursor,
+        pinned,
+        snapshot_ranges,
+    })
+}
+
+pub(crate) fn set_meta(conn: &Connection, k: &str, v: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached("insert or replace into kvr_meta (k, v) values (?, ?)")?
+        .execute(rusqlite::params![k, v])?;
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The sync engine: builds a consistent replica from a backup and keeps it
+//! current.
+//!
+//! 1. Wait for `differential` (DV).
+//! 2. Load every snapshot range, each in its own transaction (resumable).
+//! 3. Replay the log from its first object, in stamp order, over the fuzzy
+//!    snapshot until the first commit at or after DV: the initial point.
+//! 4. Keep polling for new log objects and apply them in order.
+//!
+//! Downloads run concurrently but are consumed in name order, and the bytes
+//! in flight are bounded by a byte budget (not just a request count), so
+//! memory stays flat whatever the bucket size.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{stream, StreamExt};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
+use crate::progress::Progress;
+use crate::source::{Listed, Source, SourceError};
+use crate::store::{Store, StoreError, SyncState};
+
+/// Errors that stop a sync round.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no backup found at {0}: no differential, snapshots or logs under this prefix (check the bucket and prefix)")]
+    EmptySource(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl SyncError {
+    /// A short, stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Source(e) if e.is_retryable() => "source_transient",
+            SyncError::Source(_) => "source",
+            SyncError::Format(_) => "corrupt_object",
+            SyncError::Store(StoreError::Corrupt(_)) => "corrupt_log",
+            SyncError::Store(_) => "store",
+            SyncError::EmptySource(_) => "empty_source",
+            SyncError::Task(_) => "internal",
+        }
+    }
+}
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Downloads in flight at once.
+    pub fetch_concurrency: usize,
+    /// Upper bound of downloaded-but-not-applied bytes.
+    pub max_bytes_in_flight: u64,
+    /// Objects asked for per listing request.
+    pub page_size: usize,
+    /// Time between two polls of the bucket when caught up.
+    pub poll_interval: Duration,
+    /// Log objects written less than this long before a poll round started
+    /// are left for a later round: an upload that lands late (out of order)
+    /// would otherwise be skipped forever by `start-after`.
+    pub settle: Duration,
+    /// Most log objects applied in one transaction.
+    pub batch_objects: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            fetch_concurrency: 16,
+            // 64 MiB: many times the size of a typical log object (tens of
+            // KiB) and of a snapshot range, small next to any host's memory.
+            max_bytes_in_flight: 64 << 20,
+            // S3's ListObjectsV2 page maximum.
+            page_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            settle: Duration::ZERO,
+            batch_objects: 64,
+        }
+    }
+}
+
+/// Result of one poll round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundOutcome {
+    /// Log objects consumed.
+    pub objects: u64,
+    /// Listed objects left for a later round by the settle guard.
+    pub held_back: bool,
+}
+
+/// Drives one replica file from one source.
+pub struct Syncer {
+    source: Arc<dyn Source>,
+    store: Arc<Mutex<Store>>,
+    opts: SyncOptions,
+    progress: Arc<Progress>,
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+    /// The visible commit; receivers (watchers, readiness) wake on change.
+    visible: watch::Sender<Option<Versionstamp>>,
+}
+
+impl Syncer {
+    /// Binds `store` to `source` (refusing a file built from another
+    /// backup) and prepares the engine.
+    pub fn new(source: Arc<dyn Source>, mut store: Store, opts: SyncOptions) -> Result<Self, SyncError> {
+        store.bind_source(&source.identity())?;
+        let visible = watch::Sender::new(store.state().visible());
+        let budget_kib = (opts.max_bytes_in_flight / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
+        Ok(Syncer {
+            source,
+            store: Arc::new(Mutex::new(store)),
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            opts,
+            progress: Progress::new(),
+            visible,
+        })
+    }
+
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// Subscribes to changes of the visible commit.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Versionstamp>> {
+        self.visible.subscribe()
+    }
+
+    /// The store, for callers that need to act on it between rounds.
+    pub fn store(&self) -> &Arc<Mutex<Store>> {
+        &self.store
+    }
+
+    /// A copy of the stored sync state.
+    pub fn state(&self) -> SyncState {
+        self.store.lock().expect("store lock").state().clone()
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, SyncError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))?
+            .map_err(SyncError::from)
+    }
+
+    /// Reserves budget for an object of `size` bytes; objects larger than
+    /// the whole budget take all of it (one at a time).
+    async fn reserve(&self, size: u64) -> OwnedSemaphorePermit {
+        let kib = size.div_ceil(1024).clamp(1, self.budget_kib as u64) as u32;
+        self.budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("budget semaphore is never closed")
+    }
+
+    /// Brings the replica to its initial point, resuming whatever a previous
+    /// run left. Returns the initial point.
+    pub async fn initial(&self) -> Result<Versionstamp, SyncError> {
+        let state = self.state();
+        if state.initial_complete() {
+            return Ok(state.initial_point.expect("complete"));
+        }
+        let dv = match state.dv {
+            Some(dv) => dv,
+            None => {
+                let dv = self.wait_for_differential().await?;
+                self.with_store(move |s| s.set_dv(dv)).await?;
+                dv
+            }
+        };
+        tracing::info!(%dv, "differential versionstamp");
+        self.load_snapshot().await?;
+        loop {
+            let round = self.round().await?;
+            let state = self.state();
+            if let Some(p) = state.initial_point {
+                tracing::info!(initial_point = %p, "initial snapshot complete");
+                self.visible.send_replace(state.visible());
+                return Ok(p);
+            }
+            if round.objects == 0 && !round.held_back {
+                // The log holds no commit at or after DV: nothing was written
+                // since the snapshot, so the state is the one at DV.
+                match self.with_store(|s| s.complete_initial_at_dv()).await {
+                    Ok(p) => {
+                        tracing::info!(initial_point = %p, "initial snapshot complete (no commits after DV yet)");
+                        self.visible.send_replace(self.state().visible());
+                        return Ok(p);
+                    }
+                    Err(SyncError::Store(StoreError::InitialIncomplete)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if round.objects == 0 {
+                tokio::time::sleep(self.opts.poll_interval).await;
+            }
+        }
+    }
+
+    async fn wait_for_differential(&self) -> Result<Versionstamp, SyncError> {
+        let object = format!("{}/differential", self.source.identity().trim_end_matches('/'));
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(body) = self.source.read_differential().await? {
+                return Ok(format::parse_differential(&object, &body)?);
+            }
+            if waited.is_zero() {
+                let snaps = self.source.list_snapshots().await?;
+                let logs = self.source.list_logs(None, 1).await?;
+                if snaps.is_empty() && logs.is_empty() {
+                    return Err(SyncError::EmptySource(self.source.identity()));
+                }
+            }
+            if waited.as_secs() % 60 == 0 {
+                tracing::info!(
+                    "waiting for {object}: the backup's initial export has not finished yet"
+                );
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+            waited += self.opts.poll_interval;
+        }
+    }
+
+    async fn load_snapshot(&self) -> Result<(), SyncError> {
+        let ranges = match self.with_store(|s| s.snapshot_ranges()).await? {
+            Some(r) => r,
+            None => {
+                let listed = self.source.list_snapshots().await?;
+                let names: Vec<SnapshotName> = listed.iter().map(|l| l.name).collect();
+                self.with_store(move |s| s.record_snapshot_ranges(&names)).await?;
+                self.with_store(|s| s.snapshot_ranges())
+                    .await?
+                    .expect("just recorded")
+            }
+        };
+        let total = ranges.len() as u64;
+        let todo: Vec<SnapshotName> = ranges.iter().filter(|r| !r.1).map(|r| r.0).collect();
+        self.progress.ranges_total.store(total, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .ranges_loaded
+            .store(total - todo.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // Sizes are needed for the byte budget; the listing has them.
+        let sizes: std::collections::HashMap<SnapshotName, u64> = self
+            .source
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.size))
+            .collect();
+        tracing::info!(ranges = todo.len(), total, "loading snapshot ranges");
+        let fetches = stream::iter(todo)
+            .then(|name| {
+                let size = sizes.get(&name).copied().unwrap_or(1 << 20);
+                async move { (name, self.reserve(size).await) }
+            })
+            .map(|(name, permit)| async move {
+                let body = self.source.get_snapshot(&name).await?;
+                self.progress
+                    .bytes
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let entries = tokio::task::spawn_blocking(move || format::decode_snapshot(&name, &body))
+                    .await
+                    .map_err(|e| SyncError::Task(e.to_string()))??;
+                Ok::<_, SyncError>((name, entries, permit))
+            })
+            .buffered(self.opts.fetch_concurrency.max(1));
+        let mut fetches = std::pin::pin!(fetches);
+        while let Some(item) = fetches.next().await {
+            let (name, entries, permit) = item?;
+            let n = entries.len() as u64;
+            self.with_store(move |s| s.load_snapshot_range(&name, &entries)).await?;
+            drop(permit);
+            self.progress
+                .ranges_loaded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.progress
+                .snapshot_keys
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// One poll round: consumes every log object listed after the cursor
+    /// that is older than the round start minus the settle window.
+    pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
+        let mut out = RoundOutcome::default();
+        loop {
+            let cursor = self.state().cursor;
+            let listed = self
+                .source
+                .list_logs(cursor.as_ref(), self.opts.page_size)
+                .await?;
+            let full_page = listed.len() >= self.opts.page_size;
+            let ready: Vec<Listed<LogName>> = listed
+                .iter()
+                .take_while(|l| l.last_modified < cutoff)
+                .cloned()
+                .collect();
+            if ready.len() < listed.len() {
+                out.held_back = true;
+            }
+            if ready.is_empty() {
+                break;
+            }
+            out.objects += self.consume_logs(ready).await?;
+            if !full_page || out.held_back {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads, decodes and applies `objects` in order, in transactions of
+    /// up to `batch_objects` objects. Objects before a failing one are kept.
+    async fn consume_logs(&self, objects: Vec<Listed<LogName>>) -> Result<u64, SyncError> {
+        let fetches = stream::iter(objects)
+            .then(|l| async move {
+                let permit = self.reserve(l.size).await;
+                (l.name, permit)
+            })
+            .map(|(name, permit)| async move {
+                let body = self.source.get_log(&name).await?;
+                self.progress
+                    .bytes
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let batch = tokio::task::spawn_blocking(move || format::decode_log(&name, &body))
+                    .await
+                    .map_err(|e| SyncError::Task(e.to_string()))??;
+                Ok::<_, SyncError>((batch, permit))
+            })
+            .buffered(self.opts.fetch_concurrency.max(1))
+            .ready_chunks(self.opts.batch_objects.max(1));
+        let mut fetches = std::pin::pin!(fetches);
+        let mut consumed = 0;
+        while let Some(chunk) = fetches.next().await {
+            let mut batches: Vec<LogBatch> = Vec::with_capacity(chunk.len());
+            let mut permits = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for item in chunk {
+                match item {
+                    Ok((b, p)) => {
+                        batches.push(b);
+                        permits.push(p);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let n = batches.len() as u64;
+            let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
+            if n > 0 {
+                let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
+                drop(permits);
+                consumed += n;
+                self.progress
+                    .log_objects
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                self.progress
+                    .mutations
+                    .fetch_add(mutations, std::sync::atomic::Ordering::Relaxed);
+                if let Some(v) = outcome.visible {
+                    self.visible.send_replace(Some(v));
+                }
+                if let Some(p) = outcome.reached_initial {
+                    tracing::debug!(initial_point = %p, "logs reached the initial point");
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Ok(consumed)
+    }
+
+    /// Runs rounds until one finds nothing new: the newest point the bucket
+    /// holds right now.
+    pub async fn catch_up(&self) -> Result<(), SyncError> {
+        loop {
+            let r = self.round().await?;
+            if r.objects == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follows the bucket until `shutdown` resolves: a round every poll
+    /// interval (with ±10 % jitter so replicas spread their requests). A
+    /// failed round is logged and retried after a growing pause.
+    pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            let pause = match self.round().await {
+                Ok(r) => {
+                    failures = 0;
+                    if r.objects > 0 {
+                        Duration::ZERO
+                    } else {
+                        jitter(self.opts.poll_interval)
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, kind = e.kind(), "sync round failed");
+                    (self.opts.poll_interval * (1 << failures.min(5))).min(Duration::from_secs(60))
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let f: f64 = rand::rng().random_range(0.9..1.1);
+    d.mul_f64(f)
+}
