@@ -280,6 +280,7 @@ impl Store {
                         } else if p.stamp >= dv.commit_end() {
                             initial = Some(vs);
                             out.reached_initial = Some(vs);
+                            set_meta(&tx, "initial_ts_ms", p.ts_ms.to_string().as_bytes())?;
                         }
                     }
                 }

@@ -10,6 +10,7 @@
 //! advisory lock on `<file>.lock`.
 
 mod apply;
+pub mod pitr;
 pub mod schema;
 
 use std::fs::File;

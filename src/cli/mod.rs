@@ -1,14 +1,18 @@
-//! The `kvreplica` command line.
+//! The `kvreplica` command line: shared arguments here, one file per
+//! subcommand.
+
+mod pitr;
+mod serve;
+mod sync;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use crate::source::{self, RemoteOptions, S3Options, SourceUrl};
-use crate::store::Store;
-use crate::sync::{SyncOptions, Syncer};
+use crate::source::{RemoteOptions, S3Options, SourceUrl};
+use crate::sync::SyncOptions;
 
 /// Keeps a live, read-only replica of a Deno KV database from the backups
 /// Deno Deploy writes to S3, GCS or a directory.
@@ -23,7 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Sync the replica file to the newest point in the backup, then exit
     /// (or keep following with --follow).
-    Sync(SyncArgs),
+    Sync(sync::SyncArgs),
+    /// Sync continuously and serve the replica to Deno KV clients (KV Connect).
+    Serve(serve::ServeArgs),
+    /// Point-in-time recovery on a replica file: list points, show the
+    /// position, check out a point.
+    Pitr(pitr::PitrArgs),
 }
 
 /// Where to read from and where the replica lives.
@@ -79,17 +88,6 @@ pub struct EngineArgs {
     /// Objects per listing request (S3 allows at most 1000).
     #[arg(long, default_value_t = 1000)]
     pub page_size: usize,
-}
-
-#[derive(Debug, Args)]
-pub struct SyncArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
-    #[arg(long)]
-    pub follow: bool,
 }
 
 impl SourceArgs {
@@ -168,29 +166,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
-    let url = args.source.source_url()?;
-    let db = args.source.db_path()?;
-    let source = source::open(&url, &args.source.s3_options(), &args.source.remote_options())?;
-    let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
-    let syncer = Syncer::new(source, store, args.engine.sync_options())?;
-    tracing::info!(source = %url, db = %db.display(), "syncing");
-    {
-        let _report = syncer.progress().report(Duration::from_secs(5));
-        syncer.initial().await?;
-        syncer.catch_up().await?;
-    }
-    let state = syncer.state();
-    tracing::info!(
-        visible = %state.visible().map(|v| v.to_string()).unwrap_or_default(),
-        "replica is at the newest point"
-    );
-    if args.follow {
-        syncer.follow(shutdown_signal()).await;
-    }
-    Ok(())
-}
-
 /// Entry point of the binary: parses arguments, runs the command and turns
 /// an error into a message and a non-zero exit code.
 pub fn main() -> std::process::ExitCode {
@@ -211,7 +186,9 @@ pub fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Sync(args) => run_sync(args).await,
+            Command::Sync(args) => sync::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Pitr(args) => pitr::run(args),
         }
     });
     match result {

@@ -1,0 +1,198 @@
+//! `kvreplica pitr list|info|checkout`: point-in-time recovery on the
+//! replica file, offline.
+//!
+//! `list` and `info` only read, so they work beside a running `serve`;
+//! `checkout` needs the writer lock and points at the admin API when a
+//! server holds it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+
+use crate::format::Versionstamp;
+use crate::store::pitr::{CheckoutTarget, HistoryView, Point};
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, Args)]
+pub struct PitrArgs {
+    /// The replica SQLite file. Falls back to $DENO_KV_SQLITE_PATH.
+    #[arg(long, env = "KVREPLICA_DB", global = true)]
+    pub db: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: PitrCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// List recoverable points, newest first: `<versionstamp>\t<time>`.
+    List {
+        /// Only points at or after this time (RFC 3339, e.g. 2026-11-23T10:15:00Z).
+        #[arg(long, value_parser = parse_time)]
+        start: Option<DateTime<Utc>>,
+        /// Only points before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        end: Option<DateTime<Utc>>,
+        /// At most this many points.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show the visible point, the mode (following or pinned) and the newest
+    /// point fetched.
+    Info,
+    /// Move the visible state to a point: a 20-hex versionstamp, an RFC 3339
+    /// time (the newest point at or before it), or `latest` (and follow new
+    /// commits again).
+    Checkout {
+        /// <versionstamp> | <RFC 3339 time> | latest
+        target: String,
+    },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
+}
+
+/// Parses what an operator types as a checkout target.
+pub fn parse_target(s: &str) -> Result<CheckoutTarget, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("latest") {
+        return Ok(CheckoutTarget::Latest);
+    }
+    if s.len() == 20 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return s
+            .to_ascii_lowercase()
+            .parse::<Versionstamp>()
+            .map(CheckoutTarget::Versionstamp);
+    }
+    parse_time(s).map(CheckoutTarget::Timestamp).map_err(|_| {
+        format!("{s:?} is neither a 20-hex-digit versionstamp, an RFC 3339 time, nor `latest`")
+    })
+}
+
+fn db_path(args: &PitrArgs) -> anyhow::Result<PathBuf> {
+    match &args.db {
+        Some(p) => Ok(p.clone()),
+        None => match std::env::var_os("DENO_KV_SQLITE_PATH") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => bail!("no replica file given: pass --db PATH (or set DENO_KV_SQLITE_PATH)"),
+        },
+    }
+}
+
+/// One line of `pitr list`, in the format `denokv pitr list` prints.
+pub fn list_line(p: &Point) -> String {
+    format!("{}\t{}", p.versionstamp, p.time_rfc3339())
+}
+
+pub fn run(args: PitrArgs) -> anyhow::Result<()> {
+    let path = db_path(&args)?;
+    if !path.exists() {
+        bail!("{} does not exist: sync a replica first (kvreplica sync)", path.display());
+    }
+    match args.command {
+        PitrCommand::List { start, end, limit } => {
+            let conn = store::open_read_only(&path)?;
+            let state = store::read_state(&conn)?;
+            let view = HistoryView::new(&conn, &state);
+            let mut out = std::io::stdout().lock();
+            let mut before = None;
+            let mut left = limit.unwrap_or(usize::MAX);
+            // Page through so a long history never sits in memory at once.
+            while left > 0 {
+                let page = view.points(
+                    start.map(|t| t.timestamp_millis()),
+                    end.map(|t| t.timestamp_millis()),
+                    before,
+                    left.min(10_000),
+                )?;
+                for p in &page {
+                    use std::io::Write;
+                    match writeln!(out, "{}", list_line(p)) {
+                        // `pitr list | head` closes the pipe early: not an error.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        r => r?,
+                    }
+                }
+                left -= page.len();
+                match page.last() {
+                    Some(p) if page.len() == 10_000 => before = Some(p.versionstamp),
+                    _ => break,
+                }
+            }
+            Ok(())
+        }
+        PitrCommand::Info => {
+            let conn = store::open_read_only(&path)?;
+            let state = store::read_state(&conn)?;
+            let view = HistoryView::new(&conn, &state);
+            let Some(pos) = view.position()? else {
+                println!("source: {}", state.source.unwrap_or_default());
+                println!("initial snapshot: in progress (no visible state yet)");
+                return Ok(());
+            };
+            let time = |ms: Option<i64>| {
+                ms.map(|ms| Point { versionstamp: Versionstamp::default(), ts_ms: ms }.time_rfc3339())
+                    .unwrap_or_else(|| "unknown".into())
+            };
+            println!("source: {}", state.source.unwrap_or_default());
+            println!("current versionstamp: {}", pos.visible);
+            println!("current time: {}", time(pos.visible_ts_ms));
+            println!("mode: {}", if pos.pinned { "pinned (new commits are stored, not shown)" } else { "following the newest commit" });
+            println!("latest versionstamp: {}", pos.latest.versionstamp);
+            println!("latest time: {}", pos.latest.time_rfc3339());
+            println!("points behind latest: {}", pos.points_behind);
+            println!("initial point: {}", pos.initial_point);
+            println!("recoverable points: {}", pos.points_total);
+            Ok(())
+        }
+        PitrCommand::Checkout { target } => {
+            let target = parse_target(&target).map_err(anyhow::Error::msg)?;
+            let mut store = match Store::open(&path) {
+                Ok(s) => s,
+                Err(StoreError::Locked { .. }) => bail!(
+                    "{} is held by a running kvreplica (serve or sync --follow). Check out through \
+                     its admin API instead, e.g.\n  curl -X POST -H \"Authorization: Bearer $KVREPLICA_ADMIN_TOKEN\" \
+                     -d '{{\"latest\":true}}' http://127.0.0.1:4513/pitr/checkout",
+                    path.display()
+                ),
+                Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+            };
+            let out = store.checkout(target)?;
+            println!(
+                "checked out {} ({}); {}",
+                out.to.versionstamp,
+                out.to.time_rfc3339(),
+                if out.pinned {
+                    "pinned: sync keeps fetching but the visible state stays here until `pitr checkout latest`"
+                } else {
+                    "following new commits"
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(parse_target("latest").unwrap(), CheckoutTarget::Latest);
+        assert_eq!(
+            parse_target("0000000200D419D20000").unwrap(),
+            CheckoutTarget::Versionstamp("0000000200d419d20000".parse().unwrap())
+        );
+        assert!(matches!(
+            parse_target("2026-11-23T10:15:00Z").unwrap(),
+            CheckoutTarget::Timestamp(_)
+        ));
+        assert!(parse_target("yesterday").is_err());
+        assert!(parse_target("0000000200d419d2000").is_err());
+    }
+}

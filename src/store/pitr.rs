@@ -1,0 +1,486 @@
+//! Point-in-time recovery: listing recoverable points and moving the visible
+//! state to any of them.
+//!
+//! A checkout walks redo forward (writing undo) or undo backward (writing
+//! redo) inside one transaction, so readers see the old state or the new one,
+//! never a mix. After a checkout to a chosen point the replica is *pinned*:
+//! sync keeps storing new logs in redo, and the visible state stays put until
+//! a checkout to another point or to `latest`.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use super::apply::{put_row, set_data_version};
+use super::{set_meta, Store, StoreError, SyncState};
+use crate::format::{KvRecord, LogStamp, Versionstamp};
+
+/// A recoverable point: a commit boundary after the initial point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    pub versionstamp: Versionstamp,
+    /// Commit wall-clock time (epoch ms) of the log object that closed it.
+    pub ts_ms: i64,
+}
+
+impl Point {
+    /// RFC 3339 UTC with milliseconds, as `denokv pitr list` prints it.
+    pub fn time_rfc3339(&self) -> String {
+        DateTime::<Utc>::from_timestamp_millis(self.ts_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| format!("@{}ms", self.ts_ms))
+    }
+}
+
+/// What to check out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckoutTarget {
+    /// Exactly this recoverable point.
+    Versionstamp(Versionstamp),
+    /// The newest point whose commit time is at or before this instant.
+    Timestamp(DateTime<Utc>),
+    /// The newest complete commit fetched, and follow new ones from then on.
+    Latest,
+}
+
+/// Why a checkout was refused. Each maps to a clear answer for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("the initial snapshot is not complete yet; checkout is possible once it is")]
+    InitialIncomplete,
+    #[error("{asked} is not a recoverable point{hint}")]
+    NotAPoint { asked: Versionstamp, hint: String },
+    #[error("{asked} is before the earliest recoverable point ({earliest})")]
+    TooEarly { asked: String, earliest: String },
+    #[error("there are no recoverable points yet: the replica is at its initial point")]
+    NoPoints,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for CheckoutError {
+    fn from(e: rusqlite::Error) -> Self {
+        CheckoutError::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// The result of a checkout: where the visible state was and is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutOutcome {
+    pub from: Versionstamp,
+    pub to: Point,
+    /// True unless the target was `latest`.
+    pub pinned: bool,
+    /// Log entries re-applied (forward).
+    pub redone: u64,
+    /// Log entries reverted (backward).
+    pub undone: u64,
+}
+
+/// Where the visible state stands, for `pitr info` and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub visible: Versionstamp,
+    /// Commit time of the visible point; unknown for the initial point when
+    /// no log object closed it (a database with no writes after DV).
+    pub visible_ts_ms: Option<i64>,
+    pub pinned: bool,
+    pub initial_point: Versionstamp,
+    /// The newest complete commit fetched.
+    pub latest: Point,
+    /// Recoverable points newer than the visible one.
+    pub points_behind: u64,
+    pub points_total: u64,
+}
+
+/// Rows moved per step of a checkout: bounds memory whatever the distance.
+const CHECKOUT_CHUNK: usize = 4096;
+
+/// Read-only queries over a replica's history: usable on the writer's
+/// connection and on a read-only one (so `pitr list` works while a server
+/// holds the writer lock).
+pub struct HistoryView<'a> {
+    conn: &'a Connection,
+    state: &'a SyncState,
+}
+
+impl<'a> HistoryView<'a> {
+    pub fn new(conn: &'a Connection, state: &'a SyncState) -> Self {
+        HistoryView { conn, state }
+    }
+
+    /// Recoverable points with `start_ms <= time < end_ms`, newest first, at
+    /// most `limit`, strictly older than `before` when paginating.
+    pub fn points(
+        &self,
+        start_ms: Option<i64>,
+        end_ms: Option<i64>,
+        before: Option<Versionstamp>,
+        limit: usize,
+    ) -> Result<Vec<Point>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "select versionstamp, ts_ms from kvr_points \
+             where ts_ms >= ?1 and ts_ms < ?2 and versionstamp < ?3 \
+             order by versionstamp desc limit ?4",
+        )?;
+        let before = before.map(|b| b.0.to_vec()).unwrap_or_else(|| vec![0xff; 11]);
+        let rows = stmt.query_map(
+            rusqlite::params![
+                start_ms.unwrap_or(i64::MIN),
+                end_ms.unwrap_or(i64::MAX),
+                before,
+                limit.min(i64::MAX as usize) as i64
+            ],
+            row_point,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The point with exactly this versionstamp.
+    pub fn point(&self, vs: Versionstamp) -> Result<Option<Point>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("select versionstamp, ts_ms from kvr_points where versionstamp = ?")?
+            .query_row([&vs.0[..]], row_point)
+            .optional()?)
+    }
+
+    /// Where the visible state stands; `None` before the initial snapshot
+    /// is complete.
+    pub fn position(&self) -> Result<Option<Position>, StoreError> {
+        let Some(visible) = self.state.visible() else {
+            return Ok(None);
+        };
+        let initial_point = self.state.initial_point.expect("visible implies initial");
+        let newest = self.edge_point(true)?;
+        let visible_ts_ms = match self.point(visible)? {
+            Some(p) => Some(p.ts_ms),
+            None => self.initial_ts()?,
+        };
+        let latest = newest.unwrap_or(Point {
+            versionstamp: initial_point,
+            ts_ms: visible_ts_ms.unwrap_or(0),
+        });
+        let (points_total, points_behind): (i64, i64) = self.conn.query_row(
+            "select count(*), coalesce(sum(versionstamp > ?), 0) from kvr_points",
+            [&visible.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Some(Position {
+            visible,
+            visible_ts_ms,
+            pinned: self.state.pinned,
+            initial_point,
+            latest,
+            points_behind: points_behind as u64,
+            points_total: points_total as u64,
+        }))
+    }
+
+    fn initial_ts(&self) -> Result<Option<i64>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("select v from kvr_meta where k = 'initial_ts_ms'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
+    }
+
+    /// The newest (or oldest) recoverable point.
+    fn edge_point(&self, newest: bool) -> Result<Option<Point>, StoreError> {
+        let sql = if newest {
+            "select versionstamp, ts_ms from kvr_points order by versionstamp desc limit 1"
+        } else {
+            "select versionstamp, ts_ms from kvr_points order by versionstamp asc limit 1"
+        };
+        Ok(self.conn.query_row(sql, [], row_point).optional()?)
+    }
+
+    fn resolve(&self, target: CheckoutTarget) -> Result<Point, CheckoutError> {
+        match target {
+            CheckoutTarget::Latest => match self.edge_point(true)? {
+                Some(p) => Ok(p),
+                None => {
+                    let initial = self.state.initial_point.ok_or(CheckoutError::InitialIncomplete)?;
+                    Ok(Point {
+                        versionstamp: initial,
+                        ts_ms: self.initial_ts()?.unwrap_or(0),
+                    })
+                }
+            },
+            CheckoutTarget::Versionstamp(vs) => {
+                if let Some(p) = self.point(vs)? {
+                    return Ok(p);
+                }
+                let below = self.neighbour(vs, false)?;
+                let above = self.neighbour(vs, true)?;
+                let mut hint = String::new();
+                if Some(vs) == self.state.initial_point {
+                    hint.push_str(
+                        " (it is the initial point: states up to it came from a fuzzy snapshot and are not recoverable)",
+                    );
+                }
+                match (below, above) {
+                    (Some(b), Some(a)) => hint.push_str(&format!(
+                        "; the nearest points are {} ({}) and {} ({})",
+                        b.versionstamp,
+                        b.time_rfc3339(),
+                        a.versionstamp,
+                        a.time_rfc3339()
+                    )),
+                    (Some(p), None) | (None, Some(p)) => hint.push_str(&format!(
+                        "; the nearest point is {} ({})",
+                        p.versionstamp,
+                        p.time_rfc3339()
+                    )),
+                    (None, None) => hint.push_str("; there are no recoverable points yet"),
+                }
+                Err(CheckoutError::NotAPoint { asked: vs, hint })
+            }
+            CheckoutTarget::Timestamp(t) => {
+                let ms = t.timestamp_millis();
+                let p = self
+                    .conn
+                    .prepare_cached(
+                        "select versionstamp, ts_ms from kvr_points where ts_ms <= ? \
+                         order by ts_ms desc, versionstamp desc limit 1",
+                    )?
+                    .query_row([ms], row_point)
+                    .optional()?;
+                match p {
+                    Some(p) => Ok(p),
+                    None => match self.edge_point(false)? {
+                        Some(e) => Err(CheckoutError::TooEarly {
+                            asked: t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            earliest: format!("{} at {}", e.versionstamp, e.time_rfc3339()),
+                        }),
+                        None => Err(CheckoutError::NoPoints),
+                    },
+                }
+            }
+        }
+    }
+
+    fn neighbour(&self, vs: Versionstamp, above: bool) -> Result<Option<Point>, StoreError> {
+        let sql = if above {
+            "select versionstamp, ts_ms from kvr_points where versionstamp > ? order by versionstamp asc limit 1"
+        } else {
+            "select versionstamp, ts_ms from kvr_points where versionstamp < ? order by versionstamp desc limit 1"
+        };
+        Ok(self.conn.query_row(sql, [&vs.0[..]], row_point).optional()?)
+    }
+
+}
+
+impl Store {
+    /// Read-only history queries on this store.
+    pub fn history(&self) -> HistoryView<'_> {
+        HistoryView::new(&self.conn, &self.state)
+    }
+
+    /// Moves the visible state to `target` in one transaction.
+    pub fn checkout(&mut self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
+        let from = self.state.visible().ok_or(CheckoutError::InitialIncomplete)?;
+        let position = self.state.position.expect("visible implies position");
+        let to = self.history().resolve(target)?;
+        let target12 = to.versionstamp.commit_end();
+        let pinned = !matches!(target, CheckoutTarget::Latest);
+        let tx = self.conn.transaction()?;
+        let (mut redone, mut undone) = (0, 0);
+        if target12 > position {
+            redone = walk_forward(&tx, position, target12)?;
+        } else if target12 < position {
+            undone = walk_backward(&tx, position, target12)?;
+        }
+        set_meta(&tx, "position", &target12.0)?;
+        set_meta(&tx, "mode", if pinned { b"pinned" } else { b"follow" })?;
+        set_data_version(&tx, to.versionstamp)?;
+        tx.commit()?;
+        self.state.position = Some(target12);
+        self.state.pinned = pinned;
+        Ok(CheckoutOutcome {
+            from,
+            to,
+            pinned,
+            redone,
+            undone,
+        })
+    }
+}
+
+fn row_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
+    let vs: Vec<u8> = r.get(0)?;
+    Ok(Point {
+        versionstamp: Versionstamp::from_slice(&vs).unwrap_or_default(),
+        ts_ms: r.get(1)?,
+    })
+}
+
+fn get_row(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+    Ok(tx
+        .prepare_cached("select v, v_encoding, version, seq, expiration_ms from kv where k = ?")?
+        .query_row([key], |r| {
+            Ok(KvRecord {
+                value: r.get(0)?,
+                encoding: r.get(1)?,
+                versionstamp: Versionstamp::from_parts(r.get::<_, i64>(2)? as u64, r.get(3)?),
+                expire_at_ms: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+fn write_row(tx: &Transaction<'_>, key: &[u8], r: Option<&KvRecord>) -> Result<(), StoreError> {
+    match r {
+        Some(r) => put_row(
+            &mut tx.prepare_cached(super::apply::SQL_PUT)?,
+            key,
+            r,
+        ),
+        None => {
+            tx.prepare_cached("delete from kv where k = ?")?.execute([key])?;
+            Ok(())
+        }
+    }
+}
+
+type RedoRow = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, i64, i64);
+
+/// Re-applies redo entries in `(from, to]`, keeping undo for each.
+fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u64, StoreError> {
+    let mut done = 0;
+    let mut after = from;
+    loop {
+        let rows: Vec<RedoRow> = tx
+            .prepare_cached(
+                "select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo \
+                 where stamp > ? and stamp <= ? order by stamp limit ?",
+            )?
+            .query_map(
+                rusqlite::params![&after.0[..], &to.0[..], CHECKOUT_CHUNK as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last() else { break };
+        let last = LogStamp::from_slice(&last.0)
+            .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?;
+        let n = rows.len();
+        for (stamp, ts_ms, key, v, enc, exp) in rows {
+            let prev = get_row(tx, &key)?;
+            let (pv, penc, pver, pseq, pexp) = match &prev {
+                Some(r) => (
+                    Some(&r.value[..]),
+                    r.encoding,
+                    r.versionstamp.version() as i64,
+                    r.versionstamp.seq(),
+                    r.expire_at_ms,
+                ),
+                None => (None, 0, 0, 0, -1),
+            };
+            tx.prepare_cached(
+                "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
+                 values (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(rusqlite::params![stamp, ts_ms, key, pv, penc, pver, pseq, pexp])?;
+            let vs = LogStamp::from_slice(&stamp)
+                .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?
+                .versionstamp();
+            let rec = v.map(|value| KvRecord {
+                value,
+                encoding: enc,
+                versionstamp: vs,
+                expire_at_ms: exp,
+            });
+            write_row(tx, &key, rec.as_ref())?;
+        }
+        tx.prepare_cached("delete from kvr_redo where stamp > ? and stamp <= ?")?
+            .execute([&after.0[..], &last.0[..]])?;
+        done += n as u64;
+        after = last;
+        if n < CHECKOUT_CHUNK {
+            break;
+        }
+    }
+    if after != to {
+        return Err(StoreError::Corrupt(format!(
+            "the stored log ends at {after}, before the checkout target {to}"
+        )));
+    }
+    Ok(done)
+}
+
+type UndoRow = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, i64, i64, u16, i64);
+
+/// Reverts undo entries in `(to, from]`, newest first, keeping redo for each.
+fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u64, StoreError> {
+    let mut done = 0;
+    let mut upto = from;
+    loop {
+        let rows: Vec<UndoRow> = tx
+            .prepare_cached(
+                "select stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms from kvr_undo \
+                 where stamp > ? and stamp <= ? order by stamp desc limit ?",
+            )?
+            .query_map(
+                rusqlite::params![&to.0[..], &upto.0[..], CHECKOUT_CHUNK as i64],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last() else { break };
+        let oldest = LogStamp::from_slice(&last.0)
+            .ok_or_else(|| StoreError::Corrupt("kvr_undo holds a stamp that is not 12 bytes".into()))?;
+        let n = rows.len();
+        for (stamp, ts_ms, key, v, enc, version, seq, exp) in rows {
+            // The key's current row is exactly what this entry wrote, since
+            // every later entry has been reverted already.
+            let cur = get_row(tx, &key)?;
+            let (cv, cenc, cexp) = match &cur {
+                Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
+                None => (None, 0, -1),
+            };
+            tx.prepare_cached(
+                "insert into kvr_redo (stamp, ts_ms, k, v, v_encoding, expiration_ms) values (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(rusqlite::params![stamp, ts_ms, key, cv, cenc, cexp])?;
+            let prev = v.map(|value| KvRecord {
+                value,
+                encoding: enc,
+                versionstamp: Versionstamp::from_parts(version as u64, seq),
+                expire_at_ms: exp,
+            });
+            write_row(tx, &key, prev.as_ref())?;
+        }
+        tx.prepare_cached("delete from kvr_undo where stamp >= ? and stamp <= ?")?
+            .execute([&oldest.0[..], &upto.0[..]])?;
+        done += n as u64;
+        if n < CHECKOUT_CHUNK {
+            break;
+        }
+        // Continue below the oldest reverted entry.
+        let mut prev = oldest.0;
+        decrement(&mut prev);
+        upto = LogStamp(prev);
+    }
+    Ok(done)
+}
+
+/// The stamp just before `s` in byte order (s > 0 in practice).
+fn decrement(s: &mut [u8; 12]) {
+    for b in s.iter_mut().rev() {
+        if *b == 0 {
+            *b = 0xff;
+        } else {
+            *b -= 1;
+            return;
+        }
+    }
+}
