@@ -417,3 +417,6 @@ pub(crate) fn set_meta(conn: &Connection, k: &str, v: &[u8]) -> Result<(), Store
         .execute(rusqlite::params![k, v])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
