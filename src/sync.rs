@@ -21,6 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::progress::Progress;
 use crate::source::{Listed, Source, SourceError};
+use crate::store::pitr::Retention;
 use crate::store::{Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
@@ -70,6 +71,8 @@ pub struct SyncOptions {
     pub settle: Duration,
     /// Most log objects applied in one transaction.
     pub batch_objects: usize,
+    /// How much point-in-time history to keep.
+    pub retention: Retention,
 }
 
 impl Default for SyncOptions {
@@ -84,9 +87,14 @@ impl Default for SyncOptions {
             poll_interval: Duration::from_secs(1),
             settle: Duration::ZERO,
             batch_objects: 64,
+            retention: Retention::default(),
         }
     }
 }
+
+/// Pruning deletes rows in a write transaction: once a minute keeps the
+/// history bounded without taxing every round.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Result of one poll round.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -400,9 +408,22 @@ impl Syncer {
         loop {
             let r = self.round().await?;
             if r.objects == 0 {
-                return Ok(());
+                return self.prune().await;
             }
         }
+    }
+
+    /// Applies the retention policy.
+    pub async fn prune(&self) -> Result<(), SyncError> {
+        let retention = self.opts.retention;
+        if retention.is_unlimited() {
+            return Ok(());
+        }
+        let removed = self.with_store(move |s| s.prune_history(retention)).await?;
+        if removed > 0 {
+            tracing::info!(removed, "pruned recoverable points outside the retention");
+        }
+        Ok(())
     }
 
     /// Follows the bucket until `shutdown` resolves: a round every poll
@@ -411,7 +432,14 @@ impl Syncer {
     pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
+        let mut last_prune = std::time::Instant::now();
         loop {
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = std::time::Instant::now();
+                if let Err(e) = self.prune().await {
+                    tracing::error!(error = %e, "pruning history failed");
+                }
+            }
             let pause = match self.round().await {
                 Ok(r) => {
                     failures = 0;

@@ -12,6 +12,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 use crate::source::{RemoteOptions, S3Options, SourceUrl};
+use crate::store::pitr::Retention;
 use crate::sync::SyncOptions;
 
 /// Keeps a live, read-only replica of a Deno KV database from the backups
@@ -88,6 +89,15 @@ pub struct EngineArgs {
     /// Objects per listing request (S3 allows at most 1000).
     #[arg(long, default_value_t = 1000)]
     pub page_size: usize,
+
+    /// Keep at most this many recoverable points (default: all).
+    #[arg(long, env = "KVREPLICA_RETAIN_POINTS")]
+    pub retain_points: Option<u64>,
+
+    /// Keep recoverable points at most this old, measured from the newest
+    /// commit (e.g. 7d, 12h; default: forever).
+    #[arg(long, env = "KVREPLICA_RETAIN_FOR", value_parser = humantime::parse_duration)]
+    pub retain_for: Option<Duration>,
 }
 
 impl SourceArgs {
@@ -143,6 +153,10 @@ impl EngineArgs {
             page_size: self.page_size.clamp(1, 1000),
             poll_interval: self.poll_interval,
             settle: self.settle,
+            retention: Retention {
+                max_age: self.retain_for,
+                max_points: self.retain_points,
+            },
             ..SyncOptions::default()
         }
     }

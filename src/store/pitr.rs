@@ -484,3 +484,85 @@ fn decrement(s: &mut [u8; 12]) {
         }
     }
 }
+
+/// How much history to keep. Without limits every point stays recoverable
+/// and the file grows with the log (as with the reference replica).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep points whose commit time is at most this old (relative to the
+    /// newest point).
+    pub max_age: Option<std::time::Duration>,
+    /// Keep at most this many points.
+    pub max_points: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_unlimited(&self) -> bool {
+        self.max_age.is_none() && self.max_points.is_none()
+    }
+}
+
+impl Store {
+    /// Forgets points outside `retention`, with the undo records only they
+    /// needed. Never forgets the visible point or anything newer, so a
+    /// pinned replica keeps what it shows. Returns the points removed.
+    pub fn prune_history(&mut self, retention: Retention) -> Result<u64, StoreError> {
+        if retention.is_unlimited() {
+            return Ok(0);
+        }
+        let Some(visible) = self.state.visible() else {
+            return Ok(0);
+        };
+        let tx = self.conn.transaction()?;
+        // The oldest point to keep, by each rule; the stricter wins.
+        let mut keep_from: Option<Vec<u8>> = None;
+        if let Some(n) = retention.max_points {
+            let vs: Option<Vec<u8>> = tx
+                .query_row(
+                    "select versionstamp from kvr_points order by versionstamp desc limit 1 offset ?",
+                    [n.saturating_sub(1).min(i64::MAX as u64) as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            keep_from = vs.or(keep_from);
+        }
+        if let Some(age) = retention.max_age {
+            let newest: Option<i64> =
+                tx.query_row("select max(ts_ms) from kvr_points", [], |r| r.get(0))?;
+            if let Some(newest) = newest {
+                let cutoff = newest.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
+                let vs: Option<Vec<u8>> = tx
+                    .query_row(
+                        "select versionstamp from kvr_points where ts_ms >= ? order by versionstamp asc limit 1",
+                        [cutoff],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(vs) = vs {
+                    keep_from = Some(match keep_from {
+                        Some(k) if k > vs => k,
+                        _ => vs,
+                    });
+                }
+            }
+        }
+        let Some(keep_from) = keep_from else {
+            return Ok(0);
+        };
+        let keep_from = Versionstamp::from_slice(&keep_from)
+            .ok_or_else(|| StoreError::Corrupt("kvr_points holds a stamp that is not 10 bytes".into()))?
+            .min(visible);
+        let removed = tx.execute(
+            "delete from kvr_points where versionstamp < ?",
+            [&keep_from.0[..]],
+        )?;
+        // Reaching `keep_from` from above needs the undo of every entry after
+        // it; entries up to its boundary are never reverted again.
+        tx.execute(
+            "delete from kvr_undo where stamp <= ?",
+            [&keep_from.commit_end().0[..]],
+        )?;
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+}
