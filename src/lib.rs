@@ -8,8 +8,10 @@
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, sync cursor and source binding.
 //! - [`sync`]: the engine that loads the initial snapshot and applies logs.
+//! - [`admin`]: the HTTP admin API (point-in-time recovery).
 //! - [`cli`]: the `kvreplica` command line.
 
+pub mod admin;
 pub mod cli;
 pub mod format;
 pub mod progress;

@@ -21,7 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::progress::Progress;
 use crate::source::{Listed, Source, SourceError};
-use crate::store::pitr::Retention;
+use crate::store::pitr::{CheckoutError, CheckoutOutcome, CheckoutTarget, Retention};
 use crate::store::{Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
@@ -411,6 +411,17 @@ impl Syncer {
                 return self.prune().await;
             }
         }
+    }
+
+    /// Moves the visible state (see [`Store::checkout`]) and wakes everyone
+    /// watching it. Runs between two sync transactions, never inside one.
+    pub async fn checkout(&self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
+        let store = self.store.clone();
+        let out = tokio::task::spawn_blocking(move || store.lock().expect("store lock").checkout(target))
+            .await
+            .map_err(|e| CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}"))))??;
+        self.visible.send_replace(Some(out.to.versionstamp));
+        Ok(out)
     }
 
     /// Applies the retention policy.

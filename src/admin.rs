@@ -1,0 +1,345 @@
+//! The HTTP admin API: point-in-time recovery (list points, show the
+//! position, check out a point) on its own listener and its own bearer token.
+//!
+//! It is a separate listener from KV Connect so that it can stay on
+//! 127.0.0.1 (the default) while data clients reach the replica from
+//! elsewhere, and a separate token so that readers cannot move the state.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::format::Versionstamp;
+use crate::store::pitr::{CheckoutError, CheckoutTarget, HistoryView, Point};
+use crate::store::{self, StoreError};
+use crate::sync::Syncer;
+
+/// Admin requests are small JSON documents; anything bigger is a mistake
+/// or an attack.
+pub const MAX_BODY_BYTES: u64 = 4096;
+/// Default and largest page of `GET /pitr/points`.
+pub const DEFAULT_POINTS_PAGE: usize = 100;
+pub const MAX_POINTS_PAGE: usize = 10_000;
+/// Admin tokens shorter than this are refused at start-up (same rule as
+/// KV Connect access tokens).
+pub const MIN_TOKEN_LEN: usize = 12;
+
+/// Errors at the admin API boundary, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong admin token (send Authorization: Bearer <admin token>)")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(Method),
+    #[error(transparent)]
+    Checkout(#[from] CheckoutError),
+    #[error("the initial snapshot is not complete yet")]
+    NotReady,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Checkout(CheckoutError::InitialIncomplete) | AdminError::NotReady => {
+                StatusCode::CONFLICT
+            }
+            AdminError::Checkout(
+                CheckoutError::NotAPoint { .. } | CheckoutError::TooEarly { .. } | CheckoutError::NoPoints,
+            ) => StatusCode::NOT_FOUND,
+            AdminError::Checkout(CheckoutError::Store(_)) | AdminError::Store(_) | AdminError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut r = warp::reply::with_status(warp::reply::json(&json!({"error": self.to_string()})), status)
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// Admin tokens, swappable at run time (token rotation by config reload).
+#[derive(Debug, Default)]
+pub struct Tokens(RwLock<Vec<String>>);
+
+impl Tokens {
+    pub fn new(tokens: Vec<String>) -> Arc<Self> {
+        Arc::new(Tokens(RwLock::new(tokens)))
+    }
+
+    /// Replaces the accepted tokens.
+    pub fn replace(&self, tokens: Vec<String>) {
+        *self.0.write().expect("tokens lock") = tokens;
+    }
+
+    /// Checks `Authorization: Bearer <t>` against every token, in constant
+    /// time per token (no early exit on the first differing byte).
+    pub fn check(&self, header: Option<&str>) -> bool {
+        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let tokens = self.0.read().expect("tokens lock");
+        let mut ok = subtle::Choice::from(0);
+        for t in tokens.iter() {
+            ok |= t.as_bytes().ct_eq(given.trim().as_bytes());
+        }
+        bool::from(ok)
+    }
+}
+
+/// What the admin handlers need.
+pub struct AdminContext {
+    pub syncer: Arc<Syncer>,
+    pub tokens: Arc<Tokens>,
+    /// A read-only connection for queries, so listing never waits on the
+    /// sync engine's write transactions.
+    reader: Mutex<rusqlite::Connection>,
+}
+
+impl AdminContext {
+    pub fn new(syncer: Arc<Syncer>, tokens: Arc<Tokens>, db: &std::path::Path) -> Result<Arc<Self>, StoreError> {
+        let reader = store::open_read_only(db)?;
+        Ok(Arc::new(AdminContext {
+            syncer,
+            tokens,
+            reader: Mutex::new(reader),
+        }))
+    }
+
+    /// Runs a read-only query on the admin's connection, off the runtime.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&HistoryView<'_>) -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, AdminError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = me.reader.lock().expect("reader lock");
+            let state = store::read_state(&conn)?;
+            f(&HistoryView::new(&conn, &state))
+        })
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?
+    }
+}
+
+fn point_json(p: &Point) -> serde_json::Value {
+    json!({"versionstamp": p.versionstamp.to_string(), "time": p.time_rfc3339(), "timestamp_ms": p.ts_ms})
+}
+
+fn parse_time(s: &str, what: &str) -> Result<DateTime<Utc>, AdminError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?} is not an RFC 3339 time ({e})")))
+}
+
+fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
+    s.to_ascii_lowercase()
+        .parse::<Versionstamp>()
+        .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointsQuery {
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckoutBody {
+    versionstamp: Option<String>,
+    timestamp: Option<String>,
+    latest: Option<bool>,
+}
+
+impl CheckoutBody {
+    fn target(self) -> Result<CheckoutTarget, AdminError> {
+        match (self.versionstamp, self.timestamp, self.latest) {
+            (Some(v), None, None) => Ok(CheckoutTarget::Versionstamp(parse_stamp(&v, "versionstamp")?)),
+            (None, Some(t), None) => Ok(CheckoutTarget::Timestamp(parse_time(&t, "timestamp")?)),
+            (None, None, Some(true)) => Ok(CheckoutTarget::Latest),
+            _ => Err(AdminError::BadRequest(
+                "send exactly one of {\"versionstamp\":\"<20 hex>\"}, {\"timestamp\":\"<RFC 3339>\"} or {\"latest\":true}"
+                    .into(),
+            )),
+        }
+    }
+}
+
+async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminError> {
+    let q: PointsQuery = serde_urlencoded::from_str(query)
+        .map_err(|e| AdminError::BadRequest(format!("query: {e} (known: start, end, limit, before)")))?;
+    let start = q.start.as_deref().map(|s| parse_time(s, "start")).transpose()?;
+    let end = q.end.as_deref().map(|s| parse_time(s, "end")).transpose()?;
+    let before = q.before.as_deref().map(|s| parse_stamp(s, "before")).transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_POINTS_PAGE);
+    if limit == 0 || limit > MAX_POINTS_PAGE {
+        return Err(AdminError::BadRequest(format!("limit must be 1..={MAX_POINTS_PAGE}")));
+    }
+    let page = ctx
+        .read(move |h| {
+            Ok(h.points(
+                start.map(|t| t.timestamp_millis()),
+                end.map(|t| t.timestamp_millis()),
+                before,
+                limit,
+            )?)
+        })
+        .await?;
+    let next = (page.len() == limit).then(|| page.last().map(|p| p.versionstamp.to_string()));
+    Ok(warp::reply::json(&json!({
+        "points": page.iter().map(point_json).collect::<Vec<_>>(),
+        "next_before": next.flatten(),
+    }))
+    .into_response())
+}
+
+async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
+    let pos = ctx.read(|h| Ok(h.position()?)).await?.ok_or(AdminError::NotReady)?;
+    let visible_time = pos.visible_ts_ms.map(|ms| {
+        Point {
+            versionstamp: pos.visible,
+            ts_ms: ms,
+        }
+        .time_rfc3339()
+    });
+    let now_ms = Utc::now().timestamp_millis();
+    Ok(warp::reply::json(&json!({
+        "versionstamp": pos.visible.to_string(),
+        "time": visible_time,
+        "mode": if pos.pinned { "pinned" } else { "following" },
+        "initial_point": pos.initial_point.to_string(),
+        "latest": point_json(&pos.latest),
+        "points_behind": pos.points_behind,
+        "points_total": pos.points_total,
+        // How far the visible state is behind the newest fetched commit.
+        "behind_latest_seconds": pos.visible_ts_ms.map(|v| (pos.latest.ts_ms - v).max(0) as f64 / 1000.0),
+        // Age of the newest fetched commit: the replication lag when the
+        // source database is busy.
+        "sync_lag_seconds": (now_ms - pos.latest.ts_ms).max(0) as f64 / 1000.0,
+    }))
+    .into_response())
+}
+
+async fn checkout(ctx: &Arc<AdminContext>, body: &Bytes) -> Result<Response, AdminError> {
+    let b: CheckoutBody = serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("body is not the expected JSON: {e}")))?;
+    let out = ctx.syncer.checkout(b.target()?).await?;
+    tracing::info!(
+        from = %out.from,
+        to = %out.to.versionstamp,
+        pinned = out.pinned,
+        "checkout through the admin API"
+    );
+    Ok(warp::reply::json(&json!({
+        "versionstamp": out.to.versionstamp.to_string(),
+        "time": out.to.time_rfc3339(),
+        "mode": if out.pinned { "pinned" } else { "following" },
+        "previous": out.from.to_string(),
+        "redone": out.redone,
+        "undone": out.undone,
+    }))
+    .into_response())
+}
+
+async fn dispatch(
+    ctx: Arc<AdminContext>,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    auth: Option<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    if !ctx.tokens.check(auth.as_deref()) {
+        return Err(AdminError::Unauthorized);
+    }
+    match (path.as_str(), &method) {
+        ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
+        ("/pitr/current", &Method::GET) => current(&ctx).await,
+        ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
+        ("/pitr/points" | "/pitr/current" | "/pitr/checkout", m) => Err(AdminError::MethodNotAllowed(m.clone())),
+        (p, _) => Err(AdminError::NotFound(p.to_string())),
+    }
+}
+
+/// The admin API as a warp filter (every request answers; errors are JSON).
+pub fn routes(ctx: Arc<AdminContext>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let ctx = warp::any().map(move || ctx.clone());
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    // A small body; or none at all (GET, or no Content-Length); else too big.
+    let body = warp::body::content_length_limit(MAX_BODY_BYTES)
+        .and(warp::body::bytes())
+        .map(Some)
+        .or(warp::header::optional::<u64>("content-length").and_then(|len: Option<u64>| async move {
+            match len {
+                None => Ok(Some(Bytes::new())),
+                Some(_) => Err(warp::reject()),
+            }
+        }))
+        .unify()
+        .or(warp::any().map(|| None))
+        .unify();
+    ctx.and(warp::method())
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body)
+        .then(|ctx, method, path, query, auth, body: Option<Bytes>| async move {
+            let Some(body) = body else {
+                return AdminError::BadRequest(format!(
+                    "request body too large (at most {MAX_BODY_BYTES} bytes)"
+                ))
+                .into_response();
+            };
+            match dispatch(ctx, method, path, query, auth, body).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        })
+        // Only malformed requests get here (e.g. a header that is not text).
+        .recover(|r: warp::Rejection| async move {
+            Ok::<_, Infallible>(AdminError::BadRequest(format!("malformed request: {r:?}")).into_response())
+        })
+        .unify()
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    ctx: Arc<AdminContext>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "admin API listening");
+    warp::serve(routes(ctx)).incoming(listener).graceful(shutdown).run().await;
+}
