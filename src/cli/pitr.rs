@@ -147,6 +147,8 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             println!("points behind latest: {}", pos.points_behind);
             println!("initial point: {}", pos.initial_point);
             println!("recoverable points: {}", pos.points_total);
+            let keys: i64 = conn.query_row("select count(*) from kv", [], |r| r.get(0))?;
+            println!("keys: {keys}");
             Ok(())
         }
         PitrCommand::Checkout { target } => {
