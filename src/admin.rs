@@ -29,6 +29,11 @@ pub const MAX_BODY_BYTES: u64 = 4096;
 /// Default and largest page of `GET /pitr/points`.
 pub const DEFAULT_POINTS_PAGE: usize = 100;
 pub const MAX_POINTS_PAGE: usize = 10_000;
+/// `/readyz` fails when the bucket has not answered for this many poll
+/// intervals: a few missed rounds are normal retries, more is an outage.
+pub const READY_POLL_INTERVALS: u32 = 10;
+/// ... but never for less than this, so fast polling does not flap.
+pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 /// Admin tokens shorter than this are refused at start-up (same rule as
 /// KV Connect access tokens).
 pub const MIN_TOKEN_LEN: usize = 12;
@@ -65,21 +70,28 @@ impl AdminError {
                 StatusCode::CONFLICT
             }
             AdminError::Checkout(
-                CheckoutError::NotAPoint { .. } | CheckoutError::TooEarly { .. } | CheckoutError::NoPoints,
+                CheckoutError::NotAPoint { .. }
+                | CheckoutError::TooEarly { .. }
+                | CheckoutError::NoPoints,
             ) => StatusCode::NOT_FOUND,
-            AdminError::Checkout(CheckoutError::Store(_)) | AdminError::Store(_) | AdminError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            AdminError::Checkout(CheckoutError::Store(_))
+            | AdminError::Store(_)
+            | AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut r = warp::reply::with_status(warp::reply::json(&json!({"error": self.to_string()})), status)
-            .into_response();
+        let mut r = warp::reply::with_status(
+            warp::reply::json(&json!({"error": self.to_string()})),
+            status,
+        )
+        .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(
+                "www-authenticate",
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
         }
         r
     }
@@ -97,6 +109,11 @@ impl Tokens {
     /// Replaces the accepted tokens.
     pub fn replace(&self, tokens: Vec<String>) {
         *self.0.write().expect("tokens lock") = tokens;
+    }
+
+    /// True when no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.read().expect("tokens lock").is_empty()
     }
 
     /// Checks `Authorization: Bearer <t>` against every token, in constant
@@ -117,18 +134,27 @@ impl Tokens {
 /// What the admin handlers need.
 pub struct AdminContext {
     pub syncer: Arc<Syncer>,
+    /// Admin tokens; empty = the PITR endpoints are disabled (health and
+    /// metrics stay available).
     pub tokens: Arc<Tokens>,
+    /// The replica file, for its size in `/metrics`.
+    db: std::path::PathBuf,
     /// A read-only connection for queries, so listing never waits on the
     /// sync engine's write transactions.
     reader: Mutex<rusqlite::Connection>,
 }
 
 impl AdminContext {
-    pub fn new(syncer: Arc<Syncer>, tokens: Arc<Tokens>, db: &std::path::Path) -> Result<Arc<Self>, StoreError> {
+    pub fn new(
+        syncer: Arc<Syncer>,
+        tokens: Arc<Tokens>,
+        db: &std::path::Path,
+    ) -> Result<Arc<Self>, StoreError> {
         let reader = store::open_read_only(db)?;
         Ok(Arc::new(AdminContext {
             syncer,
             tokens,
+            db: db.to_path_buf(),
             reader: Mutex::new(reader),
         }))
     }
@@ -197,14 +223,25 @@ impl CheckoutBody {
 }
 
 async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminError> {
-    let q: PointsQuery = serde_urlencoded::from_str(query)
-        .map_err(|e| AdminError::BadRequest(format!("query: {e} (known: start, end, limit, before)")))?;
-    let start = q.start.as_deref().map(|s| parse_time(s, "start")).transpose()?;
+    let q: PointsQuery = serde_urlencoded::from_str(query).map_err(|e| {
+        AdminError::BadRequest(format!("query: {e} (known: start, end, limit, before)"))
+    })?;
+    let start = q
+        .start
+        .as_deref()
+        .map(|s| parse_time(s, "start"))
+        .transpose()?;
     let end = q.end.as_deref().map(|s| parse_time(s, "end")).transpose()?;
-    let before = q.before.as_deref().map(|s| parse_stamp(s, "before")).transpose()?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|s| parse_stamp(s, "before"))
+        .transpose()?;
     let limit = q.limit.unwrap_or(DEFAULT_POINTS_PAGE);
     if limit == 0 || limit > MAX_POINTS_PAGE {
-        return Err(AdminError::BadRequest(format!("limit must be 1..={MAX_POINTS_PAGE}")));
+        return Err(AdminError::BadRequest(format!(
+            "limit must be 1..={MAX_POINTS_PAGE}"
+        )));
     }
     let page = ctx
         .read(move |h| {
@@ -225,7 +262,10 @@ async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminE
 }
 
 async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
-    let pos = ctx.read(|h| Ok(h.position()?)).await?.ok_or(AdminError::NotReady)?;
+    let pos = ctx
+        .read(|h| Ok(h.position()?))
+        .await?
+        .ok_or(AdminError::NotReady)?;
     let visible_time = pos.visible_ts_ms.map(|ms| {
         Point {
             versionstamp: pos.visible,
@@ -272,6 +312,56 @@ async fn checkout(ctx: &Arc<AdminContext>, body: &Bytes) -> Result<Response, Adm
     .into_response())
 }
 
+/// Readiness: the initial snapshot is complete and the bucket answered a
+/// listing recently (within [`READY_POLL_INTERVALS`] poll intervals, and at
+/// least [`READY_MIN_WINDOW`]).
+fn readyz(ctx: &Arc<AdminContext>) -> Response {
+    let state = ctx.syncer.state();
+    let window = (ctx.syncer.poll_interval() * READY_POLL_INTERVALS).max(READY_MIN_WINDOW);
+    let last = ctx.syncer.last_successful_round();
+    let fresh = last.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() <= window);
+    let (ready, reason) = match (state.initial_complete(), fresh) {
+        (false, _) => (false, "initial snapshot in progress".to_string()),
+        (true, false) => (
+            false,
+            format!(
+                "no successful poll of the bucket for more than {}s (last: {})",
+                window.as_secs(),
+                last.map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "never".into())
+            ),
+        ),
+        (true, true) => (true, "ok".to_string()),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(
+        warp::reply::json(&json!({"ready": ready, "reason": reason})),
+        status,
+    )
+    .into_response()
+}
+
+fn metrics(ctx: &Arc<AdminContext>) -> Response {
+    let size = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = ctx.db.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).ok().map(|m| m.len())
+        })
+        .reduce(|a, b| a + b);
+    let mut r = crate::metrics::METRICS.render(size).into_response();
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 async fn dispatch(
     ctx: Arc<AdminContext>,
     method: Method,
@@ -280,6 +370,20 @@ async fn dispatch(
     auth: Option<String>,
     body: Bytes,
 ) -> Result<Response, AdminError> {
+    match (path.as_str(), &method) {
+        ("/healthz", &Method::GET) => {
+            return Ok(warp::reply::json(&json!({"status": "alive"})).into_response())
+        }
+        ("/readyz", &Method::GET) => return Ok(readyz(&ctx)),
+        ("/metrics", &Method::GET) => return Ok(metrics(&ctx)),
+        _ => {}
+    }
+    if ctx.tokens.is_empty() {
+        return Err(AdminError::NotFound(format!(
+            "{} (the PITR admin API is disabled: set an admin token with --admin-token or KVREPLICA_ADMIN_TOKEN)",
+            path.as_str()
+        )));
+    }
     if !ctx.tokens.check(auth.as_deref()) {
         return Err(AdminError::Unauthorized);
     }
@@ -287,25 +391,31 @@ async fn dispatch(
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
-        ("/pitr/points" | "/pitr/current" | "/pitr/checkout", m) => Err(AdminError::MethodNotAllowed(m.clone())),
+        ("/pitr/points" | "/pitr/current" | "/pitr/checkout", m) => {
+            Err(AdminError::MethodNotAllowed(m.clone()))
+        }
         (p, _) => Err(AdminError::NotFound(p.to_string())),
     }
 }
 
 /// The admin API as a warp filter (every request answers; errors are JSON).
-pub fn routes(ctx: Arc<AdminContext>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub fn routes(
+    ctx: Arc<AdminContext>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let ctx = warp::any().map(move || ctx.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     // A small body; or none at all (GET, or no Content-Length); else too big.
     let body = warp::body::content_length_limit(MAX_BODY_BYTES)
         .and(warp::body::bytes())
         .map(Some)
-        .or(warp::header::optional::<u64>("content-length").and_then(|len: Option<u64>| async move {
-            match len {
-                None => Ok(Some(Bytes::new())),
-                Some(_) => Err(warp::reject()),
-            }
-        }))
+        .or(warp::header::optional::<u64>("content-length").and_then(
+            |len: Option<u64>| async move {
+                match len {
+                    None => Ok(Some(Bytes::new())),
+                    Some(_) => Err(warp::reject()),
+                }
+            },
+        ))
         .unify()
         .or(warp::any().map(|| None))
         .unify();
@@ -314,21 +424,25 @@ pub fn routes(ctx: Arc<AdminContext>) -> impl Filter<Extract = (Response,), Erro
         .and(query)
         .and(warp::header::optional::<String>("authorization"))
         .and(body)
-        .then(|ctx, method, path, query, auth, body: Option<Bytes>| async move {
-            let Some(body) = body else {
-                return AdminError::BadRequest(format!(
-                    "request body too large (at most {MAX_BODY_BYTES} bytes)"
-                ))
-                .into_response();
-            };
-            match dispatch(ctx, method, path, query, auth, body).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            }
-        })
+        .then(
+            |ctx, method, path, query, auth, body: Option<Bytes>| async move {
+                let Some(body) = body else {
+                    return AdminError::BadRequest(format!(
+                        "request body too large (at most {MAX_BODY_BYTES} bytes)"
+                    ))
+                    .into_response();
+                };
+                match dispatch(ctx, method, path, query, auth, body).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                }
+            },
+        )
         // Only malformed requests get here (e.g. a header that is not text).
         .recover(|r: warp::Rejection| async move {
-            Ok::<_, Infallible>(AdminError::BadRequest(format!("malformed request: {r:?}")).into_response())
+            Ok::<_, Infallible>(
+                AdminError::BadRequest(format!("malformed request: {r:?}")).into_response(),
+            )
         })
         .unify()
 }
@@ -341,5 +455,9 @@ pub async fn serve(
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "admin API listening");
-    warp::serve(routes(ctx)).incoming(listener).graceful(shutdown).run().await;
+    warp::serve(routes(ctx))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }

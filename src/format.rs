@@ -165,7 +165,10 @@ fn parse_stamp(name: &str, field: &str) -> Result<LogStamp, FormatError> {
 
 /// Splits the leading format/epoch fields shared by both object kinds.
 /// Returns (format version, monoseq, remaining fields).
-fn parse_head<'a>(name: &str, fields: &'a [&'a str]) -> Result<(u16, u64, &'a [&'a str]), FormatError> {
+fn parse_head<'a>(
+    name: &str,
+    fields: &'a [&'a str],
+) -> Result<(u16, u64, &'a [&'a str]), FormatError> {
     let first = fields
         .first()
         .ok_or_else(|| FormatError::bad_name(name, "empty name"))?;
@@ -342,7 +345,10 @@ pub struct SnapshotEntry {
 
 /// Decodes a snapshot range, checking that the data and metadata lists pair
 /// up key by key.
-pub fn decode_snapshot(name: &SnapshotName, body: &[u8]) -> Result<Vec<SnapshotEntry>, FormatError> {
+pub fn decode_snapshot(
+    name: &SnapshotName,
+    body: &[u8],
+) -> Result<Vec<SnapshotEntry>, FormatError> {
     let object = format!("snapshots/{name}.bin");
     let range = BackupSnapshotRange::decode(body).map_err(|source| FormatError::BadProtobuf {
         object: object.clone(),
@@ -447,7 +453,10 @@ pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> 
         source,
     })?;
     let timestamp_ms = i64::try_from(range.timestamp_ms).map_err(|_| {
-        FormatError::corrupt(&object, format!("timestamp {} out of range", range.timestamp_ms))
+        FormatError::corrupt(
+            &object,
+            format!("timestamp {} out of range", range.timestamp_ms),
+        )
     })?;
     let mut entries = Vec::with_capacity(range.entries.len());
     let mut prev: Option<LogStamp> = None;
@@ -480,7 +489,10 @@ pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> 
         }
         prev = Some(stamp);
         let kind = BackupKvMutationKind::try_from(e.kind).map_err(|_| {
-            FormatError::corrupt(&object, format!("entry {i}: unknown mutation kind {}", e.kind))
+            FormatError::corrupt(
+                &object,
+                format!("entry {i}: unknown mutation kind {}", e.kind),
+            )
         })?;
         let record = match kind {
             BackupKvMutationKind::MkClear => None,
@@ -571,9 +583,10 @@ mod tests {
             let parsed: LogName = n.parse().unwrap();
             assert_eq!(parsed.to_string(), n);
         }
-        let l: LogName = "0000000000000001_0000000000052073_000000020025137d00000000_0000000200254c6400000000"
-            .parse()
-            .unwrap();
+        let l: LogName =
+            "0000000000000001_0000000000052073_000000020025137d00000000_0000000200254c6400000000"
+                .parse()
+                .unwrap();
         assert_eq!(l.format, 0);
         assert_eq!(l.monoseq, (1 << 32) | 0x52073);
         for n in [
@@ -621,7 +634,12 @@ mod tests {
             parse_differential("d", b" 0000000200d419d20000\n").unwrap(),
             "0000000200d419d20000".parse().unwrap()
         );
-        for bad in [&b"0000000200d419d2000"[..], b"zz00000200d419d20000", b"", b"0000000200d419d200000"] {
+        for bad in [
+            &b"0000000200d419d2000"[..],
+            b"zz00000200d419d20000",
+            b"",
+            b"0000000200d419d200000",
+        ] {
             let err = parse_differential("prefix/differential", bad).unwrap_err();
             assert!(err.to_string().contains("prefix/differential"));
         }
@@ -639,7 +657,10 @@ mod tests {
         let batch = decode_log(&name, &body).unwrap();
         assert_eq!(batch.entries.len(), 2);
         assert_eq!(batch.entries[0].record.as_ref().unwrap().value, b"v");
-        assert_eq!(batch.entries[0].record.as_ref().unwrap().expire_at_ms, NO_EXPIRY);
+        assert_eq!(
+            batch.entries[0].record.as_ref().unwrap().expire_at_ms,
+            NO_EXPIRY
+        );
         assert!(batch.entries[1].record.is_none());
         assert!(batch.entries[1].stamp.is_commit_end());
         assert_eq!(batch.timestamp_ms, 1_700_000_000_000);
@@ -678,7 +699,11 @@ mod tests {
         let err = decode_log(&name, &log_body(vec![e])).unwrap_err();
         assert!(err.to_string().contains("expected 12"), "{err}");
         // Unspecified kind and bad encoding.
-        let err = decode_log(&name, &log_body(vec![entry(a, BackupKvMutationKind::MkUnspecified)])).unwrap_err();
+        let err = decode_log(
+            &name,
+            &log_body(vec![entry(a, BackupKvMutationKind::MkUnspecified)]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unspecified"));
         let mut e = entry(a, BackupKvMutationKind::MkSet);
         e.value_encoding = 9;
@@ -708,12 +733,18 @@ mod tests {
         let name: SnapshotName = "0001_0000000000000001_0000000000000000".parse().unwrap();
         let body = BackupSnapshotRange {
             data_list: vec![pair(b'd', b"a", b"1"), pair(b'd', b"b", b"2")],
-            metadata_list: vec![pair(b'm', b"a", &meta(9, 3, None)), pair(b'm', b"b", &meta(9, 2, Some(-1)))],
+            metadata_list: vec![
+                pair(b'm', b"a", &meta(9, 3, None)),
+                pair(b'm', b"b", &meta(9, 2, Some(-1))),
+            ],
         }
         .encode_to_vec();
         let entries = decode_snapshot(&name, &body).unwrap();
         assert_eq!(entries[0].key, b"a");
-        assert_eq!(entries[0].record.versionstamp, Versionstamp::from_parts(9, 3));
+        assert_eq!(
+            entries[0].record.versionstamp,
+            Versionstamp::from_parts(9, 3)
+        );
         assert_eq!(entries[1].record.encoding, 2);
         assert_eq!(entries[1].record.expire_at_ms, NO_EXPIRY);
         assert!(decode_snapshot(&name, &[]).unwrap().is_empty());

@@ -19,6 +19,7 @@ use futures::{stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
+use crate::metrics::{self, METRICS};
 use crate::progress::Progress;
 use crate::source::{Listed, Source, SourceError};
 use crate::store::pitr::{CheckoutError, CheckoutOutcome, CheckoutTarget, Retention};
@@ -115,14 +116,27 @@ pub struct Syncer {
     budget_kib: u32,
     /// The visible commit; receivers (watchers, readiness) wake on change.
     visible: watch::Sender<Option<Versionstamp>>,
+    /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
+    last_ok_round_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Syncer {
     /// Binds `store` to `source` (refusing a file built from another
     /// backup) and prepares the engine.
-    pub fn new(source: Arc<dyn Source>, mut store: Store, opts: SyncOptions) -> Result<Self, SyncError> {
+    pub fn new(
+        source: Arc<dyn Source>,
+        mut store: Store,
+        opts: SyncOptions,
+    ) -> Result<Self, SyncError> {
         store.bind_source(&source.identity())?;
         let visible = watch::Sender::new(store.state().visible());
+        METRICS
+            .initial_complete
+            .set(store.state().initial_complete() as i64);
+        METRICS.pinned.set(store.state().pinned as i64);
+        if let Some(v) = store.state().visible() {
+            METRICS.visible_version.set(v.version() as i64);
+        }
         let budget_kib = (opts.max_bytes_in_flight / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
         Ok(Syncer {
             source,
@@ -132,11 +146,28 @@ impl Syncer {
             opts,
             progress: Progress::new(),
             visible,
+            last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
+    }
+
+    /// When the last poll round succeeded, if one has.
+    pub fn last_successful_round(&self) -> Option<chrono::DateTime<Utc>> {
+        match self
+            .last_ok_round_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => chrono::DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// The configured poll interval.
+    pub fn poll_interval(&self) -> Duration {
+        self.opts.poll_interval
     }
 
     /// Subscribes to changes of the visible commit.
@@ -198,6 +229,7 @@ impl Syncer {
             let state = self.state();
             if let Some(p) = state.initial_point {
                 tracing::info!(initial_point = %p, "initial snapshot complete");
+                METRICS.initial_complete.set(1);
                 self.visible.send_replace(state.visible());
                 return Ok(p);
             }
@@ -207,6 +239,7 @@ impl Syncer {
                 match self.with_store(|s| s.complete_initial_at_dv()).await {
                     Ok(p) => {
                         tracing::info!(initial_point = %p, "initial snapshot complete (no commits after DV yet)");
+                        METRICS.initial_complete.set(1);
                         self.visible.send_replace(self.state().visible());
                         return Ok(p);
                     }
@@ -221,7 +254,10 @@ impl Syncer {
     }
 
     async fn wait_for_differential(&self) -> Result<Versionstamp, SyncError> {
-        let object = format!("{}/differential", self.source.identity().trim_end_matches('/'));
+        let object = format!(
+            "{}/differential",
+            self.source.identity().trim_end_matches('/')
+        );
         let mut waited = Duration::ZERO;
         loop {
             if let Some(body) = self.source.read_differential().await? {
@@ -250,7 +286,8 @@ impl Syncer {
             None => {
                 let listed = self.source.list_snapshots().await?;
                 let names: Vec<SnapshotName> = listed.iter().map(|l| l.name).collect();
-                self.with_store(move |s| s.record_snapshot_ranges(&names)).await?;
+                self.with_store(move |s| s.record_snapshot_ranges(&names))
+                    .await?;
                 self.with_store(|s| s.snapshot_ranges())
                     .await?
                     .expect("just recorded")
@@ -258,10 +295,13 @@ impl Syncer {
         };
         let total = ranges.len() as u64;
         let todo: Vec<SnapshotName> = ranges.iter().filter(|r| !r.1).map(|r| r.0).collect();
-        self.progress.ranges_total.store(total, std::sync::atomic::Ordering::Relaxed);
         self.progress
-            .ranges_loaded
-            .store(total - todo.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .ranges_total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+        self.progress.ranges_loaded.store(
+            total - todo.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if todo.is_empty() {
             return Ok(());
         }
@@ -281,12 +321,14 @@ impl Syncer {
             })
             .map(|(name, permit)| async move {
                 let body = self.source.get_snapshot(&name).await?;
+                metrics::fetched("snapshot", body.len());
                 self.progress
                     .bytes
                     .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let entries = tokio::task::spawn_blocking(move || format::decode_snapshot(&name, &body))
-                    .await
-                    .map_err(|e| SyncError::Task(e.to_string()))??;
+                let entries =
+                    tokio::task::spawn_blocking(move || format::decode_snapshot(&name, &body))
+                        .await
+                        .map_err(|e| SyncError::Task(e.to_string()))??;
                 Ok::<_, SyncError>((name, entries, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
@@ -294,7 +336,8 @@ impl Syncer {
         while let Some(item) = fetches.next().await {
             let (name, entries, permit) = item?;
             let n = entries.len() as u64;
-            self.with_store(move |s| s.load_snapshot_range(&name, &entries)).await?;
+            self.with_store(move |s| s.load_snapshot_range(&name, &entries))
+                .await?;
             drop(permit);
             self.progress
                 .ranges_loaded
@@ -312,12 +355,19 @@ impl Syncer {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
         let mut out = RoundOutcome::default();
+        METRICS.poll_rounds.inc();
         loop {
             let cursor = self.state().cursor;
             let listed = self
                 .source
                 .list_logs(cursor.as_ref(), self.opts.page_size)
                 .await?;
+            // A listing that answered is what readiness asks about: a long
+            // catch-up round must not look like a stuck one.
+            self.last_ok_round_ms.store(
+                Utc::now().timestamp_millis(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let full_page = listed.len() >= self.opts.page_size;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
@@ -327,14 +377,21 @@ impl Syncer {
             if ready.len() < listed.len() {
                 out.held_back = true;
             }
+            METRICS.objects_behind.set(listed.len() as i64);
             if ready.is_empty() {
                 break;
             }
+            let n_ready = ready.len();
             out.objects += self.consume_logs(ready).await?;
+            METRICS.objects_behind.set((listed.len() - n_ready) as i64);
             if !full_page || out.held_back {
                 break;
             }
         }
+        self.last_ok_round_ms.store(
+            Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(out)
     }
 
@@ -348,6 +405,7 @@ impl Syncer {
             })
             .map(|(name, permit)| async move {
                 let body = self.source.get_log(&name).await?;
+                metrics::fetched("log", body.len());
                 self.progress
                     .bytes
                     .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -379,8 +437,19 @@ impl Syncer {
             let n = batches.len() as u64;
             let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
             if n > 0 {
+                let timer = METRICS.apply_seconds.start_timer();
                 let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
+                timer.observe_duration();
                 drop(permits);
+                METRICS.mutations_applied.inc_by(mutations);
+                if let Some((vs, ts)) = outcome.latest {
+                    METRICS.latest_version.set(vs.version() as i64);
+                    METRICS.latest_commit_ms.set(ts);
+                    if outcome.visible == Some(vs) {
+                        METRICS.visible_version.set(vs.version() as i64);
+                        METRICS.visible_commit_ms.set(ts);
+                    }
+                }
                 consumed += n;
                 self.progress
                     .log_objects
@@ -417,10 +486,19 @@ impl Syncer {
     /// watching it. Runs between two sync transactions, never inside one.
     pub async fn checkout(&self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
         let store = self.store.clone();
-        let out = tokio::task::spawn_blocking(move || store.lock().expect("store lock").checkout(target))
-            .await
-            .map_err(|e| CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}"))))??;
+        let out =
+            tokio::task::spawn_blocking(move || store.lock().expect("store lock").checkout(target))
+                .await
+                .map_err(|e| {
+                    CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
+                })??;
         self.visible.send_replace(Some(out.to.versionstamp));
+        METRICS.checkouts.inc();
+        METRICS.pinned.set(out.pinned as i64);
+        METRICS
+            .visible_version
+            .set(out.to.versionstamp.version() as i64);
+        METRICS.visible_commit_ms.set(out.to.ts_ms);
         Ok(out)
     }
 
@@ -462,6 +540,7 @@ impl Syncer {
                 }
                 Err(e) => {
                     failures += 1;
+                    metrics::error(e.kind());
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
                     (self.opts.poll_interval * (1 << failures.min(5))).min(Duration::from_secs(60))
                 }

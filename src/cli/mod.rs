@@ -128,10 +128,11 @@ impl SourceArgs {
 
     pub fn s3_options(&self) -> S3Options {
         S3Options {
-            endpoint: self
-                .s3_endpoint
-                .clone()
-                .or_else(|| std::env::var("DENO_KV_S3_ENDPOINT").ok().filter(|s| !s.is_empty())),
+            endpoint: self.s3_endpoint.clone().or_else(|| {
+                std::env::var("DENO_KV_S3_ENDPOINT")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            }),
             region: self.s3_region.clone(),
             path_style: self.s3_path_style,
         }
@@ -192,7 +193,10 @@ pub fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -91,7 +91,10 @@ pub fn list_line(p: &Point) -> String {
 pub fn run(args: PitrArgs) -> anyhow::Result<()> {
     let path = db_path(&args)?;
     if !path.exists() {
-        bail!("{} does not exist: sync a replica first (kvreplica sync)", path.display());
+        bail!(
+            "{} does not exist: sync a replica first (kvreplica sync)",
+            path.display()
+        );
     }
     match args.command {
         PitrCommand::List { start, end, limit } => {
@@ -135,13 +138,26 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 return Ok(());
             };
             let time = |ms: Option<i64>| {
-                ms.map(|ms| Point { versionstamp: Versionstamp::default(), ts_ms: ms }.time_rfc3339())
-                    .unwrap_or_else(|| "unknown".into())
+                ms.map(|ms| {
+                    Point {
+                        versionstamp: Versionstamp::default(),
+                        ts_ms: ms,
+                    }
+                    .time_rfc3339()
+                })
+                .unwrap_or_else(|| "unknown".into())
             };
             println!("source: {}", state.source.unwrap_or_default());
             println!("current versionstamp: {}", pos.visible);
             println!("current time: {}", time(pos.visible_ts_ms));
-            println!("mode: {}", if pos.pinned { "pinned (new commits are stored, not shown)" } else { "following the newest commit" });
+            println!(
+                "mode: {}",
+                if pos.pinned {
+                    "pinned (new commits are stored, not shown)"
+                } else {
+                    "following the newest commit"
+                }
+            );
             println!("latest versionstamp: {}", pos.latest.versionstamp);
             println!("latest time: {}", pos.latest.time_rfc3339());
             println!("points behind latest: {}", pos.points_behind);

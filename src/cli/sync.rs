@@ -24,7 +24,11 @@ pub struct SyncArgs {
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let url = args.source.source_url()?;
     let db = args.source.db_path()?;
-    let source = source::open(&url, &args.source.s3_options(), &args.source.remote_options())?;
+    let source = source::open(
+        &url,
+        &args.source.s3_options(),
+        &args.source.remote_options(),
+    )?;
     let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
     let syncer = Syncer::new(source, store, args.engine.sync_options())?;
     tracing::info!(source = %url, db = %db.display(), "syncing");
@@ -43,4 +47,3 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

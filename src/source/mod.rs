@@ -102,10 +102,12 @@ pub(crate) fn name_from_key<N: std::str::FromStr<Err = FormatError>>(
     list_prefix: &str,
 ) -> Result<N, SourceError> {
     let rest = key.strip_prefix(list_prefix).unwrap_or(key);
-    let stem = rest.strip_suffix(".bin").ok_or_else(|| FormatError::BadName {
-        name: key.to_string(),
-        reason: "backup objects end in .bin".into(),
-    })?;
+    let stem = rest
+        .strip_suffix(".bin")
+        .ok_or_else(|| FormatError::BadName {
+            name: key.to_string(),
+            reason: "backup objects end in .bin".into(),
+        })?;
     Ok(stem.parse::<N>()?)
 }
 
@@ -216,7 +218,10 @@ pub fn open(
 ) -> Result<Arc<dyn Source>, SourceError> {
     let inner: Arc<dyn Source> = match url {
         SourceUrl::Dir { root } => Arc::new(fs::DirSource::new(root.clone())),
-        SourceUrl::S3 { .. } => { let _ = s3; return Err(SourceError::Config("TEMP".into())) } /*TEMPS3*/
+        SourceUrl::S3 { .. } => {
+            let _ = s3;
+            return Err(SourceError::Config("TEMP".into()));
+        } /*TEMPS3*/
     };
     Ok(Arc::new(retry::Retrying::new(inner, remote.retry.clone())))
 }
@@ -249,6 +254,9 @@ mod tests {
             u.deploy_database_id().unwrap().to_string(),
             "3f1c2a7e-0000-4000-8000-000000000001"
         );
-        assert_eq!(u.to_string(), "s3://b/backups/3f1c2a7e-0000-4000-8000-000000000001/");
+        assert_eq!(
+            u.to_string(),
+            "s3://b/backups/3f1c2a7e-0000-4000-8000-000000000001/"
+        );
     }
 }

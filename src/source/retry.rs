@@ -158,7 +158,11 @@ mod tests {
             })
             .await;
         assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "permanent errors are not retried"
+        );
 
         let calls = AtomicU32::new(0);
         let r = p

@@ -5,11 +5,13 @@ use rusqlite::{CachedStatement, OptionalExtension, Transaction};
 use super::{set_meta, Store, StoreError};
 use crate::format::{KvRecord, LogBatch, LogStamp, Versionstamp};
 
-pub(super) const SQL_PUT: &str = "insert or replace into kv (k, v, v_encoding, version, seq, expiration_ms) \
+pub(super) const SQL_PUT: &str =
+    "insert or replace into kv (k, v, v_encoding, version, seq, expiration_ms) \
      values (?, ?, ?, ?, ?, ?)";
 const SQL_DELETE: &str = "delete from kv where k = ?";
 const SQL_GET: &str = "select v, v_encoding, version, seq, expiration_ms from kv where k = ?";
-const SQL_UNDO: &str = "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
+const SQL_UNDO: &str =
+    "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
      values (?, ?, ?, ?, ?, ?, ?, ?)";
 const SQL_REDO: &str =
     "insert into kvr_redo (stamp, ts_ms, k, v, v_encoding, expiration_ms) values (?, ?, ?, ?, ?, ?)";
@@ -24,6 +26,9 @@ pub struct ApplyOutcome {
     pub deferred: u64,
     /// The new visible commit when it moved.
     pub visible: Option<Versionstamp>,
+    /// The newest recoverable point stored by this call, with its commit
+    /// time (epoch ms).
+    pub latest: Option<(Versionstamp, i64)>,
     /// Set when this batch reached the initial point.
     pub reached_initial: Option<Versionstamp>,
 }
@@ -122,7 +127,16 @@ impl<'t> Stmts<'t> {
             None => (None, 0, 0, 0, -1),
         };
         self.undo
-            .execute(rusqlite::params![&stamp.0[..], ts_ms, key, v, enc, version, seq, exp])
+            .execute(rusqlite::params![
+                &stamp.0[..],
+                ts_ms,
+                key,
+                v,
+                enc,
+                version,
+                seq,
+                exp
+            ])
             .map_err(|e| dup_stamp(e, stamp))?;
         Ok(())
     }
@@ -144,26 +158,42 @@ fn insert_redo(stmt: &mut CachedStatement<'_>, p: &Pending) -> Result<(), StoreE
         Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
         None => (None, 0, -1),
     };
-    stmt.execute(rusqlite::params![&p.stamp.0[..], p.ts_ms, p.key, v, enc, exp])
-        .map_err(|e| dup_stamp(e, p.stamp))?;
+    stmt.execute(rusqlite::params![
+        &p.stamp.0[..],
+        p.ts_ms,
+        p.key,
+        v,
+        enc,
+        exp
+    ])
+    .map_err(|e| dup_stamp(e, p.stamp))?;
     Ok(())
 }
 
 /// Takes every redo row out of the table, in stamp order.
 fn drain_redo(tx: &Transaction<'_>) -> Result<Vec<Pending>, StoreError> {
-    let mut stmt =
-        tx.prepare_cached("select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo order by stamp")?;
+    let mut stmt = tx.prepare_cached(
+        "select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo order by stamp",
+    )?;
     let rows = stmt
         .query_map([], |r| {
             let stamp: Vec<u8> = r.get(0)?;
             let v: Option<Vec<u8>> = r.get(3)?;
-            Ok((stamp, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, v, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
+            Ok((
+                stamp,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                v,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (stamp, ts_ms, key, v, enc, exp) in rows {
-        let stamp = LogStamp::from_slice(&stamp)
-            .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?;
+        let stamp = LogStamp::from_slice(&stamp).ok_or_else(|| {
+            StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
+        })?;
         out.push(Pending {
             stamp,
             ts_ms,
@@ -203,10 +233,9 @@ impl Store {
                 ))
             }
         }
-        let dv = self
-            .state
-            .dv
-            .ok_or_else(|| StoreError::Corrupt("logs cannot be applied before DV is known".into()))?;
+        let dv = self.state.dv.ok_or_else(|| {
+            StoreError::Corrupt("logs cannot be applied before DV is known".into())
+        })?;
 
         // Objects must follow each other strictly: the only ordering is the
         // stamp, and the names announce the range each object covers.
@@ -246,9 +275,9 @@ impl Store {
             if pinned {
                 for p in new_entries {
                     if p.stamp.is_commit_end() {
-                        stmts
-                            .point
-                            .execute(rusqlite::params![&p.stamp.versionstamp().0[..], p.ts_ms])?;
+                        let vs = p.stamp.versionstamp();
+                        stmts.point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
+                        out.latest = Some((vs, p.ts_ms));
                     }
                     insert_redo(&mut redo, &p)?;
                     out.deferred += 1;
@@ -277,6 +306,7 @@ impl Store {
                         let vs = p.stamp.versionstamp();
                         if initial.is_some() {
                             stmts.point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
+                            out.latest = Some((vs, p.ts_ms));
                         } else if p.stamp >= dv.commit_end() {
                             initial = Some(vs);
                             out.reached_initial = Some(vs);

@@ -49,7 +49,11 @@ pub enum StoreError {
         requested: String,
     },
     #[error("{path} has schema version {found}, newer than this kvreplica supports ({supported}); upgrade kvreplica")]
-    SchemaTooNew { found: i64, supported: i64, path: String },
+    SchemaTooNew {
+        found: i64,
+        supported: i64,
+        path: String,
+    },
     #[error("{0}")]
     Corrupt(String),
     #[error("the initial snapshot is not complete yet")]
@@ -254,8 +258,9 @@ impl Store {
     pub fn record_snapshot_ranges(&mut self, names: &[SnapshotName]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins =
-                tx.prepare_cached("insert or ignore into kvr_snapshot_ranges (name, loaded) values (?, 0)")?;
+            let mut ins = tx.prepare_cached(
+                "insert or ignore into kvr_snapshot_ranges (name, loaded) values (?, 0)",
+            )?;
             for n in names {
                 ins.execute([n.to_string()])?;
             }

@@ -122,7 +122,9 @@ impl<'a> HistoryView<'a> {
              where ts_ms >= ?1 and ts_ms < ?2 and versionstamp < ?3 \
              order by versionstamp desc limit ?4",
         )?;
-        let before = before.map(|b| b.0.to_vec()).unwrap_or_else(|| vec![0xff; 11]);
+        let before = before
+            .map(|b| b.0.to_vec())
+            .unwrap_or_else(|| vec![0xff; 11]);
         let rows = stmt.query_map(
             rusqlite::params![
                 start_ms.unwrap_or(i64::MIN),
@@ -179,7 +181,11 @@ impl<'a> HistoryView<'a> {
     fn initial_ts(&self) -> Result<Option<i64>, StoreError> {
         let v: Option<Vec<u8>> = self
             .conn
-            .query_row("select v from kvr_meta where k = 'initial_ts_ms'", [], |r| r.get(0))
+            .query_row(
+                "select v from kvr_meta where k = 'initial_ts_ms'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
     }
@@ -199,7 +205,10 @@ impl<'a> HistoryView<'a> {
             CheckoutTarget::Latest => match self.edge_point(true)? {
                 Some(p) => Ok(p),
                 None => {
-                    let initial = self.state.initial_point.ok_or(CheckoutError::InitialIncomplete)?;
+                    let initial = self
+                        .state
+                        .initial_point
+                        .ok_or(CheckoutError::InitialIncomplete)?;
                     Ok(Point {
                         versionstamp: initial,
                         ts_ms: self.initial_ts()?.unwrap_or(0),
@@ -265,9 +274,11 @@ impl<'a> HistoryView<'a> {
         } else {
             "select versionstamp, ts_ms from kvr_points where versionstamp < ? order by versionstamp desc limit 1"
         };
-        Ok(self.conn.query_row(sql, [&vs.0[..]], row_point).optional()?)
+        Ok(self
+            .conn
+            .query_row(sql, [&vs.0[..]], row_point)
+            .optional()?)
     }
-
 }
 
 impl Store {
@@ -278,7 +289,10 @@ impl Store {
 
     /// Moves the visible state to `target` in one transaction.
     pub fn checkout(&mut self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
-        let from = self.state.visible().ok_or(CheckoutError::InitialIncomplete)?;
+        let from = self
+            .state
+            .visible()
+            .ok_or(CheckoutError::InitialIncomplete)?;
         let position = self.state.position.expect("visible implies position");
         let to = self.history().resolve(target)?;
         let target12 = to.versionstamp.commit_end();
@@ -330,13 +344,10 @@ fn get_row(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<KvRecord>, StoreEr
 
 fn write_row(tx: &Transaction<'_>, key: &[u8], r: Option<&KvRecord>) -> Result<(), StoreError> {
     match r {
-        Some(r) => put_row(
-            &mut tx.prepare_cached(super::apply::SQL_PUT)?,
-            key,
-            r,
-        ),
+        Some(r) => put_row(&mut tx.prepare_cached(super::apply::SQL_PUT)?, key, r),
         None => {
-            tx.prepare_cached("delete from kv where k = ?")?.execute([key])?;
+            tx.prepare_cached("delete from kv where k = ?")?
+                .execute([key])?;
             Ok(())
         }
     }
@@ -356,12 +367,22 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
             )?
             .query_map(
                 rusqlite::params![&after.0[..], &to.0[..], CHECKOUT_CHUNK as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )?
             .collect::<Result<_, _>>()?;
         let Some(last) = rows.last() else { break };
-        let last = LogStamp::from_slice(&last.0)
-            .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?;
+        let last = LogStamp::from_slice(&last.0).ok_or_else(|| {
+            StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
+        })?;
         let n = rows.len();
         for (stamp, ts_ms, key, v, enc, exp) in rows {
             let prev = get_row(tx, &key)?;
@@ -381,7 +402,9 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
             )?
             .execute(rusqlite::params![stamp, ts_ms, key, pv, penc, pver, pseq, pexp])?;
             let vs = LogStamp::from_slice(&stamp)
-                .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?
+                .ok_or_else(|| {
+                    StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
+                })?
                 .versionstamp();
             let rec = v.map(|value| KvRecord {
                 value,
@@ -436,8 +459,9 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
             )?
             .collect::<Result<_, _>>()?;
         let Some(last) = rows.last() else { break };
-        let oldest = LogStamp::from_slice(&last.0)
-            .ok_or_else(|| StoreError::Corrupt("kvr_undo holds a stamp that is not 12 bytes".into()))?;
+        let oldest = LogStamp::from_slice(&last.0).ok_or_else(|| {
+            StoreError::Corrupt("kvr_undo holds a stamp that is not 12 bytes".into())
+        })?;
         let n = rows.len();
         for (stamp, ts_ms, key, v, enc, version, seq, exp) in rows {
             // The key's current row is exactly what this entry wrote, since
@@ -550,7 +574,9 @@ impl Store {
             return Ok(0);
         };
         let keep_from = Versionstamp::from_slice(&keep_from)
-            .ok_or_else(|| StoreError::Corrupt("kvr_points holds a stamp that is not 10 bytes".into()))?
+            .ok_or_else(|| {
+                StoreError::Corrupt("kvr_points holds a stamp that is not 10 bytes".into())
+            })?
             .min(visible);
         let removed = tx.execute(
             "delete from kvr_points where versionstamp < ?",

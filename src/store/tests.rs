@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::pitr::{CheckoutError, CheckoutTarget};
 use super::*;
-use crate::format::{KvRecord, LogBatch, LogEntry, LogName, LogStamp, SnapshotEntry, SnapshotName, Versionstamp};
+use crate::format::{
+    KvRecord, LogBatch, LogEntry, LogName, LogStamp, SnapshotEntry, SnapshotName, Versionstamp,
+};
 
 type Model = BTreeMap<Vec<u8>, KvRecord>;
 
@@ -171,15 +173,26 @@ fn apply_then_checkout_every_point_in_random_order() {
             if let Some(v) = store.state().visible() {
                 let idx = commits.iter().position(|c| c.vs == v).unwrap();
                 assert!(idx >= initial);
-                assert_eq!(kv(&store), model_after(&snapshot, &commits, idx), "seed {seed} at {v}");
+                assert_eq!(
+                    kv(&store),
+                    model_after(&snapshot, &commits, idx),
+                    "seed {seed} at {v}"
+                );
             }
         }
         assert_eq!(store.state().initial_point, Some(dv));
         let last = commits.len() - 1;
         assert_eq!(store.state().visible(), Some(commits[last].vs));
 
-        let points = store.history().points(None, None, None, usize::MAX).unwrap();
-        assert_eq!(points.len(), last - initial, "every commit after the initial point");
+        let points = store
+            .history()
+            .points(None, None, None, usize::MAX)
+            .unwrap();
+        assert_eq!(
+            points.len(),
+            last - initial,
+            "every commit after the initial point"
+        );
         assert_eq!(points[0].versionstamp, commits[last].vs, "newest first");
 
         let mut order: Vec<usize> = (initial + 1..=last).collect();
@@ -191,7 +204,11 @@ fn apply_then_checkout_every_point_in_random_order() {
                 .checkout(CheckoutTarget::Versionstamp(commits[idx].vs))
                 .unwrap();
             assert!(out.pinned);
-            assert_eq!(kv(&store), model_after(&snapshot, &commits, idx), "seed {seed} checkout {idx}");
+            assert_eq!(
+                kv(&store),
+                model_after(&snapshot, &commits, idx),
+                "seed {seed} checkout {idx}"
+            );
         }
         // The initial point is not recoverable.
         assert!(matches!(
@@ -218,11 +235,17 @@ fn pinned_replica_stores_new_logs_without_showing_them() {
     let visible = store.state().visible().unwrap();
     let idx = commits.iter().position(|c| c.vs == visible).unwrap();
     let target = commits[idx / 2 + 1].vs;
-    store.checkout(CheckoutTarget::Versionstamp(target)).unwrap();
+    store
+        .checkout(CheckoutTarget::Versionstamp(target))
+        .unwrap();
     let pinned_state = kv(&store);
     let out = store.apply_logs(batches[half..].to_vec()).unwrap();
     assert_eq!(out.visible, None);
-    assert_eq!(kv(&store), pinned_state, "pinned: the visible state does not move");
+    assert_eq!(
+        kv(&store),
+        pinned_state,
+        "pinned: the visible state does not move"
+    );
     assert_eq!(store.state().visible(), Some(target));
     // The pin survives a reopen.
     drop(store);
@@ -231,7 +254,10 @@ fn pinned_replica_stores_new_logs_without_showing_them() {
     assert_eq!(store.state().visible(), Some(target));
     let out = store.checkout(CheckoutTarget::Latest).unwrap();
     assert_eq!(out.to.versionstamp, commits.last().unwrap().vs);
-    assert_eq!(kv(&store), model_after(&Model::new(), &commits, commits.len() - 1));
+    assert_eq!(
+        kv(&store),
+        model_after(&Model::new(), &commits, commits.len() - 1)
+    );
 }
 
 #[test]
@@ -248,7 +274,12 @@ fn checkout_by_time_picks_newest_point_at_or_before() {
     for p in &points {
         let t = chrono::DateTime::from_timestamp_millis(p.ts_ms).unwrap();
         let out = store.checkout(CheckoutTarget::Timestamp(t)).unwrap();
-        let want = points.iter().filter(|q| q.ts_ms <= p.ts_ms).map(|q| q.versionstamp).max().unwrap();
+        let want = points
+            .iter()
+            .filter(|q| q.ts_ms <= p.ts_ms)
+            .map(|q| q.versionstamp)
+            .max()
+            .unwrap();
         assert_eq!(out.to.versionstamp, want, "exact match");
         let between = t + chrono::Duration::milliseconds(1);
         let out = store.checkout(CheckoutTarget::Timestamp(between)).unwrap();
@@ -271,7 +302,9 @@ fn overlapping_objects_are_refused_and_nothing_is_written() {
     let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
     store.apply_logs(batches[..3].to_vec()).unwrap();
     let before = (store.state().clone(), kv(&store));
-    let err = store.apply_logs(vec![batches[2].clone(), batches[3].clone()]).unwrap_err();
+    let err = store
+        .apply_logs(vec![batches[2].clone(), batches[3].clone()])
+        .unwrap_err();
     assert!(err.to_string().contains("overlaps or precedes"), "{err}");
     assert_eq!((store.state().clone(), kv(&store)), before);
 }
@@ -288,7 +321,10 @@ fn a_replica_is_bound_to_its_source() {
     let mut store = Store::open(&path).unwrap();
     store.bind_source("s3://a/p/").unwrap();
     let err = store.bind_source("s3://b/p/").unwrap_err();
-    assert!(err.to_string().contains("delete"), "says how to start over: {err}");
+    assert!(
+        err.to_string().contains("delete"),
+        "says how to start over: {err}"
+    );
 }
 
 #[test]
@@ -297,13 +333,19 @@ fn deno_layout_is_present() {
     let store = Store::open(&dir.path().join("r.sqlite")).unwrap();
     let v: i64 = store
         .conn
-        .query_row("select version from migration_state where k = 0", [], |r| r.get(0))
+        .query_row("select version from migration_state where k = 0", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(v, 3);
     for t in ["kv", "data_version", "queue", "queue_running"] {
         let n: i64 = store
             .conn
-            .query_row("select count(*) from sqlite_master where name = ?", [t], |r| r.get(0))
+            .query_row(
+                "select count(*) from sqlite_master where name = ?",
+                [t],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 1, "{t}");
     }
@@ -317,20 +359,28 @@ fn retention_prunes_old_points_and_keeps_the_rest_recoverable() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
     store.apply_logs(batches).unwrap();
-    let before = store.history().points(None, None, None, usize::MAX).unwrap();
+    let before = store
+        .history()
+        .points(None, None, None, usize::MAX)
+        .unwrap();
     let removed = store
         .prune_history(super::pitr::Retention {
             max_points: Some(10),
             max_age: None,
         })
         .unwrap();
-    let after = store.history().points(None, None, None, usize::MAX).unwrap();
+    let after = store
+        .history()
+        .points(None, None, None, usize::MAX)
+        .unwrap();
     assert_eq!(after.len(), 10);
     assert_eq!(removed as usize, before.len() - 10);
     assert_eq!(after[..], before[..10]);
     // Every kept point still checks out exactly.
     for p in after.iter().rev() {
-        store.checkout(CheckoutTarget::Versionstamp(p.versionstamp)).unwrap();
+        store
+            .checkout(CheckoutTarget::Versionstamp(p.versionstamp))
+            .unwrap();
         let idx = commits.iter().position(|c| c.vs == p.versionstamp).unwrap();
         assert_eq!(kv(&store), model_after(&Model::new(), &commits, idx));
     }
@@ -347,7 +397,10 @@ fn retention_prunes_old_points_and_keeps_the_rest_recoverable() {
         })
         .unwrap();
     let newest = store.history().points(None, None, None, 1).unwrap()[0].ts_ms;
-    let left = store.history().points(None, None, None, usize::MAX).unwrap();
+    let left = store
+        .history()
+        .points(None, None, None, usize::MAX)
+        .unwrap();
     assert!(left.iter().all(|p| p.ts_ms >= newest - 5000), "{left:?}");
     assert!(!left.is_empty());
     let undo: i64 = store
