@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod format;
 pub mod metrics;
+pub mod notify;
 pub mod progress;
 pub mod source;
 pub mod store;

@@ -338,6 +338,7 @@ impl Syncer {
             let n = entries.len() as u64;
             self.with_store(move |s| s.load_snapshot_range(&name, &entries))
                 .await?;
+            tracing::debug!(range = %name, keys = n, "snapshot range loaded");
             drop(permit);
             self.progress
                 .ranges_loaded
@@ -442,6 +443,13 @@ impl Syncer {
                 timer.observe_duration();
                 drop(permits);
                 METRICS.mutations_applied.inc_by(mutations);
+                tracing::debug!(
+                    objects = n,
+                    mutations,
+                    applied = outcome.applied,
+                    deferred = outcome.deferred,
+                    "log batch stored"
+                );
                 if let Some((vs, ts)) = outcome.latest {
                     METRICS.latest_version.set(vs.version() as i64);
                     METRICS.latest_commit_ms.set(ts);
