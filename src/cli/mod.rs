@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use crate::source::{RemoteOptions, S3Options, SourceUrl};
+use crate::source::{GcsOptions, RemoteOptions, S3Options, SourceUrl};
 use crate::store::pitr::Retention;
 use crate::sync::SyncOptions;
 
@@ -39,7 +39,7 @@ pub enum Command {
 /// Where to read from and where the replica lives.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// Backup location: s3://bucket/prefix/ or file:///dir/prefix/.
+    /// Backup location: s3://bucket/prefix/, gs://bucket/prefix/ or file:///dir/prefix/.
     /// Falls back to s3://$DENO_KV_S3_BUCKET/$DENO_KV_S3_PREFIX.
     #[arg(long, env = "KVREPLICA_SOURCE")]
     pub source: Option<String>,
@@ -60,6 +60,17 @@ pub struct SourceArgs {
     /// Path-style bucket addressing (default: on with --s3-endpoint, off for AWS).
     #[arg(long, env = "KVREPLICA_S3_PATH_STYLE")]
     pub s3_path_style: Option<bool>,
+
+    /// Service-account JSON key file for gs:// sources. Without it:
+    /// $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default
+    /// credentials, the GCE/GKE metadata server, else anonymous.
+    #[arg(long, env = "KVREPLICA_GCS_CREDENTIALS_FILE")]
+    pub gcs_credentials_file: Option<PathBuf>,
+
+    /// GCS JSON API endpoint, for an emulator (e.g. http://127.0.0.1:4443).
+    /// Falls back to $STORAGE_EMULATOR_HOST.
+    #[arg(long, env = "KVREPLICA_GCS_ENDPOINT")]
+    pub gcs_endpoint: Option<String>,
 
     /// Timeout of each request to the object store.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -110,7 +121,7 @@ impl SourceArgs {
                     "s3://{bucket}/{}",
                     std::env::var("DENO_KV_S3_PREFIX").unwrap_or_default()
                 ),
-                _ => bail!("no source given: pass --source s3://bucket/prefix/ or file:///dir/ (or set DENO_KV_S3_BUCKET)"),
+                _ => bail!("no source given: pass --source s3://bucket/prefix/, gs://bucket/prefix/ or file:///dir/ (or set DENO_KV_S3_BUCKET)"),
             },
         };
         Ok(SourceUrl::parse(&raw)?)
@@ -135,6 +146,14 @@ impl SourceArgs {
             }),
             region: self.s3_region.clone(),
             path_style: self.s3_path_style,
+        }
+    }
+
+    /// GCS settings; the environment fallbacks are applied by the backend.
+    pub fn gcs_options(&self) -> GcsOptions {
+        GcsOptions {
+            credentials_file: self.gcs_credentials_file.clone(),
+            endpoint: self.gcs_endpoint.clone(),
         }
     }
 

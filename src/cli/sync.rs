@@ -27,6 +27,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let source = source::open(
         &url,
         &args.source.s3_options(),
+        &args.source.gcs_options(),
         &args.source.remote_options(),
     )?;
     let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;

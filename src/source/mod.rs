@@ -7,6 +7,7 @@
 //! so retry decisions never depend on string matching.
 
 pub mod fs;
+pub mod gcs;
 pub mod retry;
 pub mod s3;
 
@@ -123,6 +124,20 @@ pub struct S3Options {
     pub path_style: Option<bool>,
 }
 
+/// Settings that apply to Google Cloud Storage.
+#[derive(Clone, Debug, Default)]
+pub struct GcsOptions {
+    /// Service-account JSON key file. When `None` the backend looks further,
+    /// in the order Google's clients use: `GOOGLE_APPLICATION_CREDENTIALS`,
+    /// gcloud's application-default credentials, the metadata server
+    /// (workload identity), else anonymous (public buckets).
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// JSON API endpoint of an emulator (`http://host:port` or `host:port`);
+    /// falls back to `STORAGE_EMULATOR_HOST`, else Google's. A plain-HTTP
+    /// endpoint is used anonymously unless a key file is given explicitly.
+    pub endpoint: Option<String>,
+}
+
 /// Settings common to every remote source.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
@@ -148,11 +163,14 @@ pub enum SourceUrl {
     Dir { root: std::path::PathBuf },
     /// `s3://bucket/prefix/`.
     S3 { bucket: String, prefix: String },
+    /// `gs://bucket/prefix/`.
+    Gcs { bucket: String, prefix: String },
 }
 
 impl SourceUrl {
-    /// Parses `s3://bucket/prefix/` or `file:///path/`. A prefix always ends
-    /// in `/` (Deploy writes it so); one is added when missing.
+    /// Parses `s3://bucket/prefix/`, `gs://bucket/prefix/` or `file:///path/`.
+    /// A prefix always ends in `/` (Deploy writes it so); one is added when
+    /// missing.
     pub fn parse(s: &str) -> Result<Self, SourceError> {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -160,6 +178,15 @@ impl SourceUrl {
                 return Err(SourceError::Config(format!("{s:?}: missing bucket name")));
             }
             Ok(SourceUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix: normalize_prefix(prefix),
+            })
+        } else if let Some(rest) = s.strip_prefix("gs://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(SourceError::Config(format!("{s:?}: missing bucket name")));
+            }
+            Ok(SourceUrl::Gcs {
                 bucket: bucket.to_string(),
                 prefix: normalize_prefix(prefix),
             })
@@ -174,7 +201,7 @@ impl SourceUrl {
             })
         } else {
             Err(SourceError::Config(format!(
-                "{s:?}: expected s3://bucket/prefix/ or file:///dir/"
+                "{s:?}: expected s3://bucket/prefix/, gs://bucket/prefix/ or file:///dir/"
             )))
         }
     }
@@ -184,7 +211,7 @@ impl SourceUrl {
     pub fn deploy_database_id(&self) -> Option<uuid::Uuid> {
         let path = match self {
             SourceUrl::Dir { root } => root.to_string_lossy().into_owned(),
-            SourceUrl::S3 { prefix, .. } => prefix.clone(),
+            SourceUrl::S3 { prefix, .. } | SourceUrl::Gcs { prefix, .. } => prefix.clone(),
         };
         path.split('/')
             .rev()
@@ -197,6 +224,7 @@ impl fmt::Display for SourceUrl {
         match self {
             SourceUrl::Dir { root } => write!(f, "file://{}", root.display()),
             SourceUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            SourceUrl::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
         }
     }
 }
@@ -214,6 +242,7 @@ fn normalize_prefix(p: &str) -> String {
 pub fn open(
     url: &SourceUrl,
     s3: &S3Options,
+    gcs: &GcsOptions,
     remote: &RemoteOptions,
 ) -> Result<Arc<dyn Source>, SourceError> {
     let inner: Arc<dyn Source> = match url {
@@ -222,6 +251,12 @@ pub fn open(
             let _ = s3;
             return Err(SourceError::Config("TEMP".into()));
         } /*TEMPS3*/
+        SourceUrl::Gcs { bucket, prefix } => Arc::new(gcs::GcsSource::new(
+            bucket.clone(),
+            prefix.clone(),
+            gcs,
+            remote.request_timeout,
+        )?),
     };
     Ok(Arc::new(retry::Retrying::new(inner, remote.retry.clone())))
 }
@@ -258,5 +293,32 @@ mod tests {
             u.to_string(),
             "s3://b/backups/3f1c2a7e-0000-4000-8000-000000000001/"
         );
+    }
+
+    #[test]
+    fn parses_gcs_urls() {
+        assert_eq!(
+            SourceUrl::parse("gs://b/backups/x").unwrap(),
+            SourceUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "backups/x/".into()
+            }
+        );
+        assert_eq!(
+            SourceUrl::parse("gs://b").unwrap(),
+            SourceUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert!(SourceUrl::parse("gs:///x").is_err());
+        let raw = "gs://b/backups/3f1c2a7e-0000-4000-8000-000000000001/";
+        let u = SourceUrl::parse(raw).unwrap();
+        assert_eq!(
+            u.deploy_database_id().unwrap().to_string(),
+            "3f1c2a7e-0000-4000-8000-000000000001"
+        );
+        assert_eq!(u.to_string(), raw);
+        assert_eq!(SourceUrl::parse(&u.to_string()).unwrap(), u);
     }
 }

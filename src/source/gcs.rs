@@ -1,0 +1,584 @@
+//! A backup in a Google Cloud Storage bucket, read natively through the GCS
+//! JSON API (no HMAC keys, no S3-interop endpoint).
+//!
+//! Listing uses `prefix` + `startOffset` + `maxResults` and follows
+//! `pageToken`; objects are downloaded with `alt=media`. Errors are classified
+//! into [`SourceError`] so that the retry wrapper and the sync loop treat GCS
+//! exactly like every other backend.
+//!
+//! # Credentials
+//! Tried in the order Google's own clients use, first match wins:
+//! 1. an explicit service-account JSON key file ([`GcsOptions::credentials_file`]);
+//! 2. with a plain-`http://` endpoint (an emulator): anonymous, so that no
+//!    token is ever fetched for, or sent to, a test server;
+//! 3. `GOOGLE_APPLICATION_CREDENTIALS`;
+//! 4. gcloud's application-default credentials file
+//!    (`gcloud auth application-default login`);
+//! 5. the GCE/GKE metadata server (workload identity);
+//! 6. anonymous (public buckets).
+//!
+//! The identity that was used is named in every access-denied error, because
+//! "403" alone does not tell an operator which account lacks
+//! `roles/storage.objectViewer`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gcloud_storage::client::google_cloud_auth;
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::{ListObjectsRequest, ListObjectsResponse};
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::http::Error as GcsError;
+use tokio::sync::OnceCell;
+
+use super::{name_from_key, GcsOptions, Listed, Source, SourceError};
+use crate::format::{FormatError, LogName, SnapshotName};
+
+/// The public GCS endpoint, used when no other endpoint is configured.
+const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// Most objects GCS returns per listing page: the documented maximum of
+/// `maxResults` for `objects.list`.
+const MAX_PAGE: usize = 1000;
+
+/// OAuth scope for reading objects: the narrowest scope that covers
+/// `objects.list` and `objects.get`.
+const READ_ONLY_SCOPE: &[&str] = &["https://www.googleapis.com/auth/devstorage.read_only"];
+
+/// Environment variable that names a service-account key file, read by every
+/// Google client library.
+const CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+/// Environment variable with the `host:port` (or URL) of a GCS emulator,
+/// read by every Google client library.
+const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
+
+/// Reads a backup from `gs://<bucket>/<prefix>`.
+#[derive(Debug)]
+pub struct GcsSource {
+    /// Bucket name, without `gs://`.
+    bucket: String,
+    /// Object-name prefix of the backup; empty or ending in `/`.
+    prefix: String,
+    /// Base URL of the JSON API (the public endpoint or an emulator).
+    endpoint: String,
+    /// How the client will authenticate, decided without I/O.
+    auth: AuthPlan,
+    /// Timeout of every single HTTP request to GCS.
+    request_timeout: Duration,
+    /// The client, built on first use: fetching the first token is network
+    /// I/O, which belongs in the async calls (and is retried like them).
+    client: OnceCell<Connected>,
+}
+
+/// A ready client and the identity it authenticates as.
+struct Connected {
+    /// The JSON-API client (cheap to clone, shares one connection pool).
+    client: Client,
+    /// Who the requests are made as, for access-denied messages.
+    identity: String,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds credentials and has no `Debug` of its own.
+        f.debug_struct("Connected")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credential source chosen from the options and environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AuthPlan {
+    /// A JSON key file; `origin` says where its path came from.
+    KeyFile { path: PathBuf, origin: &'static str },
+    /// Try the metadata server; anonymous when not on Google Cloud.
+    MetadataOrAnonymous,
+    /// No credentials at all.
+    Anonymous,
+}
+
+impl AuthPlan {
+    /// Picks the credential source (see the module docs for the order).
+    /// `env` and `well_known` are parameters so the order can be tested
+    /// without touching the process environment.
+    fn choose(
+        explicit: Option<&Path>,
+        endpoint: &str,
+        env: impl Fn(&str) -> Option<String>,
+        well_known: Option<PathBuf>,
+    ) -> AuthPlan {
+        if let Some(path) = explicit {
+            return AuthPlan::KeyFile {
+                path: path.to_path_buf(),
+                origin: "--gcs-credentials-file",
+            };
+        }
+        if endpoint.starts_with("http://") {
+            return AuthPlan::Anonymous;
+        }
+        if let Some(path) = env(CREDENTIALS_ENV).filter(|p| !p.is_empty()) {
+            return AuthPlan::KeyFile {
+                path: PathBuf::from(path),
+                origin: CREDENTIALS_ENV,
+            };
+        }
+        if let Some(path) = well_known {
+            return AuthPlan::KeyFile {
+                path,
+                origin: "gcloud application-default credentials",
+            };
+        }
+        AuthPlan::MetadataOrAnonymous
+    }
+}
+
+/// gcloud's application-default credentials file, when it exists.
+fn well_known_credentials() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let path = PathBuf::from(home).join(".config/gcloud/application_default_credentials.json");
+    path.is_file().then_some(path)
+}
+
+/// Turns `host:port` (the `STORAGE_EMULATOR_HOST` convention) or a URL into
+/// a base URL without a trailing `/`.
+fn normalize_endpoint(raw: &str) -> Result<String, SourceError> {
+    let raw = raw.trim().trim_end_matches('/');
+    let url = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let parsed = url::Url::parse(&url)
+        .map_err(|e| SourceError::Config(format!("GCS endpoint {raw:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(SourceError::Config(format!(
+            "GCS endpoint {raw:?}: expected http(s)://host[:port]"
+        )));
+    }
+    Ok(url)
+}
+
+impl GcsSource {
+    /// A source for `gs://<bucket>/<prefix>`. Nothing is contacted until the
+    /// first call; the endpoint falls back to `STORAGE_EMULATOR_HOST` and the
+    /// credentials to `GOOGLE_APPLICATION_CREDENTIALS` (see the module docs).
+    pub fn new(
+        bucket: String,
+        prefix: String,
+        options: &GcsOptions,
+        request_timeout: Duration,
+    ) -> Result<Self, SourceError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let endpoint = match options.endpoint.clone().or_else(|| env(EMULATOR_ENV)) {
+            Some(e) => normalize_endpoint(&e)?,
+            None => DEFAULT_ENDPOINT.to_string(),
+        };
+        let auth = AuthPlan::choose(
+            options.credentials_file.as_deref(),
+            &endpoint,
+            env,
+            well_known_credentials(),
+        );
+        Ok(GcsSource {
+            bucket,
+            prefix,
+            endpoint,
+            auth,
+            request_timeout,
+            client: OnceCell::new(),
+        })
+    }
+
+    /// `gs://bucket/key`, how objects are named in messages.
+    fn url_of(&self, key: &str) -> String {
+        format!("gs://{}/{key}", self.bucket)
+    }
+
+    /// The client, built (and authenticated) on first use.
+    async fn connected(&self) -> Result<&Connected, SourceError> {
+        self.client.get_or_try_init(|| self.connect()).await
+    }
+
+    async fn connect(&self) -> Result<Connected, SourceError> {
+        let http = reqwest::Client::builder()
+            .timeout(self.request_timeout)
+            .build()
+            .map_err(|e| SourceError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let mut config = ClientConfig {
+            http: Some(reqwest_middleware::ClientBuilder::new(http).build()),
+            storage_endpoint: self.endpoint.clone(),
+            ..ClientConfig::default()
+        }
+        .anonymous();
+        let auth_config =
+            google_cloud_auth::project::Config::default().with_scopes(READ_ONLY_SCOPE);
+        let identity = match &self.auth {
+            AuthPlan::Anonymous => "anonymous".to_string(),
+            AuthPlan::KeyFile { path, origin } => {
+                let what = format!("credentials file {} (from {origin})", path.display());
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| SourceError::Config(format!("cannot read {what}: {e}")))?;
+                let creds: google_cloud_auth::credentials::CredentialsFile =
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        SourceError::Config(format!("{what} is not a Google credentials file: {e}"))
+                    })?;
+                let identity = match &creds.client_email {
+                    Some(email) => format!("service account {email} ({what})"),
+                    None => format!("{} credentials ({what})", creds.tp),
+                };
+                let provider =
+                    google_cloud_auth::token::DefaultTokenSourceProvider::new_with_credentials(
+                        auth_config,
+                        Box::new(creds),
+                    )
+                    .await
+                    .map_err(|e| self.auth_error(&identity, e))?;
+                config.token_source_provider = Some(Box::new(provider));
+                identity
+            }
+            AuthPlan::MetadataOrAnonymous => {
+                if gcloud_metadata::on_gce().await {
+                    let identity = match gcloud_metadata::email("default").await {
+                        Ok(email) => format!("metadata server identity {email}"),
+                        Err(_) => "metadata server identity".to_string(),
+                    };
+                    let provider =
+                        google_cloud_auth::token::DefaultTokenSourceProvider::new(auth_config)
+                            .await
+                            .map_err(|e| self.auth_error(&identity, e))?;
+                    config.token_source_provider = Some(Box::new(provider));
+                    identity
+                } else {
+                    "anonymous (no credentials found: pass --gcs-credentials-file or set \
+                     GOOGLE_APPLICATION_CREDENTIALS)"
+                        .to_string()
+                }
+            }
+        };
+        tracing::debug!(endpoint = %self.endpoint, %identity, "GCS client ready");
+        Ok(Connected {
+            client: Client::new(config),
+            identity,
+        })
+    }
+
+    /// Classifies a failure to obtain an access token.
+    fn auth_error(&self, identity: &str, e: google_cloud_auth::error::Error) -> SourceError {
+        let what = format!("gs://{}/{}", self.bucket, self.prefix);
+        let detail = format!("obtaining a token for {identity}: {e}");
+        if token_error_is_transient(&e) {
+            SourceError::Transient { what, detail }
+        } else {
+            SourceError::AccessDenied { what, detail }
+        }
+    }
+
+    /// Classifies a failed request about `what`; a 404 is left to the
+    /// caller, which knows whether it means "no object" or "no bucket".
+    fn classify(&self, conn: &Connected, what: String, e: GcsError) -> Classified {
+        let (status, detail) = match &e {
+            GcsError::Response(r) => (Some(r.code), r.to_string()),
+            GcsError::HttpClient(re) | GcsError::RawResponse(re, _) => {
+                match re.status().map(|s| s.as_u16()) {
+                    Some(s) => (Some(s), e.to_string()),
+                    None if http_error_is_transient(re) => {
+                        return Classified::Error(SourceError::Transient {
+                            what,
+                            detail: e.to_string(),
+                        })
+                    }
+                    None => (None, e.to_string()),
+                }
+            }
+            GcsError::TokenSource(inner) => {
+                return Classified::Error(
+                    match inner.downcast_ref::<google_cloud_auth::error::Error>() {
+                        Some(te) if token_error_is_transient(te) => SourceError::Transient {
+                            what,
+                            detail: format!("refreshing the token of {}: {e}", conn.identity),
+                        },
+                        _ => SourceError::AccessDenied {
+                            what,
+                            detail: format!("refreshing the token of {}: {e}", conn.identity),
+                        },
+                    },
+                )
+            }
+            GcsError::HttpMiddleware(_) | GcsError::InvalidRangeHeader(_) => (None, e.to_string()),
+        };
+        Classified::Error(match status {
+            Some(404) => return Classified::NotFound,
+            Some(401 | 403) => SourceError::AccessDenied {
+                what,
+                detail: format!("{detail} (as {})", conn.identity),
+            },
+            Some(s) if status_is_transient(s) => SourceError::Transient { what, detail },
+            _ => SourceError::Permanent { what, detail },
+        })
+    }
+
+    /// One `objects.list` request.
+    async fn list_page(
+        &self,
+        list_prefix: &str,
+        start_offset: Option<String>,
+        page_token: Option<String>,
+        max_results: usize,
+    ) -> Result<ListObjectsResponse, SourceError> {
+        let conn = self.connected().await?;
+        let req = ListObjectsRequest {
+            bucket: self.bucket.clone(),
+            prefix: Some(list_prefix.to_string()),
+            start_offset,
+            page_token,
+            max_results: Some(max_results.clamp(1, MAX_PAGE) as i32),
+            ..ListObjectsRequest::default()
+        };
+        match conn.client.list_objects(&req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => match self.classify(conn, self.url_of(list_prefix), e) {
+                Classified::NotFound => Err(SourceError::NoSuchBucket(self.bucket.clone())),
+                Classified::Error(e) => Err(e),
+            },
+        }
+    }
+
+    /// Lists `<prefix><folder>/` from `start_offset` (inclusive), skipping
+    /// names `<= skip_through`, until `limit` names are collected or the
+    /// listing ends.
+    async fn list_folder<N>(
+        &self,
+        folder: &str,
+        skip_through: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Listed<N>>, SourceError>
+    where
+        N: std::str::FromStr<Err = FormatError>,
+    {
+        let list_prefix = format!("{}{folder}/", self.prefix);
+        let mut out = Vec::new();
+        let mut page_token = None;
+        loop {
+            // One more than still wanted: `startOffset` is inclusive, so the
+            // first item may be the start-after key itself.
+            let want = limit.saturating_sub(out.len()).saturating_add(1);
+            let resp = self
+                .list_page(&list_prefix, skip_through.clone(), page_token, want)
+                .await?;
+            for obj in resp.items.unwrap_or_default() {
+                // The folder itself, as the Cloud Console's "create folder"
+                // leaves it, is no backup object.
+                let placeholder = obj.name == list_prefix;
+                let consumed = skip_through.as_ref().is_some_and(|s| obj.name <= *s);
+                if placeholder || consumed {
+                    continue;
+                }
+                if out.len() == limit {
+                    break;
+                }
+                out.push(self.listed(&list_prefix, obj)?);
+            }
+            page_token = resp.next_page_token.filter(|t| !t.is_empty());
+            if out.len() >= limit || page_token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A listed object as the sync loop needs it.
+    fn listed<N>(&self, list_prefix: &str, obj: Object) -> Result<Listed<N>, SourceError>
+    where
+        N: std::str::FromStr<Err = FormatError>,
+    {
+        let name = name_from_key(&obj.name, list_prefix)?;
+        // An object without `updated` is treated as written just now, so a
+        // settle window still holds it back rather than letting it through.
+        let last_modified = obj
+            .updated
+            .or(obj.time_created)
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond()))
+            .unwrap_or_else(Utc::now);
+        Ok(Listed {
+            name,
+            size: u64::try_from(obj.size).unwrap_or(0),
+            last_modified,
+        })
+    }
+
+    /// Downloads `<prefix><rel>`; `Ok(None)` on a 404.
+    async fn download(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let conn = self.connected().await?;
+        let key = format!("{}{rel}", self.prefix);
+        let req = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: key.clone(),
+            ..GetObjectRequest::default()
+        };
+        match conn.client.download_object(&req, &Range::default()).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => match self.classify(conn, self.url_of(&key), e) {
+                Classified::NotFound => Ok(None),
+                Classified::Error(e) => Err(e),
+            },
+        }
+    }
+
+    /// Downloads a listed object: absence is retried, not treated as empty.
+    async fn get_listed(&self, rel: &str) -> Result<Vec<u8>, SourceError> {
+        self.download(rel).await?.ok_or_else(|| {
+            SourceError::ListedButMissing(self.url_of(&format!("{}{rel}", self.prefix)))
+        })
+    }
+}
+
+/// Outcome of classifying a failed request.
+enum Classified {
+    /// A 404: missing object or missing bucket, depending on the call.
+    NotFound,
+    /// Any other failure, already classified.
+    Error(SourceError),
+}
+
+/// 408, 429 and 5xx are worth retrying, as GCS's retry strategy documents.
+fn status_is_transient(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// Timeouts and broken connections (no HTTP status at all) are transient.
+fn http_error_is_transient(e: &reqwest::Error) -> bool {
+    match e.status() {
+        Some(s) => status_is_transient(s.as_u16()),
+        None => e.is_timeout() || e.is_connect() || e.is_request() || e.is_body(),
+    }
+}
+
+/// Whether refreshing a token failed for a reason that may go away.
+fn token_error_is_transient(e: &google_cloud_auth::error::Error) -> bool {
+    use google_cloud_auth::error::Error as A;
+    match e {
+        A::HttpError(re) => http_error_is_transient(re),
+        A::TokenErrorResponse { status, .. } => status_is_transient(*status),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Source for GcsSource {
+    fn identity(&self) -> String {
+        format!("gs://{}/{}", self.bucket, self.prefix)
+    }
+
+    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        match self.download("differential").await? {
+            Some(b) => Ok(Some(b)),
+            None => {
+                // A 404 on an object GET does not say whether the bucket
+                // exists; a listing does (and needs only objects.list).
+                let list_prefix = format!("{}differential", self.prefix);
+                self.list_page(&list_prefix, None, None, 1).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
+        self.list_folder("snapshots", None, usize::MAX).await
+    }
+
+    async fn list_logs(
+        &self,
+        start_after: Option<&LogName>,
+        limit: usize,
+    ) -> Result<Vec<Listed<LogName>>, SourceError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let skip_through = start_after.map(|n| format!("{}logs/{n}.bin", self.prefix));
+        self.list_folder("logs", skip_through, limit).await
+    }
+
+    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
+        self.get_listed(&format!("snapshots/{name}.bin")).await
+    }
+
+    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
+        self.get_listed(&format!("logs/{name}.bin")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_order() {
+        let none = |_: &str| None::<String>;
+        let gac = |k: &str| (k == CREDENTIALS_ENV).then(|| "/env/key.json".to_string());
+        let explicit = Path::new("/x/key.json");
+        let https = DEFAULT_ENDPOINT;
+        let wk = Some(PathBuf::from("/home/u/adc.json"));
+
+        // An explicit key file wins over everything, even with an emulator.
+        assert_eq!(
+            AuthPlan::choose(Some(explicit), "http://127.0.0.1:1", gac, wk.clone()),
+            AuthPlan::KeyFile {
+                path: explicit.into(),
+                origin: "--gcs-credentials-file"
+            }
+        );
+        // An emulator is used anonymously.
+        assert_eq!(
+            AuthPlan::choose(None, "http://127.0.0.1:1", gac, wk.clone()),
+            AuthPlan::Anonymous
+        );
+        assert_eq!(
+            AuthPlan::choose(None, https, gac, wk.clone()),
+            AuthPlan::KeyFile {
+                path: "/env/key.json".into(),
+                origin: CREDENTIALS_ENV
+            }
+        );
+        assert!(matches!(
+            AuthPlan::choose(None, https, none, wk),
+            AuthPlan::KeyFile {
+                origin: "gcloud application-default credentials",
+                ..
+            }
+        ));
+        assert_eq!(
+            AuthPlan::choose(None, https, none, None),
+            AuthPlan::MetadataOrAnonymous
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:4443").unwrap(),
+            "http://127.0.0.1:4443"
+        );
+        assert_eq!(
+            normalize_endpoint("https://storage.example/").unwrap(),
+            "https://storage.example"
+        );
+        assert!(normalize_endpoint("ftp://x").is_err());
+        assert!(normalize_endpoint("").is_err());
+    }
+
+    #[test]
+    fn transient_statuses() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(status_is_transient(s), "{s}");
+        }
+        for s in [400, 401, 403, 404, 412] {
+            assert!(!status_is_transient(s), "{s}");
+        }
+    }
+}
