@@ -25,3 +25,20 @@ if [ -z "$KVREPLICA_TEST_FAKE_GCS" ]; then
 fi
 chmod +x "$KVREPLICA_TEST_FAKE_GCS"
 export KVREPLICA_TEST_FAKE_GCS
+
+# S3-compatible server: s3s-fs (checks SigV4; seeded by writing files).
+S3S_ROOT="$TOOLS/s3s-fs"
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  cargo install s3s-fs@0.14.1 --features binary --locked --root "$S3S_ROOT"
+fi
+export KVREPLICA_TEST_S3S_FS="$S3S_ROOT/bin/s3s-fs"
+
+# KV Connect clients: the Deno CLI (HTTP/2 cleartext) and @deno/kv for Node
+# (HTTP/1.1), both from the npm registry.
+NPM_DIR="$TOOLS/npm"
+mkdir -p "$NPM_DIR"
+if [ ! -x "$NPM_DIR/node_modules/@deno/linux-x64-glibc/deno" ] || [ ! -d "$NPM_DIR/node_modules/@deno/kv" ]; then
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent deno@2.9 @deno/kv@0.14)
+fi
+export KVREPLICA_TEST_DENO="$NPM_DIR/node_modules/@deno/linux-x64-glibc/deno"
+export KVREPLICA_TEST_NODE_MODULES="$NPM_DIR/node_modules"

@@ -247,10 +247,12 @@ pub fn open(
 ) -> Result<Arc<dyn Source>, SourceError> {
     let inner: Arc<dyn Source> = match url {
         SourceUrl::Dir { root } => Arc::new(fs::DirSource::new(root.clone())),
-        SourceUrl::S3 { .. } => {
-            let _ = s3;
-            return Err(SourceError::Config("TEMP".into()));
-        } /*TEMPS3*/
+        SourceUrl::S3 { bucket, prefix } => Arc::new(s3::S3Source::new(
+            bucket.clone(),
+            prefix.clone(),
+            s3,
+            remote.request_timeout,
+        )?),
         SourceUrl::Gcs { bucket, prefix } => Arc::new(gcs::GcsSource::new(
             bucket.clone(),
             prefix.clone(),

@@ -1,0 +1,278 @@
+//! Helpers shared by the integration tests: the built binary, sample
+//! backups, reading a replica file back, and comparing it with expected
+//! contents.
+
+#![allow(dead_code)]
+
+pub mod fixture;
+pub mod v8;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `kvreplica` binary under test.
+pub fn kvreplica_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvreplica")
+}
+
+/// `tests/fixtures/`: sample Deploy-format buckets made by a generator
+/// outside this repo, with their expected contents.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Copies a directory tree (files and folders) into `dst`, creating it.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Runs `kvreplica <args>` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(kvreplica_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running kvreplica")
+}
+
+/// Runs `kvreplica <args>` and fails the test unless it exits 0.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "kvreplica {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// One row of the replica's visible `kv` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub value: Vec<u8>,
+    pub encoding: i64,
+    /// The 10-byte versionstamp as 20 hex digits.
+    pub versionstamp: String,
+    pub expire_at_ms: i64,
+}
+
+/// The visible state of a replica file: hex key → row.
+pub fn read_replica(db: &Path) -> BTreeMap<String, Row> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("select k, v, v_encoding, version, seq, expiration_ms from kv order by k")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let version: i64 = r.get(3)?;
+            let seq: i64 = r.get(4)?;
+            let mut vs = (version as u64).to_be_bytes().to_vec();
+            vs.extend((seq as u16).to_be_bytes());
+            Ok((
+                hex::encode(r.get::<_, Vec<u8>>(0)?),
+                Row {
+                    value: r.get(1)?,
+                    encoding: r.get(2)?,
+                    versionstamp: hex::encode(vs),
+                    expire_at_ms: r.get(5)?,
+                },
+            ))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// `PRAGMA integrity_check` of a replica file.
+pub fn integrity_ok(db: &Path) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let s: String = conn
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .unwrap();
+    s == "ok"
+}
+
+/// A sample backup of `tests/fixtures/` (see its README).
+pub struct Sample {
+    pub json0: Expected,
+    pub json1: Expected,
+    /// `bucket/<bucket>/`: the object keys are the paths below it.
+    pub bucket_root: PathBuf,
+    /// `append-1/<bucket>/`: later log objects, same key layout.
+    pub append_root: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl Sample {
+    pub fn load(name: &str) -> Sample {
+        let dir = fixtures_dir().join(name);
+        let json0 = Expected::load(&dir.join("expected-0.json"));
+        let json1 = Expected::load(&dir.join("expected-1.json"));
+        let bucket = json0.raw["bucket"].as_str().unwrap().to_string();
+        let prefix = json0.raw["prefix"].as_str().unwrap().to_string();
+        Sample {
+            bucket_root: dir.join("bucket").join(&bucket),
+            append_root: dir.join("append-1").join(&bucket),
+            json0,
+            json1,
+            bucket,
+            prefix,
+        }
+    }
+
+    /// Copies the initial bucket into `dir` (as `<dir>/<prefix>`) and
+    /// returns the `file://` source URL of the backup.
+    pub fn install_initial(&self, dir: &Path) -> String {
+        copy_dir(&self.bucket_root, dir);
+        format!("file://{}/{}", dir.display(), self.prefix)
+    }
+
+    /// Adds the append-1 log objects to a directory made by
+    /// [`Sample::install_initial`].
+    pub fn install_append(&self, dir: &Path) {
+        copy_dir(&self.append_root, dir);
+    }
+}
+
+/// An `expected-*.json` file (format in tests/fixtures/README.md).
+pub struct Expected {
+    pub raw: Value,
+}
+
+impl Expected {
+    pub fn load(path: &Path) -> Expected {
+        let text = std::fs::read_to_string(path).unwrap();
+        Expected {
+            raw: serde_json::from_str(&text).unwrap(),
+        }
+    }
+
+    pub fn latest_point(&self) -> String {
+        self.raw["latest_point"].as_str().unwrap().to_string()
+    }
+
+    pub fn initial_point(&self) -> String {
+        self.raw["initial_point"].as_str().unwrap().to_string()
+    }
+
+    /// Recoverable points, ascending: (versionstamp, RFC 3339 time).
+    pub fn points(&self) -> Vec<(String, String)> {
+        self.raw["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["versionstamp"].as_str().unwrap().to_string(),
+                    p["time"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The points that have a full expected state, with that state.
+    pub fn states(&self) -> Vec<(String, &Value)> {
+        self.raw["states"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect()
+    }
+
+    /// Asserts the replica state equals the expected state at `latest_point`.
+    pub fn assert_final(&self, rows: &BTreeMap<String, Row>) {
+        self.assert_state(rows, &self.raw["final_state"], "final_state");
+    }
+
+    /// Asserts `rows` equals one expected state (`{key_hex: [value_id, vs]}`):
+    /// same keys, versionstamps, encodings and values.
+    pub fn assert_state(&self, rows: &BTreeMap<String, Row>, state: &Value, label: &str) {
+        let state = state.as_object().unwrap();
+        let extra: Vec<_> = rows.keys().filter(|k| !state.contains_key(*k)).collect();
+        let missing: Vec<_> = state.keys().filter(|k| !rows.contains_key(*k)).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "{label}: {} keys too many (e.g. {:?}), {} missing (e.g. {:?})",
+            extra.len(),
+            extra.first(),
+            missing.len(),
+            missing.first()
+        );
+        for (key, exp) in state {
+            let row = &rows[key];
+            let id = exp[0].as_str().unwrap();
+            let vs = exp[1].as_str().unwrap();
+            assert_eq!(row.versionstamp, vs, "{label}: versionstamp of key {key}");
+            let value = &self.raw["values"][id];
+            check_value(row, value).unwrap_or_else(|e| panic!("{label}: key {key}: {e}"));
+        }
+    }
+}
+
+/// Checks a stored value against the fixtures' JSON form of it.
+pub fn check_value(row: &Row, expected: &Value) -> Result<(), String> {
+    if let Some(dec) = expected.get("$u64").and_then(Value::as_str) {
+        let want: u64 = dec.parse().unwrap();
+        if row.encoding != 2 || row.value != want.to_le_bytes() {
+            return Err(format!(
+                "want u64 {want}, got encoding {} value {}",
+                row.encoding,
+                hex::encode(&row.value)
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(h) = expected.get("$bytes").and_then(Value::as_str) {
+        if row.encoding != 3 || hex::encode(&row.value) != h {
+            return Err(format!(
+                "want bytes {h}, got encoding {} value {}",
+                row.encoding,
+                hex::encode(&row.value)
+            ));
+        }
+        return Ok(());
+    }
+    if row.encoding != 1 {
+        return Err(format!("want a V8 value, got encoding {}", row.encoding));
+    }
+    let got = v8::decode(&row.value).map_err(|e| format!("V8 decode: {e}"))?;
+    if !same(&got, expected) {
+        return Err(format!("want {expected}, got {got}"));
+    }
+    Ok(())
+}
+
+/// JSON equality where numbers may differ in the last bit: the expected
+/// files print the shortest round-trip form, which a JSON parser does not
+/// always read back to the exact same double.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y || (x - y).abs() <= f64::EPSILON * 4.0 * x.abs().max(y.abs())
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
