@@ -1,35 +1,18 @@
 //! `kvreplica sync` and `kvreplica pitr` end to end on directory sources:
-//! the sample backups made outside this repo, buckets from the project's
-//! fixture writer, resumption after SIGKILL, continuous sync and corrupt
-//! input.
+//! checkouts of the sample backups' recorded states and of every point of
+//! a generated backup, corrupt input of every kind, source binding. The
+//! scenarios every source must pass (samples, SIGKILL resume, follow) are
+//! in `conformance.rs`.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, Fixture, Rng, Spec};
-use common::{integrity_ok, read_replica, run, run_ok, Sample};
+use common::{integrity_ok, pitr_list, read_replica, run, run_ok, Sample};
 
 fn db_arg(db: &Path) -> String {
     db.display().to_string()
-}
-
-/// `pitr list` output as (versionstamp, time) pairs, oldest first.
-fn pitr_list(db: &Path) -> Vec<(String, String)> {
-    let out = run_ok(&["pitr", "--db", &db_arg(db), "list"]);
-    let mut v: Vec<(String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (vs, t) = l.split_once('\t').expect("tab-separated line");
-            (vs.to_string(), t.to_string())
-        })
-        .collect();
-    v.reverse();
-    v
 }
 
 fn sync_ok(source: &str, db: &Path) {
@@ -177,165 +160,6 @@ fn checkout_reaches_every_point_in_random_order() {
     run_ok(&["pitr", "--db", &db_arg(&db), "checkout", "latest"]);
     assert_rows_eq(&read_replica(&db), &fx.state_at(fx.last_initial), "latest");
     assert!(integrity_ok(&db));
-}
-
-/// Runs `sync` with one fetch at a time and kills it with SIGKILL right after
-/// it reports the `nth` event matching `event`. Returns false when the sync
-/// finished before that.
-fn kill_after(source: &str, db: &Path, event: &str, nth: usize) -> bool {
-    let mut child = Command::new(common::kvreplica_bin())
-        .args(["sync", "--source", source, "--db", &db_arg(db)])
-        .args(["--fetch-concurrency", "1", "--page-size", "3"])
-        .env("RUST_LOG", "kvreplica=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = 0;
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if line.contains(event) {
-            seen += 1;
-            if seen == nth {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                return true;
-            }
-        }
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "sync failed on its own: {status}");
-    false
-}
-
-#[test]
-fn resumes_after_sigkill_during_snapshot_and_log_apply() {
-    let fx = Fixture::generate(Spec {
-        seed: 3,
-        keys: 4000,
-        ranges: 12,
-        pre_commits: 120,
-        post_commits: 120,
-        append_commits: 0,
-        muts_per_log: 10,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let db = tmp.path().join("r.sqlite");
-    let source = format!("file://{}/", dir.display());
-
-    let mut kills = 0;
-    for (event, nth) in [
-        ("snapshot range loaded", 2),
-        ("snapshot range loaded", 3),
-        ("snapshot range loaded", 4),
-        ("log batch stored", 2),
-        ("log batch stored", 5),
-        ("log batch stored", 9),
-        ("log batch stored", 3),
-    ] {
-        if kill_after(&source, &db, event, nth) {
-            kills += 1;
-            assert!(integrity_ok(&db));
-        }
-    }
-    assert!(
-        kills >= 5,
-        "only {kills} kills landed before the sync finished"
-    );
-    sync_ok(&source, &db);
-    assert_rows_eq(
-        &read_replica(&db),
-        &fx.state_at(fx.last_initial),
-        "after kills",
-    );
-    let want: Vec<String> = fx
-        .points(fx.last_initial)
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
-    let got: Vec<String> = pitr_list(&db).into_iter().map(|p| p.0).collect();
-    assert_eq!(got, want, "no point missing or duplicated");
-    // And the history is whole: checking out the first point still works.
-    run_ok(&["pitr", "--db", &db_arg(&db), "checkout", &want[0]]);
-    assert_rows_eq(
-        &read_replica(&db),
-        &fx.state_at(fx.dv_commit + 1),
-        "first point",
-    );
-}
-
-#[test]
-fn follow_applies_appended_logs_in_order() {
-    let fx = Fixture::generate(Spec {
-        seed: 11,
-        append_commits: 40,
-        split_commits: false,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let db = tmp.path().join("r.sqlite");
-    let mut child = Command::new(common::kvreplica_bin())
-        .args(["sync", "--follow", "--poll-interval", "50ms"])
-        .args(["--source", &format!("file://{}/", dir.display())])
-        .args(["--db", &db_arg(&db)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-
-    // Append one object at a time; each time the replica must reach the
-    // state at the object's last commit.
-    let wait_for = |want: &std::collections::BTreeMap<Vec<u8>, common::fixture::Rec>,
-                    label: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if db.exists() {
-                let rows = read_replica(&db);
-                if rows.len() == want.len() {
-                    let probe = std::panic::catch_unwind(|| assert_rows_eq(&rows, want, label));
-                    if probe.is_ok() {
-                        return;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{label}: replica did not get there in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    };
-    wait_for(&fx.state_at(fx.last_initial), "initial");
-    let mut commit = fx.last_initial;
-    for (rel, body) in &fx.append {
-        let path = dir.join(rel);
-        std::fs::write(&path, body).unwrap();
-        // The name's last stamp is the object's last commit.
-        let last_vs = &rel[rel.len() - 4 - 24..rel.len() - 4 - 4];
-        while hex::encode(fx.commits[commit].versionstamp) != last_vs {
-            commit += 1;
-        }
-        wait_for(&fx.state_at(commit), rel);
-    }
-    assert_eq!(commit, fx.last_commit());
-    // SIGTERM: a clean exit.
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "sync --follow ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit after SIGTERM: {status}");
 }
 
 /// Syncs the initial bucket, damages the bucket with `damage`, syncs again

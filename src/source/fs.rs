@@ -54,7 +54,9 @@ impl DirSource {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if tokio::fs::metadata(&self.root).await.is_err() {
-                    return Err(SourceError::NoSuchBucket(self.root.display().to_string()));
+                    return Err(SourceError::NoSuchDirectory(
+                        self.root.display().to_string(),
+                    ));
                 }
                 return Ok(Vec::new());
             }
@@ -109,7 +111,9 @@ impl Source for DirSource {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if tokio::fs::metadata(&self.root).await.is_err() {
-                    return Err(SourceError::NoSuchBucket(self.root.display().to_string()));
+                    return Err(SourceError::NoSuchDirectory(
+                        self.root.display().to_string(),
+                    ));
                 }
                 Ok(None)
             }

@@ -30,6 +30,9 @@ pub enum SourceError {
     /// The bucket itself does not exist.
     #[error("bucket {0:?} does not exist")]
     NoSuchBucket(String),
+    /// The directory of a `file://` source does not exist: no backup there.
+    #[error("no backup at {0}: the directory does not exist")]
+    NoSuchDirectory(String),
     /// Credentials were refused; retrying will not help.
     #[error("access denied to {what}: {detail}")]
     AccessDenied { what: String, detail: String },

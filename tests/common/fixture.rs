@@ -535,13 +535,9 @@ fn write_objects(dir: &Path, objects: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Compares a replica's rows (see [`super::read_replica`]) with a state.
-pub fn assert_rows_eq(
-    rows: &BTreeMap<String, super::Row>,
-    state: &BTreeMap<Vec<u8>, Rec>,
-    label: &str,
-) {
-    let want: BTreeMap<String, super::Row> = state
+/// The rows a replica holding `state` has (see [`super::read_replica`]).
+pub fn expected_rows(state: &BTreeMap<Vec<u8>, Rec>) -> BTreeMap<String, super::Row> {
+    state
         .iter()
         .map(|(k, r)| {
             (
@@ -554,7 +550,16 @@ pub fn assert_rows_eq(
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Compares a replica's rows (see [`super::read_replica`]) with a state.
+pub fn assert_rows_eq(
+    rows: &BTreeMap<String, super::Row>,
+    state: &BTreeMap<Vec<u8>, Rec>,
+    label: &str,
+) {
+    let want = expected_rows(state);
     if rows != &want {
         let diff = want
             .iter()

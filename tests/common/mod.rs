@@ -276,3 +276,98 @@ fn same(a: &Value, b: &Value) -> bool {
         _ => a == b,
     }
 }
+
+/// `pitr list` output as (versionstamp, time) pairs, oldest first.
+pub fn pitr_list(db: &Path) -> Vec<(String, String)> {
+    let out = run_ok(&["pitr", "--db", &db.display().to_string(), "list"]);
+    let mut v: Vec<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (vs, t) = l.split_once('\t').expect("tab-separated line");
+            (vs.to_string(), t.to_string())
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
+/// Runs a prepared `kvreplica sync` command with debug events on stderr and
+/// kills it with SIGKILL right after the `nth` line containing `event`.
+/// Returns false when the command finished (successfully) before that.
+pub fn kill_after(mut cmd: Command, event: &str, nth: usize) -> bool {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("RUST_LOG", "kvreplica=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = 0;
+    let mut tail = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains(event) {
+            seen += 1;
+            if seen == nth {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return true;
+            }
+        }
+        tail.push(line);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "sync failed on its own: {status}\n{}",
+        tail.join("\n")
+    );
+    false
+}
+
+/// Polls the replica file until `check` accepts its rows, for at most
+/// `timeout`; panics with `label` otherwise.
+pub fn wait_for_rows(
+    db: &Path,
+    timeout: std::time::Duration,
+    label: &str,
+    check: impl Fn(&BTreeMap<String, Row>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if db.exists() {
+            // The file may be mid-creation on the first attempts.
+            if let Ok(rows) = std::panic::catch_unwind(|| read_replica(db)) {
+                if check(&rows) {
+                    return;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: the replica did not get there within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+}
+
+/// Sends SIGTERM and waits (bounded) for a clean exit.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process ignored SIGTERM for 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
