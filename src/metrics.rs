@@ -169,6 +169,15 @@ impl Metrics {
         }
     }
 
+    /// Now minus the commit time of the newest commit fetched, once one is
+    /// known. A database without writes shows a growing lag: the newest
+    /// commit is old, and nothing tells the replica whether newer ones exist.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        let latest = self.latest_commit_ms.get();
+        (latest > 0)
+            .then(|| (chrono::Utc::now().timestamp_millis() - latest).max(0) as f64 / 1000.0)
+    }
+
     /// The Prometheus text exposition of every metric, plus the replica
     /// file's size (read at scrape time) and the replication lag computed
     /// against the current clock.
@@ -181,14 +190,13 @@ impl Metrics {
             g.set(size as i64);
             extra.register(Box::new(g)).expect("unique");
         }
-        let latest = self.latest_commit_ms.get();
-        if latest > 0 {
+        if let Some(lag) = self.lag_seconds() {
             let g = prometheus::Gauge::new(
                 "replication_lag_seconds",
                 "Now minus the commit time of the newest commit fetched",
             )
             .unwrap();
-            g.set((chrono::Utc::now().timestamp_millis() - latest).max(0) as f64 / 1000.0);
+            g.set(lag);
             extra.register(Box::new(g)).expect("unique");
         }
         families.extend(extra.gather());

@@ -118,6 +118,9 @@ pub struct Syncer {
     visible: watch::Sender<Option<Versionstamp>>,
     /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
     last_ok_round_ms: std::sync::atomic::AtomicI64,
+    /// When the engine last made progress or finished a step, failed or
+    /// not (epoch ms): the watchdog's proof that the loop is not stuck.
+    alive_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Syncer {
@@ -147,6 +150,7 @@ impl Syncer {
             progress: Progress::new(),
             visible,
             last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
+            alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
         })
     }
 
@@ -163,6 +167,22 @@ impl Syncer {
             0 => None,
             ms => chrono::DateTime::from_timestamp_millis(ms),
         }
+    }
+
+    /// How long ago the engine last showed progress: a listing answered,
+    /// a range or batch stored, a round ended (even with an error), or a
+    /// pause between rounds ticked. Grows only when the loop is stuck.
+    pub fn since_alive(&self) -> Duration {
+        let ms = Utc::now().timestamp_millis()
+            - self.alive_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+
+    fn alive(&self) {
+        self.alive_ms.store(
+            Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The configured poll interval.
@@ -339,6 +359,7 @@ impl Syncer {
             self.with_store(move |s| s.load_snapshot_range(&name, &entries))
                 .await?;
             tracing::debug!(range = %name, keys = n, "snapshot range loaded");
+            self.alive();
             drop(permit);
             self.progress
                 .ranges_loaded
@@ -365,6 +386,7 @@ impl Syncer {
                 .await?;
             // A listing that answered is what readiness asks about: a long
             // catch-up round must not look like a stuck one.
+            self.alive();
             self.last_ok_round_ms.store(
                 Utc::now().timestamp_millis(),
                 std::sync::atomic::Ordering::Relaxed,
@@ -441,6 +463,7 @@ impl Syncer {
                 let timer = METRICS.apply_seconds.start_timer();
                 let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
                 timer.observe_duration();
+                self.alive();
                 drop(permits);
                 METRICS.mutations_applied.inc_by(mutations);
                 tracing::debug!(
@@ -553,9 +576,24 @@ impl Syncer {
                     (self.opts.poll_interval * (1 << failures.min(5))).min(Duration::from_secs(60))
                 }
             };
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(pause) => {}
+            self.alive();
+            // The pause ticks the heartbeat so a long backoff is not taken
+            // for a stuck loop.
+            let until = tokio::time::Instant::now() + pause;
+            loop {
+                let step = until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(Duration::from_secs(1));
+                if step.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(step) => self.alive(),
+                }
+            }
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                return;
             }
         }
     }

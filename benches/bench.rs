@@ -1,0 +1,159 @@
+//! Benchmark harness (run with `cargo bench --bench bench -- <command>`).
+//!
+//! Commands:
+//! - `generate --keys N --commits C --muts-per-log M --out DIR`: writes a
+//!   Deploy-format backup made by the project's fixture writer into DIR.
+//! - `initial-sync --source URL [--runs R]`: times `kvreplica sync` (release
+//!   build) from scratch R times and reports the median wall time, keys/s,
+//!   MB/s and peak RSS.
+//!
+//! See BENCHMARKS.md for the full procedure and recorded figures.
+
+#[path = "../tests/common/fixture.rs"]
+mod fixture;
+#[path = "../tests/common/v8.rs"]
+mod v8;
+
+/// The fixture writer compares against rows of this shape.
+#[allow(dead_code)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub value: Vec<u8>,
+    pub encoding: i64,
+    pub versionstamp: String,
+    pub expire_at_ms: i64,
+}
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(args: &[String], name: &str, default: usize) -> usize {
+    arg(args, name).map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("generate") => generate(&args),
+        Some("initial-sync") => initial_sync(&args),
+        _ => {
+            eprintln!("usage: cargo bench --bench bench -- generate|initial-sync …");
+        }
+    }
+}
+
+fn generate(args: &[String]) {
+    let keys = num(args, "--keys", 10_000);
+    let commits = num(args, "--commits", 1000);
+    let out = PathBuf::from(arg(args, "--out").expect("--out DIR"));
+    let t = Instant::now();
+    let fx = fixture::Fixture::generate(fixture::Spec {
+        seed: 42,
+        keys,
+        pre_commits: commits / 2,
+        post_commits: commits - commits / 2,
+        append_commits: 0,
+        max_muts_per_commit: 200,
+        muts_per_log: num(args, "--muts-per-log", 100),
+        ranges: (keys / 20_000).clamp(4, 256),
+        empty_range: true,
+        format0_logs: 0,
+        split_commits: true,
+    });
+    fx.write_initial(&out);
+    let bytes: usize = fx.initial.iter().map(|(_, b)| b.len()).sum();
+    eprintln!(
+        "wrote {} objects, {:.1} MB, {} keys at the newest point, in {:.1?}",
+        fx.initial.len(),
+        bytes as f64 / 1e6,
+        fx.state_at(fx.last_initial).len(),
+        t.elapsed()
+    );
+}
+
+fn kvreplica_release() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet", "--bin", "kvreplica"])
+        .current_dir(root)
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    root.join("target/release/kvreplica")
+}
+
+/// Runs `cmd` under `/usr/bin/time -v`; returns (wall seconds, peak RSS KiB).
+fn timed(cmd: &mut Command) -> (f64, u64) {
+    let mut time = Command::new("/usr/bin/time");
+    time.arg("-v").arg(cmd.get_program()).args(cmd.get_args());
+    let t = Instant::now();
+    let out = time.output().expect("/usr/bin/time");
+    let wall = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "benchmarked command failed:\n{stderr}"
+    );
+    let rss = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("peak RSS in /usr/bin/time output");
+    (wall, rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn initial_sync(args: &[String]) {
+    let source = arg(args, "--source").expect("--source URL");
+    let runs = num(args, "--runs", 3);
+    let bin = kvreplica_release();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut walls = Vec::new();
+    let mut rsss = Vec::new();
+    let mut keys = 0u64;
+    let mut db_size = 0u64;
+    for i in 0..runs {
+        let db = tmp.path().join(format!("run{i}.sqlite"));
+        let (wall, rss) = timed(
+            Command::new(&bin)
+                .args(["sync", "--source", &source, "--db"])
+                .arg(&db),
+        );
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        keys = conn
+            .query_row("select count(*) from kv", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64;
+        db_size = std::fs::metadata(&db).unwrap().len();
+        eprintln!(
+            "run {i}: {wall:.2} s, peak RSS {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+        walls.push(wall);
+        rsss.push(rss as f64);
+    }
+    let wall = median(walls);
+    println!(
+        "initial sync: median {wall:.2} s over {runs} runs, {keys} keys, {:.0} keys/s, \
+         replica {:.1} MB, peak RSS median {:.1} MiB",
+        keys as f64 / wall,
+        db_size as f64 / 1e6,
+        median(rsss) / 1024.0
+    );
+}
