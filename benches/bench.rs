@@ -9,21 +9,10 @@
 //!
 //! See BENCHMARKS.md for the full procedure and recorded figures.
 
-#[path = "../tests/common/fixture.rs"]
-mod fixture;
-#[path = "../tests/common/v8.rs"]
-mod v8;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-/// The fixture writer compares against rows of this shape.
-#[allow(dead_code)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub value: Vec<u8>,
-    pub encoding: i64,
-    pub versionstamp: String,
-    pub expire_at_ms: i64,
-}
-
+use common::fixture;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

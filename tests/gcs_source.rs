@@ -2,17 +2,16 @@
 //! canned HTTP servers for the answers an emulator never gives (throttling,
 //! 5xx, 403, hung connections) and for the OAuth token endpoint.
 
+#[path = "common/canned.rs"]
+mod canned;
 #[path = "common/gcs_server.rs"]
 mod gcs_server;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use canned::Canned;
 use chrono::Utc;
 use gcs_server::GcsServer;
 use kvreplica::format::{FormatError, LogName, SnapshotName};
@@ -239,94 +238,15 @@ async fn an_invalid_object_name_is_a_format_error() {
     );
 }
 
-/// A minimal HTTP server with a fixed answer per request; `None` holds the
-/// connection open without answering. Stopped on drop.
-struct Canned {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// Bodies of the requests received, in order.
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
+/// A status and JSON body, or `None` to never answer.
 type Answer = Option<(u16, String)>;
 
 /// Checks that an error has the expected class.
 type Expect = fn(&SourceError) -> bool;
 
-impl Canned {
-    fn start(answer: impl Fn(&str) -> Answer + Send + 'static) -> Canned {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, requests2) = (stop.clone(), requests.clone());
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let body = read_request(&mut s);
-                requests2.lock().unwrap().push(body.clone());
-                match answer(&body) {
-                    Some((status, text)) => {
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                            text.len()
-                        );
-                    }
-                    None => held.push(s),
-                }
-            }
-        });
-        Canned {
-            addr,
-            stop,
-            thread: Some(thread),
-            requests,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Canned {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads one request's head and body; returns the body.
-fn read_request(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => buf.push(byte[0]),
-            _ => return String::new(),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    let _ = s.read_exact(&mut body);
-    String::from_utf8_lossy(&body).into_owned()
+/// The raw response for an [`Answer`].
+fn raw(a: Answer) -> canned::Answer {
+    a.and_then(|(status, text)| canned::http(status, "application/json", &text))
 }
 
 fn gcs_error(code: u16, message: &str) -> Answer {
@@ -363,7 +283,7 @@ async fn http_failures_are_classified() {
     ];
     for (answer, expected) in cases {
         let label = format!("{answer:?}");
-        let server = Canned::start(move |_| answer.clone());
+        let server = Canned::start(move |_| raw(answer.clone()));
         let src = source_at(&server.url(), BUCKET, GcsOptions::default());
         let err = src.list_logs(None, 10).await.unwrap_err();
         assert!(expected(&err), "{label}: {err:?}");
@@ -463,10 +383,10 @@ fn b64url(s: &str) -> Vec<u8> {
 async fn key_file_signs_a_valid_assertion_and_names_the_account() {
     let dir = tempfile::tempdir().unwrap();
     let token = Canned::start(|_| {
-        Some((
+        raw(Some((
             200,
             r#"{"access_token":"test-token","token_type":"Bearer","expires_in":3600}"#.into(),
-        ))
+        )))
     });
     let key_file = write_key_file(dir.path(), &format!("{}/token", token.url()));
     let server = GcsServer::start();
@@ -484,7 +404,7 @@ async fn key_file_signs_a_valid_assertion_and_names_the_account() {
 
     // The token request carried an RS256 assertion for this account that
     // verifies against the key's public half.
-    let body = token.requests.lock().unwrap()[0].clone();
+    let body = token.requests.lock().unwrap()[0].body.clone();
     let form: std::collections::HashMap<String, String> =
         url::form_urlencoded::parse(body.as_bytes())
             .into_owned()
@@ -527,10 +447,10 @@ async fn key_file_signs_a_valid_assertion_and_names_the_account() {
 
     // A refused key (revoked, deleted account) is an access error naming it.
     let refusing = Canned::start(|_| {
-        Some((
+        raw(Some((
             400,
             r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#.into(),
-        ))
+        )))
     });
     let key_file = write_key_file(dir.path(), &format!("{}/token", refusing.url()));
     let src = source_at(

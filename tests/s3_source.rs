@@ -3,19 +3,19 @@
 //! never gives (throttling, 5xx, cut-off bodies, hung connections), and one
 //! round trip of the `kvreplica` binary through S3.
 
+#[path = "common/canned.rs"]
+mod canned;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use canned::{http, Answer, Canned};
 use chrono::{DateTime, Utc};
 use kvreplica::format::{FormatError, LogName, SnapshotName};
 use kvreplica::source::s3::{S3Credentials, S3Source};
@@ -325,101 +325,8 @@ async fn an_invalid_object_name_is_a_format_error() {
     );
 }
 
-/// A minimal HTTP server with a fixed raw answer per request; `None` holds
-/// the connection open without answering. Stopped on drop.
-struct Canned {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// Request lines (`GET /path?query HTTP/1.1`) received, in order.
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-/// The whole HTTP response to send, or `None` to never answer.
-type Answer = Option<String>;
-
 /// Checks that an error has the expected class.
 type Expect = fn(&SourceError) -> bool;
-
-impl Canned {
-    fn start(answer: impl Fn(&str) -> Answer + Send + 'static) -> Canned {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, requests2) = (stop.clone(), requests.clone());
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let line = read_request(&mut s);
-                requests2.lock().unwrap().push(line.clone());
-                match answer(&line) {
-                    Some(raw) => {
-                        let _ = s.write_all(raw.as_bytes());
-                        let _ = s.flush();
-                    }
-                    None => held.push(s),
-                }
-            }
-        });
-        Canned {
-            addr,
-            stop,
-            thread: Some(thread),
-            requests,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Canned {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads one request's head and body; returns its request line.
-fn read_request(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => buf.push(byte[0]),
-            _ => return String::new(),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len = head
-        .to_ascii_lowercase()
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:").map(str::to_string))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    let _ = s.read_exact(&mut body);
-    head.lines().next().unwrap_or("").to_string()
-}
-
-fn http(status: u16, content_type: &str, body: &str) -> Answer {
-    Some(format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-}
 
 fn s3_error(status: u16, code: &str) -> Answer {
     http(
@@ -517,7 +424,13 @@ async fn list_logs_is_one_request_with_start_after_and_max_keys() {
     let src = source_with(&server.url(), BUCKET, test_creds(), REQUEST_TIMEOUT);
     let after = log_name(7);
     assert!(src.list_logs(Some(&after), 10).await.unwrap().is_empty());
-    let requests = server.requests.lock().unwrap().clone();
+    let requests = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.line.clone())
+        .collect::<Vec<_>>();
     assert_eq!(requests.len(), 1, "{requests:?}");
     let line = &requests[0];
     let target = line.split_whitespace().nth(1).unwrap();
