@@ -7,13 +7,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -34,9 +33,7 @@ pub const MAX_POINTS_PAGE: usize = 10_000;
 pub const READY_POLL_INTERVALS: u32 = 10;
 /// ... but never for less than this, so fast polling does not flap.
 pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
-/// Admin tokens shorter than this are refused at start-up (same rule as
-/// KV Connect access tokens).
-pub const MIN_TOKEN_LEN: usize = 12;
+pub use crate::auth::Tokens;
 
 /// Errors at the admin API boundary, each with its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -94,40 +91,6 @@ impl AdminError {
             );
         }
         r
-    }
-}
-
-/// Admin tokens, swappable at run time (token rotation by config reload).
-#[derive(Debug, Default)]
-pub struct Tokens(RwLock<Vec<String>>);
-
-impl Tokens {
-    pub fn new(tokens: Vec<String>) -> Arc<Self> {
-        Arc::new(Tokens(RwLock::new(tokens)))
-    }
-
-    /// Replaces the accepted tokens.
-    pub fn replace(&self, tokens: Vec<String>) {
-        *self.0.write().expect("tokens lock") = tokens;
-    }
-
-    /// True when no token is configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.read().expect("tokens lock").is_empty()
-    }
-
-    /// Checks `Authorization: Bearer <t>` against every token, in constant
-    /// time per token (no early exit on the first differing byte).
-    pub fn check(&self, header: Option<&str>) -> bool {
-        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        let tokens = self.0.read().expect("tokens lock");
-        let mut ok = subtle::Choice::from(0);
-        for t in tokens.iter() {
-            ok |= t.as_bytes().ct_eq(given.trim().as_bytes());
-        }
-        bool::from(ok)
     }
 }
 
@@ -384,7 +347,7 @@ async fn dispatch(
             path.as_str()
         )));
     }
-    if !ctx.tokens.check(auth.as_deref()) {
+    if ctx.tokens.check(auth.as_deref()).is_none() {
         return Err(AdminError::Unauthorized);
     }
     match (path.as_str(), &method) {
@@ -454,7 +417,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "admin API listening");
+    match addr {
+        Some(addr) => tracing::info!(%addr, "admin API listening"),
+        None => tracing::info!("admin API listening"),
+    }
     warp::serve(routes(ctx))
         .incoming(listener)
         .graceful(shutdown)

@@ -2,21 +2,25 @@
 //! backups Deno Deploy writes to a bucket.
 //!
 //! # Layout
-//! Data flows one way: source → format → sync → store.
+//! Data flows one way: source → format → sync → store → server/admin.
 //! - [`source`]: where backups are read from (directory, S3), with retries.
 //! - [`format`]: object names, versionstamps and the protobuf payloads.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, sync cursor and source binding.
 //! - [`sync`]: the engine that loads the initial snapshot and applies logs.
-//! - [`admin`]: the HTTP admin API (point-in-time recovery).
+//! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`).
+//! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
+//! - [`auth`]: bearer tokens shared by both listeners.
 //! - [`cli`]: the `kvreplica` command line.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod format;
 pub mod metrics;
 pub mod notify;
 pub mod progress;
+pub mod server;
 pub mod source;
 pub mod store;
 pub mod sync;

@@ -116,6 +116,10 @@ pub struct Syncer {
     budget_kib: u32,
     /// The visible commit; receivers (watchers, readiness) wake on change.
     visible: watch::Sender<Option<Versionstamp>>,
+    /// A copy of the store's state as of its last change, so readers of
+    /// the state (readiness, status lines, the next round) never wait for
+    /// the store lock, which an apply transaction holds for its duration.
+    state: Mutex<SyncState>,
     /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
     last_ok_round_ms: std::sync::atomic::AtomicI64,
     /// When the engine last made progress or finished a step, failed or
@@ -140,6 +144,7 @@ impl Syncer {
         if let Some(v) = store.state().visible() {
             METRICS.visible_version.set(v.version() as i64);
         }
+        let state = Mutex::new(store.state().clone());
         let budget_kib = (opts.max_bytes_in_flight / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
         Ok(Syncer {
             source,
@@ -149,6 +154,7 @@ impl Syncer {
             opts,
             progress: Progress::new(),
             visible,
+            state,
             last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
             alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
         })
@@ -195,14 +201,10 @@ impl Syncer {
         self.visible.subscribe()
     }
 
-    /// The store, for callers that need to act on it between rounds.
-    pub fn store(&self) -> &Arc<Mutex<Store>> {
-        &self.store
-    }
-
-    /// A copy of the stored sync state.
+    /// A copy of the stored sync state as of the last store operation the
+    /// engine ran; never waits for a transaction in progress.
     pub fn state(&self) -> SyncState {
-        self.store.lock().expect("store lock").state().clone()
+        self.state.lock().expect("state lock").clone()
     }
 
     async fn with_store<T: Send + 'static>(
@@ -210,10 +212,15 @@ impl Syncer {
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, SyncError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))?
-            .map_err(SyncError::from)
+        let out = tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().expect("store lock");
+            let out = f(&mut s);
+            (s.state().clone(), out)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?;
+        *self.state.lock().expect("state lock") = out.0;
+        out.1.map_err(SyncError::from)
     }
 
     /// Reserves budget for an object of `size` bytes; objects larger than
@@ -517,12 +524,17 @@ impl Syncer {
     /// watching it. Runs between two sync transactions, never inside one.
     pub async fn checkout(&self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
         let store = self.store.clone();
-        let out =
-            tokio::task::spawn_blocking(move || store.lock().expect("store lock").checkout(target))
-                .await
-                .map_err(|e| {
-                    CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
-                })??;
+        let (state, out) = tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().expect("store lock");
+            let out = s.checkout(target);
+            (s.state().clone(), out)
+        })
+        .await
+        .map_err(|e| {
+            CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
+        })?;
+        *self.state.lock().expect("state lock") = state;
+        let out = out?;
         self.visible.send_replace(Some(out.to.versionstamp));
         METRICS.checkouts.inc();
         METRICS.pinned.set(out.pinned as i64);

@@ -1,0 +1,565 @@
+//! The read-only KV Connect server: what `Deno.openKv("http://host:4512")`
+//! and `@deno/kv` for Node talk to.
+//!
+//! One listener speaks HTTP/1.1 (Node's fetch) and HTTP/2 cleartext with
+//! prior knowledge (the Deno CLI): warp's server detects the HTTP/2
+//! preface on each connection. The metadata exchange (`POST /`) hands out
+//! the data path `/v2`; `snapshot_read` and `watch` read the visible state
+//! through a pool of read-only SQLite connections, and `atomic_write` is
+//! refused. Nothing here ever writes to the replica.
+//!
+//! Requests are answered 503 until the initial snapshot is complete, so a
+//! client never sees a state from before the backup's differential point.
+//! A restarted replica whose snapshot was complete serves at once from its
+//! file, before the first poll of the bucket.
+
+mod read;
+mod watch;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::Utc;
+use denokv_proto::datapath::{
+    ReadRangeOutput, SnapshotRead, SnapshotReadOutput, SnapshotReadStatus, Watch,
+};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use serde::Deserialize;
+use tokio::sync::watch as channel;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::auth::Tokens;
+use crate::format::Versionstamp;
+use crate::metrics::{self, METRICS};
+use crate::source::SourceUrl;
+use crate::store::StoreError;
+use crate::sync::Syncer;
+
+pub use read::ReaderPool;
+pub use watch::KEEPALIVE;
+
+/// Request limits, the same as the reference server's (denokv_proto's
+/// `limits`, which it does not export), so a client that works against
+/// Deploy or denokv works here and vice versa.
+pub mod limits {
+    /// Ranges in one `snapshot_read`.
+    pub const MAX_READ_RANGES: usize = 10;
+    /// Entries requested across the ranges of one `snapshot_read`.
+    pub const MAX_READ_ENTRIES: usize = 1000;
+    /// Largest key written (and so watched).
+    pub const MAX_WRITE_KEY_SIZE_BYTES: usize = 2048;
+    /// Largest range bound: one more than a key, for the `key + 0x00` end
+    /// bound of a single-key read.
+    pub const MAX_READ_KEY_SIZE_BYTES: usize = MAX_WRITE_KEY_SIZE_BYTES + 1;
+    /// Keys in one `watch`.
+    pub const MAX_WATCHED_KEYS: usize = 10;
+}
+
+/// Largest request body. The largest valid request, ten ranges with two
+/// 2049-byte keys each, is about 41 KiB; anything bigger is refused before
+/// it is read into memory.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a metadata answer is valid. Clients re-run the exchange when
+/// it expires, or earlier on a 401 (e.g. after a token rotation).
+pub const METADATA_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// Protocol versions served: 2 and 3 differ only in v3 clients requiring
+/// `status` in read answers, which is always set.
+const VERSIONS: [u64; 2] = [3, 2];
+
+/// Default size of the reader pool: reads are short, CPU-bound SQLite
+/// lookups, so a few connections per core keep every core busy while one
+/// waits on the disk.
+pub fn default_readers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .clamp(4, 32)
+}
+
+/// The stable id of the database a source holds: the Deploy database UUID
+/// when the prefix carries one, else a UUIDv5 of the source URL. Every
+/// replica of one source reports the same id, so clients can be balanced
+/// across replicas (metadata from one, reads from another).
+pub fn database_id(url: &SourceUrl) -> uuid::Uuid {
+    url.deploy_database_id().unwrap_or_else(|| {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, url.to_string().as_bytes())
+    })
+}
+
+/// Errors at the KV Connect boundary, each with its HTTP status. Bodies
+/// are plain text: clients show them to the user verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Missing or invalid access token (send Authorization: Bearer <token>).")]
+    Unauthorized,
+    #[error("The server requires protocol version 2 or 3; the client offered {0}. Upgrade the client (Deno 1.38 or newer).")]
+    NoCommonVersion(String),
+    #[error("The metadata request body is not valid JSON: {0}")]
+    BadMetadataRequest(String),
+    #[error("Missing or unsupported x-denokv-version header (this server speaks 2 and 3).")]
+    BadProtocolVersion,
+    #[error("Missing or wrong x-denokv-database-id header: this server holds database {0}.")]
+    WrongDatabase(uuid::Uuid),
+    #[error("Malformed request: {0}")]
+    BadRequest(String),
+    #[error("Request protobuf is invalid: {0}")]
+    BadProtobuf(String),
+    #[error("Request body too large (at most {MAX_BODY_BYTES} bytes).")]
+    BodyTooLarge,
+    #[error(
+        "Too many read ranges in one request (at most {}).",
+        limits::MAX_READ_RANGES
+    )]
+    TooManyRanges,
+    #[error(
+        "A read range limit must be between 1 and {}.",
+        limits::MAX_READ_ENTRIES
+    )]
+    BadLimit,
+    #[error(
+        "Too many entries requested across the ranges of one request (at most {} in total).",
+        limits::MAX_READ_ENTRIES
+    )]
+    TooManyEntries,
+    #[error("A key exceeds the key size limit ({0} bytes).")]
+    KeyTooLong(usize),
+    #[error(
+        "Too many keys watched in one request (at most {}).",
+        limits::MAX_WATCHED_KEYS
+    )]
+    TooManyWatchedKeys,
+    #[error("This database is a read-only replica (kvreplica): writes are not accepted here. Write to the primary database (Deno Deploy) instead.")]
+    ReadOnly,
+    #[error("The replica is still loading its initial snapshot; try again shortly.")]
+    Loading,
+    #[error("Resource not found.")]
+    NotFound,
+    #[error("Method {0} is not allowed here; use POST.")]
+    MethodNotAllowed(Method),
+    #[error("The server is shutting down.")]
+    ShuttingDown,
+    #[error("Internal server error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            BadRequest(_)
+            | NoCommonVersion(_)
+            | BadMetadataRequest(_)
+            | BadProtocolVersion
+            | WrongDatabase(_)
+            | BadProtobuf(_)
+            | BodyTooLarge
+            | TooManyRanges
+            | BadLimit
+            | TooManyEntries
+            | KeyTooLong(_)
+            | TooManyWatchedKeys
+            | ReadOnly => StatusCode::BAD_REQUEST,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Loading | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut r = Response::new(self.to_string().into());
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut()
+                    .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// What the server is configured with.
+pub struct ServerOptions {
+    /// Accepted access tokens (shared with config reload for rotation).
+    pub tokens: Arc<Tokens>,
+    /// The id reported in the metadata and required on the data path.
+    pub database_id: uuid::Uuid,
+    /// Read connections in the pool.
+    pub readers: usize,
+}
+
+/// The server's shared state.
+pub struct KvConnect {
+    /// Accepted access tokens.
+    tokens: Arc<Tokens>,
+    /// See [`database_id`].
+    database_id: uuid::Uuid,
+    /// Read-only connections to the replica file.
+    pool: ReaderPool,
+    /// The visible commit: `None` until the initial snapshot is complete;
+    /// watch streams wake when it moves.
+    visible: channel::Receiver<Option<Versionstamp>>,
+    /// Set at shutdown so watch streams end and connections can drain.
+    closing: channel::Sender<bool>,
+}
+
+impl KvConnect {
+    /// Prepares a server over the replica `syncer` keeps at `db`.
+    pub fn new(
+        syncer: Arc<Syncer>,
+        db: &Path,
+        opts: ServerOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        Ok(Arc::new(KvConnect {
+            tokens: opts.tokens,
+            database_id: opts.database_id,
+            pool: ReaderPool::new(db, opts.readers)?,
+            visible: syncer.subscribe(),
+            closing: channel::Sender::new(false),
+        }))
+    }
+
+    /// The database id clients must send.
+    pub fn database_id(&self) -> uuid::Uuid {
+        self.database_id
+    }
+
+    /// Ends every watch stream and refuses new requests: the first step of
+    /// a graceful shutdown.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn check_serving(&self) -> Result<(), ApiError> {
+        if *self.closing.borrow() {
+            return Err(ApiError::ShuttingDown);
+        }
+        if self.visible.borrow().is_none() {
+            return Err(ApiError::Loading);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct MetadataRequest {
+    #[serde(rename = "supportedVersions")]
+    supported_versions: Vec<u64>,
+}
+
+/// `POST /`: the metadata exchange.
+fn metadata(kv: &KvConnect, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    let token = kv
+        .tokens
+        .check(header(headers, "authorization"))
+        .ok_or(ApiError::Unauthorized)?;
+    // No body means a version-1 client.
+    let offered = if body.is_empty() {
+        vec![1]
+    } else {
+        serde_json::from_slice::<MetadataRequest>(body)
+            .map_err(|e| ApiError::BadMetadataRequest(e.to_string()))?
+            .supported_versions
+    };
+    let version = VERSIONS
+        .into_iter()
+        .find(|v| offered.contains(v))
+        .ok_or_else(|| ApiError::NoCommonVersion(format!("{offered:?}")))?;
+    kv.check_serving()?;
+    let expires_at =
+        (Utc::now() + METADATA_TTL).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Exactly these keys: @deno/kv rejects any other.
+    let json = serde_json::json!({
+        "version": version,
+        "databaseId": kv.database_id.hyphenated().to_string(),
+        "endpoints": [{"url": "/v2", "consistency": "strong"}],
+        "token": token,
+        "expiresAt": expires_at,
+    });
+    let mut r = Response::new(json.to_string().into());
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The checks every data-path request passes: token, protocol version,
+/// database id, then readiness.
+fn check_data_path(kv: &KvConnect, headers: &HeaderMap) -> Result<(), ApiError> {
+    kv.tokens
+        .check(header(headers, "authorization"))
+        .ok_or(ApiError::Unauthorized)?;
+    match header(headers, "x-denokv-version") {
+        Some("2" | "3") => {}
+        _ => return Err(ApiError::BadProtocolVersion),
+    }
+    let id =
+        header(headers, "x-denokv-database-id").and_then(|s| uuid::Uuid::try_parse(s.trim()).ok());
+    if id != Some(kv.database_id) {
+        return Err(ApiError::WrongDatabase(kv.database_id));
+    }
+    kv.check_serving()
+}
+
+fn protobuf(bytes: Vec<u8>) -> Response {
+    let mut r = Response::new(bytes.into());
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    r
+}
+
+/// `POST /v2/snapshot_read`.
+async fn snapshot_read(kv: &Arc<KvConnect>, body: &[u8]) -> Result<Response, ApiError> {
+    let req = SnapshotRead::decode(body).map_err(|e| ApiError::BadProtobuf(e.to_string()))?;
+    if req.ranges.len() > limits::MAX_READ_RANGES {
+        return Err(ApiError::TooManyRanges);
+    }
+    let mut total: usize = 0;
+    for r in &req.ranges {
+        if r.limit <= 0 || r.limit as usize > limits::MAX_READ_ENTRIES {
+            return Err(ApiError::BadLimit);
+        }
+        total += r.limit as usize;
+        for k in [&r.start, &r.end] {
+            if k.len() > limits::MAX_READ_KEY_SIZE_BYTES {
+                return Err(ApiError::KeyTooLong(limits::MAX_READ_KEY_SIZE_BYTES));
+            }
+        }
+    }
+    if total > limits::MAX_READ_ENTRIES {
+        return Err(ApiError::TooManyEntries);
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let ranges = kv
+        .pool
+        .read(move |c| read::read_ranges(c, &req.ranges, now_ms))
+        .await?;
+    let out = SnapshotReadOutput {
+        ranges: ranges
+            .into_iter()
+            .map(|values| ReadRangeOutput { values })
+            .collect(),
+        read_disabled: false,
+        read_is_strongly_consistent: true,
+        status: SnapshotReadStatus::SrSuccess as i32,
+    };
+    Ok(protobuf(out.encode_to_vec()))
+}
+
+/// `POST /v2/watch`.
+fn watch(kv: &Arc<KvConnect>, body: &[u8]) -> Result<Response, ApiError> {
+    let req = Watch::decode(body).map_err(|e| ApiError::BadProtobuf(e.to_string()))?;
+    if req.keys.len() > limits::MAX_WATCHED_KEYS {
+        return Err(ApiError::TooManyWatchedKeys);
+    }
+    if req
+        .keys
+        .iter()
+        .any(|k| k.key.len() > limits::MAX_WRITE_KEY_SIZE_BYTES)
+    {
+        return Err(ApiError::KeyTooLong(limits::MAX_WRITE_KEY_SIZE_BYTES));
+    }
+    let keys = req.keys.into_iter().map(|k| k.key).collect();
+    let mut rx = watch::start(kv.clone(), keys);
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
+    let mut r = warp::reply::stream(body).into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+/// Which endpoint a path is, for routing and for metric labels.
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/" => "metadata",
+        "/v2/snapshot_read" => "snapshot_read",
+        "/v2/watch" => "watch",
+        "/v2/atomic_write" => "atomic_write",
+        _ => "other",
+    }
+}
+
+async fn dispatch(
+    kv: Arc<KvConnect>,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let ep = endpoint(path);
+    if ep == "other" {
+        return Err(ApiError::NotFound);
+    }
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed(method));
+    }
+    if ep == "metadata" {
+        return metadata(&kv, &headers, &body?);
+    }
+    check_data_path(&kv, &headers)?;
+    let body = body?;
+    match ep {
+        "snapshot_read" => snapshot_read(&kv, &body).await,
+        "watch" => watch(&kv, &body),
+        _ => Err(ApiError::ReadOnly),
+    }
+}
+
+/// Reads a request body up to [`MAX_BODY_BYTES`], refusing a larger one
+/// from its `content-length` before reading, or as soon as it overflows.
+async fn read_body<S, B>(headers: &HeaderMap, body: S) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if let Some(len) = header(headers, "content-length").and_then(|s| s.parse::<u64>().ok()) {
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(ApiError::BodyTooLarge);
+        }
+    }
+    let mut out = BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::BadProtobuf(format!("reading the body: {e}")))?;
+        if out.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(ApiError::BodyTooLarge);
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// The KV Connect API as a warp filter: every request gets an answer, and
+/// is counted by endpoint and status.
+pub fn routes(
+    kv: Arc<KvConnect>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let kv = warp::any().map(move || kv.clone());
+    kv.and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |kv: Arc<KvConnect>, method: Method, path: warp::path::FullPath, headers: HeaderMap, body| async move {
+                let started = Instant::now();
+                let ep = endpoint(path.as_str());
+                let body = read_body(&headers, body).await;
+                let response = match dispatch(kv, method, path.as_str(), headers, body).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.status().is_server_error() && !matches!(e, ApiError::Loading | ApiError::ShuttingDown) {
+                            metrics::error("kv_connect");
+                            tracing::error!(error = %e, endpoint = ep, "KV Connect request failed");
+                        } else {
+                            tracing::debug!(error = %e, endpoint = ep, "KV Connect request refused");
+                        }
+                        e.into_response()
+                    }
+                };
+                METRICS
+                    .requests
+                    .with_label_values(&[ep, response.status().as_str()])
+                    .inc();
+                METRICS
+                    .request_seconds
+                    .with_label_values(&[ep])
+                    .observe(started.elapsed().as_secs_f64());
+                response
+            },
+        )
+        // Only requests warp cannot parse get here (e.g. a header that is
+        // not text).
+        .recover(|r: warp::Rejection| async move {
+            Ok::<_, Infallible>(ApiError::BadRequest(format!("{r:?}")).into_response())
+        })
+        .unify()
+}
+
+/// Serves KV Connect on `listener` (HTTP/1.1 and h2c) until `shutdown`
+/// resolves; then ends watch streams and lets in-flight requests finish.
+pub async fn serve(
+    kv: Arc<KvConnect>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "KV Connect listening"),
+        Err(_) => tracing::info!("KV Connect listening"),
+    }
+    let closer = kv.clone();
+    warp::serve(routes(kv))
+        .incoming(listener)
+        .graceful(async move {
+            shutdown.await;
+            closer.close();
+        })
+        .run()
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_id_prefers_the_deploy_uuid() {
+        let url = SourceUrl::parse("s3://b/backups/3f1c2a7e-0000-4000-8000-000000000001/").unwrap();
+        assert_eq!(
+            database_id(&url).to_string(),
+            "3f1c2a7e-0000-4000-8000-000000000001"
+        );
+        let a = database_id(&SourceUrl::parse("s3://b/some/prefix/").unwrap());
+        let b = database_id(&SourceUrl::parse("s3://b/some/prefix").unwrap());
+        let c = database_id(&SourceUrl::parse("gs://b/some/prefix/").unwrap());
+        assert_eq!(a, b, "the same source gives the same id");
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        assert_eq!(ApiError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(ApiError::ReadOnly.status(), StatusCode::BAD_REQUEST);
+        assert!(ApiError::ReadOnly.to_string().contains("read-only"));
+        assert_eq!(ApiError::Loading.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::NotFound.status(), StatusCode::NOT_FOUND);
+    }
+}
