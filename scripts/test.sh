@@ -7,3 +7,4 @@ source scripts/install-test-tools.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+./scripts/verify-systemd.sh

@@ -31,8 +31,9 @@ pub const MAX_POINTS_PAGE: usize = 10_000;
 /// `/readyz` fails when the bucket has not answered for this many poll
 /// intervals: a few missed rounds are normal retries, more is an outage.
 pub const READY_POLL_INTERVALS: u32 = 10;
-/// ... but never for less than this, so fast polling does not flap.
-pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+/// ... but never for less than this, so fast polling does not flap on a
+/// few slow requests (each is retried with backoff inside a round).
+pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 pub use crate::auth::Tokens;
 
 /// Errors at the admin API boundary, each with its HTTP status.

@@ -122,6 +122,9 @@ pub struct Syncer {
     state: Mutex<SyncState>,
     /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
     last_ok_round_ms: std::sync::atomic::AtomicI64,
+    /// The poll interval in ms; atomic so a config reload can change it
+    /// while the loop runs.
+    poll_interval_ms: std::sync::atomic::AtomicU64,
     /// When the engine last made progress or finished a step, failed or
     /// not (epoch ms): the watchdog's proof that the loop is not stuck.
     alive_ms: std::sync::atomic::AtomicI64,
@@ -145,6 +148,7 @@ impl Syncer {
             METRICS.visible_version.set(v.version() as i64);
         }
         let state = Mutex::new(store.state().clone());
+        let poll_ms = opts.poll_interval.as_millis().clamp(1, u64::MAX as u128) as u64;
         let budget_kib = (opts.max_bytes_in_flight / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
         Ok(Syncer {
             source,
@@ -156,6 +160,7 @@ impl Syncer {
             visible,
             state,
             last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
+            poll_interval_ms: std::sync::atomic::AtomicU64::new(poll_ms),
             alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
         })
     }
@@ -193,7 +198,18 @@ impl Syncer {
 
     /// The configured poll interval.
     pub fn poll_interval(&self) -> Duration {
-        self.opts.poll_interval
+        Duration::from_millis(
+            self.poll_interval_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Changes the poll interval from the next pause on (config reload).
+    pub fn set_poll_interval(&self, interval: Duration) {
+        self.poll_interval_ms.store(
+            interval.as_millis().clamp(1, u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Subscribes to changes of the visible commit.
@@ -275,7 +291,8 @@ impl Syncer {
                 }
             }
             if round.objects == 0 {
-                tokio::time::sleep(self.opts.poll_interval).await;
+                tokio::time::sleep(self.poll_interval()).await;
+                self.alive();
             }
         }
     }
@@ -302,8 +319,11 @@ impl Syncer {
                     "waiting for {object}: the backup's initial export has not finished yet"
                 );
             }
-            tokio::time::sleep(self.opts.poll_interval).await;
-            waited += self.opts.poll_interval;
+            let pause = self.poll_interval();
+            tokio::time::sleep(pause).await;
+            // Waiting for Deploy's first export is progress, not a hang.
+            self.alive();
+            waited += pause;
         }
     }
 
@@ -572,20 +592,26 @@ impl Syncer {
                     tracing::error!(error = %e, "pruning history failed");
                 }
             }
-            let pause = match self.round().await {
+            // A round is a series of transactions, each complete in itself:
+            // stopping between two of them loses nothing.
+            let round = tokio::select! {
+                r = self.round() => r,
+                _ = &mut shutdown => return,
+            };
+            let pause = match round {
                 Ok(r) => {
                     failures = 0;
                     if r.objects > 0 {
                         Duration::ZERO
                     } else {
-                        jitter(self.opts.poll_interval)
+                        jitter(self.poll_interval())
                     }
                 }
                 Err(e) => {
                     failures += 1;
                     metrics::error(e.kind());
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
-                    (self.opts.poll_interval * (1 << failures.min(5))).min(Duration::from_secs(60))
+                    (self.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60))
                 }
             };
             self.alive();
