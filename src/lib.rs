@@ -11,6 +11,7 @@
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`).
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
+//! - [`reload`]: hot reload of tokens, poll interval and log level.
 //! - [`cli`]: the `kvreplica` command line.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod format;
 pub mod metrics;
 pub mod notify;
 pub mod progress;
+pub mod reload;
 pub mod server;
 pub mod source;
 pub mod store;

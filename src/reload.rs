@@ -1,0 +1,224 @@
+//! Hot reload: when the config file or a secret file changes (or on
+//! SIGHUP), re-read the configuration and apply what can change safely in a
+//! running replica: access tokens, the admin token, the poll interval and
+//! the log level. Everything else (source, replica file, addresses) needs a
+//! restart, and a reload that changes it says so in the log.
+//!
+//! An invalid new configuration is refused with a log line and the old one
+//! stays in force: a typo in the file never locks clients out.
+//!
+//! Directories are watched rather than files, because editors and
+//! deployment tools replace a file by renaming a new one over it (and
+//! Kubernetes swaps a symlink), which a watch on the old file would miss.
+//! Any event in a watched directory triggers a re-read after a short quiet
+//! period; a re-read that finds nothing changed does nothing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::auth::Tokens;
+use crate::metrics;
+use crate::sync::Syncer;
+
+/// Changes to the watched files arrive in bursts (write, chmod, rename):
+/// wait this long after the last event before re-reading.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// The part of the configuration a running process can take on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Reloadable {
+    /// KV Connect access tokens.
+    pub access_tokens: Vec<String>,
+    /// Admin API token(s); empty = PITR endpoints off.
+    pub admin_tokens: Vec<String>,
+    /// Pause between polls of the bucket.
+    pub poll_interval: Duration,
+    /// Log filter (e.g. `info`, `kvreplica=debug`).
+    pub log_level: String,
+    /// Settings only a restart applies, rendered for comparison (secrets
+    /// must not appear here: it may be logged).
+    pub restart_only: String,
+    /// The config file and every secret file it names.
+    pub files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable")
+            .field(
+                "access_tokens",
+                &format!("<{} redacted>", self.access_tokens.len()),
+            )
+            .field(
+                "admin_tokens",
+                &format!("<{} redacted>", self.admin_tokens.len()),
+            )
+            .field("poll_interval", &self.poll_interval)
+            .field("log_level", &self.log_level)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+/// Changes the process's log filter; a message on a bad filter.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What a reload acts on.
+pub struct Targets {
+    pub access_tokens: Arc<Tokens>,
+    pub admin_tokens: Arc<Tokens>,
+    pub syncer: Arc<Syncer>,
+    /// Changes the process's log filter.
+    pub set_log_level: SetLogLevel,
+}
+
+/// Re-reads the configuration: the same inputs as at start-up (file,
+/// environment, flags). Returns a message naming the key at fault.
+pub type Loader = Box<dyn Fn() -> Result<Reloadable, String> + Send + Sync>;
+
+/// Why a reload ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    FileChanged,
+    Sighup,
+}
+
+fn watched_dirs(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    files
+        .iter()
+        .map(|f| {
+            let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            abs.parent().map(Path::to_path_buf).unwrap_or(abs)
+        })
+        .collect()
+}
+
+/// Applies `new` over `old`, logging what changed.
+fn apply(old: &Reloadable, new: &Reloadable, targets: &Targets) {
+    if new.access_tokens != old.access_tokens {
+        targets.access_tokens.replace(new.access_tokens.clone());
+        tracing::info!(tokens = new.access_tokens.len(), "access tokens reloaded");
+    }
+    if new.admin_tokens != old.admin_tokens {
+        targets.admin_tokens.replace(new.admin_tokens.clone());
+        tracing::info!(
+            enabled = !new.admin_tokens.is_empty(),
+            "admin token reloaded"
+        );
+    }
+    if new.poll_interval != old.poll_interval {
+        targets.syncer.set_poll_interval(new.poll_interval);
+        tracing::info!(poll_interval = ?new.poll_interval, "poll interval reloaded");
+    }
+    if new.log_level != old.log_level {
+        match (targets.set_log_level)(&new.log_level) {
+            Ok(()) => tracing::info!(level = %new.log_level, "log level reloaded"),
+            Err(e) => tracing::warn!(error = %e, "log level not changed"),
+        }
+    }
+    if new.restart_only != old.restart_only {
+        tracing::warn!(
+            "the configuration changed settings that only a restart applies (source, replica file, addresses, sync tuning); \
+             they keep their old values until then"
+        );
+    }
+}
+
+/// Watches the configuration until `stop` resolves, applying each valid
+/// change. `current` is what the process runs with now.
+pub async fn run(
+    loader: Loader,
+    mut current: Reloadable,
+    targets: Targets,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Trigger>(16);
+    let fs_tx = tx.clone();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = fs_tx.try_send(Trigger::FileChanged);
+        }
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration files; reload with SIGHUP");
+            None
+        }
+    };
+    let mut dirs = BTreeSet::new();
+    let mut watch = |watcher: &mut Option<notify::RecommendedWatcher>, files: &[PathBuf]| {
+        let Some(w) = watcher.as_mut() else { return };
+        for d in watched_dirs(files) {
+            if dirs.contains(&d) {
+                continue;
+            }
+            match w.watch(&d, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    dirs.insert(d);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch for configuration changes")
+                }
+            }
+        }
+    };
+    watch(&mut watcher, &current.files);
+
+    #[cfg(unix)]
+    {
+        let hup_tx = tx.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if hup_tx.send(Trigger::Sighup).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
+        }
+    }
+    drop(tx);
+
+    let loader = Arc::new(loader);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let mut trigger = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => return },
+            _ = &mut stop => return,
+        };
+        // Let a burst of events settle; a SIGHUP in it wins.
+        while let Ok(Some(t)) = tokio::time::timeout(QUIET, rx.recv()).await {
+            if t == Trigger::Sighup {
+                trigger = t;
+            }
+        }
+        let load = loader.clone();
+        let loaded = tokio::task::spawn_blocking(move || load())
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        match loaded {
+            Ok(new) if new == current => {
+                if trigger == Trigger::Sighup {
+                    tracing::info!("configuration reloaded (SIGHUP): nothing changed");
+                }
+            }
+            Ok(new) => {
+                apply(&current, &new, &targets);
+                watch(&mut watcher, &new.files);
+                current = new;
+            }
+            Err(e) => {
+                metrics::error("config_reload");
+                tracing::error!(error = %e, "the new configuration is invalid; keeping the previous one");
+            }
+        }
+    }
+}
