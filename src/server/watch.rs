@@ -119,28 +119,27 @@ pub(super) fn start(kv: Arc<KvConnect>, keys: Vec<Vec<u8>>) -> mpsc::Receiver<By
     rx
 }
 
-/// The frame to send after a read, if any: every key on the first read,
-/// then only when some key's versionstamp differs from the last frame's.
+/// The frame to send after a read, if any: on the first read, and then
+/// whenever some key's versionstamp differs from the last frame's. Every
+/// frame reports every key as changed, with its current entry (none when
+/// absent): the Deno CLI reads `changed = false` as "the key is gone", so
+/// marking unchanged keys would make it report deletions that did not
+/// happen. Clients skip keys whose versionstamp did not move.
 fn changes(
     last: Option<&[Option<Vec<u8>>]>,
     stamps: &[Option<Vec<u8>>],
     entries: Vec<Option<KvEntry>>,
 ) -> Option<WatchOutput> {
-    let changed: Vec<bool> = match last {
-        None => vec![true; stamps.len()],
-        Some(prev) => prev.iter().zip(stamps).map(|(a, b)| a != b).collect(),
-    };
-    if !changed.iter().any(|c| *c) {
+    if last.is_some_and(|prev| prev == stamps) {
         return None;
     }
     Some(WatchOutput {
         status: SnapshotReadStatus::SrSuccess as i32,
-        keys: changed
+        keys: entries
             .into_iter()
-            .zip(entries)
-            .map(|(changed, entry)| WatchKeyOutput {
-                changed,
-                entry_if_changed: if changed { entry } else { None },
+            .map(|entry| WatchKeyOutput {
+                changed: true,
+                entry_if_changed: entry,
             })
             .collect(),
     })
@@ -160,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn first_frame_reports_every_key_then_only_changes() {
+    fn a_frame_when_anything_moved_reporting_every_key() {
         let e1 = entry(1);
         let first = changes(
             None,
@@ -175,16 +174,18 @@ mod tests {
         let prev = [Some(e1.versionstamp.clone()), None];
         assert!(changes(Some(&prev), &prev, vec![Some(e1.clone()), None]).is_none());
 
+        // One key moved: the unchanged one is still reported, with its
+        // entry, never as changed-without-entry (a deletion to the client).
         let e2 = entry(2);
         let next = [Some(e1.versionstamp.clone()), Some(e2.versionstamp.clone())];
-        let out = changes(Some(&prev), &next, vec![Some(e1), Some(e2.clone())]).unwrap();
-        assert!(!out.keys[0].changed && out.keys[0].entry_if_changed.is_none());
-        assert!(out.keys[1].changed);
+        let out = changes(Some(&prev), &next, vec![Some(e1.clone()), Some(e2.clone())]).unwrap();
+        assert!(out.keys.iter().all(|k| k.changed));
+        assert_eq!(out.keys[0].entry_if_changed.as_ref(), Some(&e1));
         assert_eq!(out.keys[1].entry_if_changed.as_ref(), Some(&e2));
 
-        // A deleted key is a change with no entry.
-        let gone = [Some(vec![0; 10]), None];
-        let out = changes(Some(&next), &gone, vec![Some(entry(0)), None]).unwrap();
+        // A deleted key: reported with no entry.
+        let gone = [Some(e1.versionstamp.clone()), None];
+        let out = changes(Some(&next), &gone, vec![Some(e1), None]).unwrap();
         assert!(out.keys[1].changed && out.keys[1].entry_if_changed.is_none());
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod serve;
 pub mod v8;
 
 use std::collections::BTreeMap;
