@@ -12,12 +12,17 @@
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
 //! - [`reload`]: hot reload of tokens, poll interval and log level.
+//! - [`config`]: settings from the TOML file, environment and flags, with
+//!   secrets from `*_file` paths.
+//! - [`logging`]: structured logs (plain or JSON) with a changeable level.
 //! - [`cli`]: the `kvreplica` command line.
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod format;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod progress;

@@ -335,3 +335,98 @@ fn metrics_and_readiness_follow_the_sync() {
     wait_until("/readyz 200 again", &serve, || readyz(&serve) == 200);
     assert!(serve.terminate().success());
 }
+
+/// Metadata exchange with `token`: the status code.
+fn metadata_status(serve: &ServeProcess, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    http(
+        Method::Post,
+        &format!("{}/", serve.kv_url()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        br#"{"supportedVersions":[2,3]}"#.to_vec(),
+    )
+    .unwrap()
+    .status
+}
+
+/// Writes `text` to `path` the way editors and config tools do: a new
+/// file renamed over the old one.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn editing_the_config_file_rotates_tokens_without_a_restart() {
+    let sample = Sample::load("sample-1");
+    let tmp = tempfile::tempdir().unwrap();
+    let source = sample.install_initial(&tmp.path().join("bucket"));
+    let db = tmp.path().join("r.sqlite");
+    let conf_dir = tmp.path().join("etc");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let conf = conf_dir.join("kvreplica.toml");
+    let config = |access: &str, admin: &str| {
+        format!(
+            "source = \"{source}\"\ndb = \"{}\"\n\n[sync]\npoll_interval = \"100ms\"\n\n\
+             [server]\naddr = \"127.0.0.1:0\"\naccess_tokens = [\"{access}\"]\n\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"{admin}\"\n",
+            db.display()
+        )
+    };
+    let (old, new) = ("old-access-token-1", "new-access-token-2");
+    replace_file(&conf, &config(old, "first-admin-token"));
+    let mut serve = ServeProcess::start_bare(&["--config", conf.to_str().unwrap()], &[]);
+    serve.wait_ready();
+    assert_eq!(metadata_status(&serve, old), 200);
+    assert_eq!(metadata_status(&serve, new), 401);
+
+    replace_file(&conf, &config(new, "second-admin-token"));
+    wait_until("the new token is accepted", &serve, || {
+        metadata_status(&serve, new) == 200
+    });
+    assert_eq!(
+        metadata_status(&serve, old),
+        401,
+        "the old token is revoked"
+    );
+    let admin = |token: &str| {
+        http(
+            Method::Get,
+            &format!("{}/pitr/current", serve.admin_url()),
+            &[("authorization", &format!("Bearer {token}"))],
+            Vec::new(),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(admin("second-admin-token"), 200);
+    assert_eq!(admin("first-admin-token"), 401);
+
+    // A broken edit is refused and the running config stays.
+    replace_file(&conf, &config("short", "second-admin-token"));
+    wait_until("the bad config is reported", &serve, || {
+        serve.log().contains("keeping the previous one")
+    });
+    assert_eq!(metadata_status(&serve, new), 200);
+    assert!(
+        !serve.log().contains(new) && !serve.log().contains("second-admin-token"),
+        "a token reached the log"
+    );
+
+    // SIGHUP re-reads too.
+    replace_file(&conf, &config(new, "second-admin-token"));
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = serve.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    wait_until("SIGHUP handled", &serve, || {
+        serve.log().contains("configuration reloaded (SIGHUP)")
+    });
+    assert!(serve.terminate().success());
+}

@@ -17,9 +17,14 @@ use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct PitrArgs {
-    /// The replica SQLite file. Falls back to $DENO_KV_SQLITE_PATH.
-    #[arg(long, env = "KVREPLICA_DB", global = true)]
+    /// The replica SQLite file [env: KVREPLICA_DB, else DENO_KV_SQLITE_PATH;
+    /// else `db` in the --config file]
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// TOML config file of the replica, to find `db` in [env:
+    /// KVREPLICA_CONFIG]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: PitrCommand,
 }
@@ -74,13 +79,11 @@ pub fn parse_target(s: &str) -> Result<CheckoutTarget, String> {
 }
 
 fn db_path(args: &PitrArgs) -> anyhow::Result<PathBuf> {
-    match &args.db {
-        Some(p) => Ok(p.clone()),
-        None => match std::env::var_os("DENO_KV_SQLITE_PATH") {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ => bail!("no replica file given: pass --db PATH (or set DENO_KV_SQLITE_PATH)"),
-        },
-    }
+    let config = super::config_path(&args.config);
+    Ok(crate::config::resolve_db(
+        config.as_deref(),
+        args.db.clone(),
+    )?)
 }
 
 /// One line of `pitr list`, in the format `denokv pitr list` prints.

@@ -2,19 +2,22 @@
 //! admin API, in one process on one replica file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{shutdown_signal, EngineArgs, SourceArgs};
+use super::{shutdown_signal, EngineArgs, LogArgs, SourceArgs};
 use crate::admin::{self, AdminContext};
-use crate::auth::{self, Tokens};
+use crate::auth::Tokens;
+use crate::config::{Flags, Inputs, Purpose, Secret, Settings};
 use crate::metrics::{self, METRICS};
 use crate::notify;
+use crate::reload;
 use crate::server::{self, KvConnect, ServerOptions};
 use crate::source::SourceError;
 use crate::store::{Store, StoreError};
@@ -22,67 +25,79 @@ use crate::sync::{SyncError, Syncer};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML config file (see config/ for examples); flags and environment
+    /// variables override its keys [env: KVREPLICA_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Address of the KV Connect listener (Deno.openKv("http://HOST:PORT")).
-    /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free port.
-    #[arg(long, env = "KVREPLICA_ADDR", default_value = "0.0.0.0:4512")]
-    pub addr: SocketAddr,
+    /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free
+    /// port [default: 0.0.0.0:4512; config: server.addr; env: KVREPLICA_ADDR]
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
 
     /// Access token clients must present (at least 12 characters). Repeat
-    /// the flag to accept several during a rotation. Falls back to
-    /// $KVREPLICA_ACCESS_TOKEN, then $DENO_KV_ACCESS_TOKEN.
+    /// the flag to accept several during a rotation [config:
+    /// server.access_tokens; env: KVREPLICA_ACCESS_TOKEN, else
+    /// DENO_KV_ACCESS_TOKEN]
     #[arg(long = "access-token", value_name = "TOKEN")]
-    pub access_tokens: Vec<String>,
+    pub access_tokens: Vec<Secret>,
 
-    /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics.
-    #[arg(long, env = "KVREPLICA_ADMIN_ADDR", default_value = "127.0.0.1:4513")]
-    pub admin_addr: SocketAddr,
+    /// File of access tokens, one per line [config:
+    /// server.access_tokens_file; env: KVREPLICA_ACCESS_TOKENS_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub access_tokens_file: Option<PathBuf>,
+
+    /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics
+    /// [default: 127.0.0.1:4513; config: admin.addr; env: KVREPLICA_ADMIN_ADDR]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
 
     /// Bearer token of the PITR admin API (at least 12 characters, distinct
     /// from every access token). Without it the /pitr endpoints are off;
-    /// health and metrics stay available.
-    #[arg(long, env = "KVREPLICA_ADMIN_TOKEN", value_name = "TOKEN")]
-    pub admin_token: Option<String>,
+    /// health and metrics stay available [config: admin.token; env:
+    /// KVREPLICA_ADMIN_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<Secret>,
 
-    /// Read-only SQLite connections serving KV Connect requests.
-    #[arg(long, env = "KVREPLICA_READERS", default_value_t = server::default_readers())]
-    pub readers: usize,
+    /// File holding the admin token [config: admin.token_file; env:
+    /// KVREPLICA_ADMIN_TOKEN_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Read-only SQLite connections serving KV Connect requests [default: 2
+    /// per core, 4 to 32; config: server.readers; env: KVREPLICA_READERS]
+    #[arg(long, value_name = "N")]
+    pub readers: Option<u64>,
 }
 
 impl ServeArgs {
-    /// The access tokens from the flags or the environment, checked.
-    fn access_tokens(&self) -> anyhow::Result<Vec<String>> {
-        let tokens = if self.access_tokens.is_empty() {
-            ["KVREPLICA_ACCESS_TOKEN", "DENO_KV_ACCESS_TOKEN"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-                .into_iter()
-                .collect()
-        } else {
-            self.access_tokens.clone()
-        };
-        if tokens.is_empty() {
-            bail!("no access token: pass --access-token TOKEN (or set DENO_KV_ACCESS_TOKEN); clients send it as DENO_KV_ACCESS_TOKEN");
+    /// What the settings are resolved from: the config file and these
+    /// flags. [`Inputs::resolve`] gives the settings; keep them (or these
+    /// inputs) to resolve again on a reload.
+    pub fn inputs(&self) -> Inputs {
+        let mut flags = Flags::default();
+        self.source.apply(&mut flags);
+        self.engine.apply(&mut flags);
+        self.log.apply(&mut flags);
+        flags.addr = self.addr;
+        flags.access_tokens = self.access_tokens.clone();
+        flags.access_tokens_file = self.access_tokens_file.clone();
+        flags.admin_addr = self.admin_addr;
+        flags.admin_token = self.admin_token.clone();
+        flags.admin_token_file = self.admin_token_file.clone();
+        flags.readers = self.readers;
+        Inputs {
+            config: super::config_path(&self.config),
+            flags,
+            purpose: Purpose::Serve,
         }
-        for t in &tokens {
-            auth::validate("an access token", t)?;
-        }
-        Ok(tokens)
-    }
-
-    fn admin_tokens(&self, access: &[String]) -> anyhow::Result<Vec<String>> {
-        let Some(t) = self.admin_token.as_ref().filter(|t| !t.is_empty()) else {
-            return Ok(Vec::new());
-        };
-        auth::validate("the admin token", t)?;
-        if access.contains(t) {
-            bail!("the admin token must differ from the access tokens: data clients must not be able to move the replica");
-        }
-        Ok(vec![t.clone()])
     }
 }
 
@@ -175,32 +190,29 @@ async fn supervise(syncer: Arc<Syncer>, stop: watch::Receiver<bool>) {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let access = args.access_tokens()?;
-    let admin_tokens = args.admin_tokens(&access)?;
-    let url = args.source.source_url()?;
-    let db = args.source.db_path()?;
-    let source = crate::source::open(
-        &url,
-        &args.source.s3_options(),
-        &args.source.gcs_options(),
-        &args.source.remote_options(),
-    )?;
+    let settings = args.inputs().resolve()?;
+    let log = crate::logging::init(settings.log.format, &settings.log.level)?;
+    let access_tokens = Tokens::new(settings.access_tokens.clone());
+    let admin_tokens = Tokens::new(settings.admin_token.iter().cloned().collect());
+    let url = settings.source.clone();
+    let db = settings.db.clone();
+    let source = settings.open_source()?;
     let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
-    let syncer = Arc::new(Syncer::new(source, store, args.engine.sync_options())?);
+    let syncer = Arc::new(Syncer::new(source, store, settings.sync.clone())?);
 
-    let kv_listener = bind(args.addr, "KV Connect").await?;
-    let admin_listener = bind(args.admin_addr, "the admin API").await?;
+    let kv_listener = bind(settings.addr, "KV Connect").await?;
+    let admin_listener = bind(settings.admin_addr, "the admin API").await?;
     let database_id = server::database_id(&url);
     let kv = KvConnect::new(
         syncer.clone(),
         &db,
         ServerOptions {
-            tokens: Tokens::new(access),
+            tokens: access_tokens.clone(),
             database_id,
-            readers: args.readers,
+            readers: settings.readers,
         },
     )?;
-    let admin_ctx = AdminContext::new(syncer.clone(), Tokens::new(admin_tokens), &db)?;
+    let admin_ctx = AdminContext::new(syncer.clone(), admin_tokens.clone(), &db)?;
     tracing::info!(source = %url, db = %db.display(), %database_id, "serving replica");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -217,6 +229,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(supervise(syncer.clone(), stop_rx.clone()));
+    let current = reloadable(&settings);
+    let loader: reload::Loader = Box::new(move || {
+        settings
+            .reload()
+            .map(|s| reloadable(&s))
+            .map_err(|e| e.to_string())
+    });
+    tokio::spawn(reload::run(
+        loader,
+        current,
+        reload::Targets {
+            access_tokens,
+            admin_tokens,
+            syncer: syncer.clone(),
+            set_log_level: Box::new(move |level| log.set_level(level).map_err(|e| e.to_string())),
+        },
+        stopped(stop_rx.clone()),
+    ));
 
     let result = tokio::select! {
         r = initial(&syncer) => r,
@@ -236,6 +266,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
     }
     result
+}
+
+/// The part of `settings` a reload may change, and a rendering of the rest
+/// (without secrets) to tell when a change needs a restart.
+fn reloadable(settings: &Settings) -> reload::Reloadable {
+    let mut sync = settings.sync.clone();
+    sync.poll_interval = Duration::ZERO;
+    reload::Reloadable {
+        access_tokens: settings.access_tokens.clone(),
+        admin_tokens: settings.admin_token.iter().cloned().collect(),
+        poll_interval: settings.sync.poll_interval,
+        log_level: settings.log.level.clone(),
+        restart_only: format!(
+            "{} {} {:?} {:?} {:?} {:?} {} {} {} {:?} {}",
+            settings.source,
+            settings.db.display(),
+            settings.s3,
+            settings
+                .s3_credentials
+                .as_ref()
+                .map(|c| c.access_key_id.clone()),
+            settings.gcs,
+            settings.remote,
+            settings.addr,
+            settings.admin_addr,
+            settings.readers,
+            sync,
+            settings.log.format,
+        ),
+        files: settings.watched_files().to_vec(),
+    }
 }
 
 /// How long shutdown waits for in-flight requests.

@@ -1,37 +1,57 @@
 //! `kvreplica sync`: one-shot (or --follow) sync of a replica file.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::{shutdown_signal, EngineArgs, SourceArgs};
-use crate::source;
+use super::{shutdown_signal, EngineArgs, LogArgs, SourceArgs};
+use crate::config::{Flags, Inputs, Purpose};
 use crate::store::Store;
 use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
+    /// TOML config file; flags and environment variables override its keys.
+    /// Only the source, [s3], [gcs], [sync] and [log] keys apply to sync
+    /// [env: KVREPLICA_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
     #[arg(long)]
     pub follow: bool,
 }
 
+impl SyncArgs {
+    /// What the settings are resolved from: the config file and these flags.
+    pub fn inputs(&self) -> Inputs {
+        let mut flags = Flags::default();
+        self.source.apply(&mut flags);
+        self.engine.apply(&mut flags);
+        self.log.apply(&mut flags);
+        Inputs {
+            config: super::config_path(&self.config),
+            flags,
+            purpose: Purpose::Sync,
+        }
+    }
+}
+
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
-    let url = args.source.source_url()?;
-    let db = args.source.db_path()?;
-    let source = source::open(
-        &url,
-        &args.source.s3_options(),
-        &args.source.gcs_options(),
-        &args.source.remote_options(),
-    )?;
-    let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
-    let syncer = Syncer::new(source, store, args.engine.sync_options())?;
+    let settings = args.inputs().resolve()?;
+    let _log = crate::logging::init(settings.log.format, &settings.log.level)?;
+    let url = &settings.source;
+    let db = &settings.db;
+    let source = settings.open_source()?;
+    let store = Store::open(db).with_context(|| format!("opening replica {}", db.display()))?;
+    let syncer = Syncer::new(source, store, settings.sync.clone())?;
     tracing::info!(source = %url, db = %db.display(), "syncing");
     {
         let _report = syncer.progress().report(Duration::from_secs(5));

@@ -84,15 +84,26 @@ impl ServeProcess {
     /// [`ServeProcess::start`] with extra environment variables (e.g.
     /// `NOTIFY_SOCKET`, `RUST_LOG`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        let mut all = vec![
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--access-token",
+            ACCESS_TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+        ];
+        all.extend_from_slice(args);
+        Self::start_bare(&all, env)
+    }
+
+    /// `kvreplica serve <args>` with nothing added: for a server configured
+    /// by a file, whose keys the test flags would otherwise override. The
+    /// addresses must still be given (port 0) somewhere.
+    pub fn start_bare(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         let mut child = Command::new(super::kvreplica_bin())
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--access-token", ACCESS_TOKEN, "--admin-token", ADMIN_TOKEN])
+            .arg("serve")
             .args(args)
             .env_remove("RUST_LOG")
             .env_remove("DENO_KV_ACCESS_TOKEN")
@@ -133,6 +144,11 @@ impl ServeProcess {
             kv_addr,
             admin_addr,
         }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The KV Connect base URL clients open.
