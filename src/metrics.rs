@@ -27,6 +27,10 @@ pub struct Metrics {
     pub objects_behind: IntGauge,
     pub objects_fetched: IntCounterVec,
     pub bytes_fetched: IntCounter,
+    /// Objects whose contents were committed to the replica, by kind.
+    pub objects_applied: IntCounterVec,
+    /// Bytes of the objects committed to the replica.
+    pub bytes_applied: IntCounter,
     pub mutations_applied: IntCounter,
     pub poll_rounds: IntCounter,
     pub errors: IntCounterVec,
@@ -99,6 +103,25 @@ impl Metrics {
             bytes_fetched: reg(
                 &r,
                 IntCounter::new("bytes_fetched_total", "Bytes downloaded").unwrap(),
+            ),
+            objects_applied: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "objects_applied_total",
+                        "Objects whose contents were committed to the replica, by kind",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            bytes_applied: reg(
+                &r,
+                IntCounter::new(
+                    "bytes_applied_total",
+                    "Bytes of the objects committed to the replica",
+                )
+                .unwrap(),
             ),
             mutations_applied: reg(
                 &r,
@@ -220,6 +243,16 @@ pub fn error(kind: &str) {
 pub fn fetched(kind: &str, bytes: usize) {
     METRICS.objects_fetched.with_label_values(&[kind]).inc();
     METRICS.bytes_fetched.inc_by(bytes as u64);
+}
+
+/// Objects were committed to the replica (applied, or stored for later
+/// when pinned or mid-commit).
+pub fn applied(kind: &str, objects: u64, bytes: u64) {
+    METRICS
+        .objects_applied
+        .with_label_values(&[kind])
+        .inc_by(objects);
+    METRICS.bytes_applied.inc_by(bytes);
 }
 
 #[cfg(test)]

@@ -372,19 +372,21 @@ impl Syncer {
                 self.progress
                     .bytes
                     .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let len = body.len() as u64;
                 let entries =
                     tokio::task::spawn_blocking(move || format::decode_snapshot(&name, &body))
                         .await
                         .map_err(|e| SyncError::Task(e.to_string()))??;
-                Ok::<_, SyncError>((name, entries, permit))
+                Ok::<_, SyncError>((name, entries, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         let mut fetches = std::pin::pin!(fetches);
         while let Some(item) = fetches.next().await {
-            let (name, entries, permit) = item?;
+            let (name, entries, len, permit) = item?;
             let n = entries.len() as u64;
             self.with_store(move |s| s.load_snapshot_range(&name, &entries))
                 .await?;
+            metrics::applied("snapshot", 1, len);
             tracing::debug!(range = %name, keys = n, "snapshot range loaded");
             self.alive();
             drop(permit);
@@ -459,10 +461,11 @@ impl Syncer {
                 self.progress
                     .bytes
                     .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let len = body.len() as u64;
                 let batch = tokio::task::spawn_blocking(move || format::decode_log(&name, &body))
                     .await
                     .map_err(|e| SyncError::Task(e.to_string()))??;
-                Ok::<_, SyncError>((batch, permit))
+                Ok::<_, SyncError>((batch, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1))
             .ready_chunks(self.opts.batch_objects.max(1));
@@ -471,11 +474,13 @@ impl Syncer {
         while let Some(chunk) = fetches.next().await {
             let mut batches: Vec<LogBatch> = Vec::with_capacity(chunk.len());
             let mut permits = Vec::with_capacity(chunk.len());
+            let mut bytes = 0u64;
             let mut failure = None;
             for item in chunk {
                 match item {
-                    Ok((b, p)) => {
+                    Ok((b, len, p)) => {
                         batches.push(b);
+                        bytes += len;
                         permits.push(p);
                     }
                     Err(e) => {
@@ -492,6 +497,7 @@ impl Syncer {
                 timer.observe_duration();
                 self.alive();
                 drop(permits);
+                metrics::applied("log", n, bytes);
                 METRICS.mutations_applied.inc_by(mutations);
                 tracing::debug!(
                     objects = n,

@@ -299,6 +299,12 @@ fn metrics_and_readiness_follow_the_sync() {
     assert!(m0["kvreplica_visible_version"] > 0.0);
     assert!(m0["kvreplica_mutations_applied_total"] > 0.0);
     assert!(m0["kvreplica_objects_fetched_total{kind=\"log\"}"] > 0.0);
+    assert_eq!(
+        m0["kvreplica_objects_applied_total{kind=\"log\"}"],
+        m0["kvreplica_objects_fetched_total{kind=\"log\"}"]
+    );
+    assert!(m0["kvreplica_objects_applied_total{kind=\"snapshot\"}"] > 0.0);
+    assert!(m0["kvreplica_bytes_applied_total"] > 0.0);
     assert!(m0["kvreplica_sqlite_file_bytes"] > 0.0);
     assert!(m0.contains_key("kvreplica_replication_lag_seconds"));
 
