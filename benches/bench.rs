@@ -6,25 +6,60 @@
 //! - `initial-sync --source URL [--runs R]`: times `kvreplica sync` (release
 //!   build) from scratch R times and reports the median wall time, keys/s,
 //!   MB/s and peak RSS.
+//! - `serve-read [--keys N] [--commits C] [--duration S] [--warmup S]
+//!   [--clients 1,16,64] [--protocol http1|h2c|both] [--append-every-ms M]`:
+//!   KV Connect `snapshot_read` throughput and latency of `kvreplica serve`,
+//!   idle and while the sync applies a steady stream of log objects.
+//! - `checkout [--keys N] [--commits C] [--distances 1,100,10000] [--runs R]`:
+//!   time of a PITR checkout through the admin API, N commits back and back
+//!   to `latest`.
 //!
 //! See BENCHMARKS.md for the full procedure and recorded figures.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "bench/checkout.rs"]
+mod checkout;
+#[path = "bench/load.rs"]
+mod load;
+#[path = "bench/serve_read.rs"]
+mod serve_read;
+#[path = "bench/server.rs"]
+mod server;
+
 use common::fixture;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn num(args: &[String], name: &str, default: usize) -> usize {
+pub(crate) fn num(args: &[String], name: &str, default: usize) -> usize {
     arg(args, name).map_or(default, |v| v.parse().expect("a number"))
+}
+
+/// A comma-separated list of numbers, e.g. `--clients 1,16,64`.
+pub(crate) fn list(args: &[String], name: &str, default: &[usize]) -> Vec<usize> {
+    arg(args, name).map_or_else(
+        || default.to_vec(),
+        |v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("a comma-separated list of numbers"))
+                .collect()
+        },
+    )
+}
+
+/// A number of seconds (fractions allowed), e.g. `--duration 5`.
+pub(crate) fn secs(args: &[String], name: &str, default: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(
+        arg(args, name).map_or(default, |v| v.parse().expect("a number of seconds")),
+    )
 }
 
 fn main() {
@@ -35,8 +70,12 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("generate") => generate(&args),
         Some("initial-sync") => initial_sync(&args),
+        Some("serve-read") => serve_read::run(&args),
+        Some("checkout") => checkout::run(&args),
         _ => {
-            eprintln!("usage: cargo bench --bench bench -- generate|initial-sync …");
+            eprintln!(
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout …"
+            );
         }
     }
 }
@@ -70,7 +109,7 @@ fn generate(args: &[String]) {
     );
 }
 
-fn kvreplica_release() -> PathBuf {
+pub(crate) fn kvreplica_release() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "kvreplica"])
@@ -104,7 +143,7 @@ fn timed(cmd: &mut Command) -> (f64, u64) {
     (wall, rss)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }

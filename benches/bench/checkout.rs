@@ -1,0 +1,255 @@
+//! `checkout`: how long a point-in-time checkout through the admin API of
+//! `kvreplica serve` takes, N commits back from the newest point and from
+//! there back to `latest`, on a generated ~100k-key replica with ~100k
+//! logged mutations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::fixture::{Fixture, Rec, Spec};
+use crate::server::{self, Server, ADMIN_TOKEN};
+use crate::{kvreplica_release, list, median, num};
+
+/// Bound on the initial sync of the generated replica.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
+/// Keys compared through KV Connect after each checkout of the first run.
+const CHECKED_KEYS: usize = 60;
+
+struct Timing {
+    distance: usize,
+    back_ms: Vec<f64>,
+    latest_ms: Vec<f64>,
+    undone: Value,
+    redone: Value,
+}
+
+fn stats(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    format!("{:>9.1} {:>8.1} {:>8.1}", median(v.to_vec()), min, max)
+}
+
+pub fn run(args: &[String]) {
+    let keys = num(args, "--keys", 100_000);
+    let commits = num(args, "--commits", 12_000);
+    let distances = list(args, "--distances", &[1, 100, 10_000]);
+    let runs = num(args, "--runs", 3);
+    let bin = kvreplica_release();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("backup");
+    let db = tmp.path().join("replica.sqlite");
+
+    let t = Instant::now();
+    let pre = (commits / 12).max(2);
+    let fx = Fixture::generate(Spec {
+        seed: 7,
+        keys,
+        pre_commits: pre,
+        post_commits: commits - pre,
+        append_commits: 0,
+        max_muts_per_commit: 20,
+        muts_per_log: 100,
+        ranges: (keys / 20_000).clamp(4, 256),
+        empty_range: true,
+        format0_logs: 0,
+        split_commits: true,
+    });
+    fx.write_initial(&src);
+    let logged_muts: usize = fx.commits[fx.first_logged..=fx.last_initial]
+        .iter()
+        .map(|c| c.muts.len())
+        .sum();
+    let points_total = fx.last_initial - fx.dv_commit;
+    eprintln!(
+        "generated in {:.1?}: {} keys at the newest point, {} logged commits with {logged_muts} mutations, \
+         {points_total} recoverable points, {} objects",
+        t.elapsed(),
+        fx.state_at(fx.last_initial).len(),
+        fx.last_initial - fx.first_logged + 1,
+        fx.initial.len()
+    );
+    let deepest = distances.iter().copied().max().unwrap_or(0);
+    assert!(
+        deepest < points_total,
+        "distance {deepest} needs more than {points_total} points: raise --commits"
+    );
+    let latest = hex::encode(fx.commits[fx.last_initial].versionstamp);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = format!("file://{}/", src.display());
+    let mut srv = Server::start(&bin, &source, &db, Duration::from_secs(60));
+    let ready_after = srv.wait_ready(&rt, READY_TIMEOUT);
+    let http = reqwest::Client::new();
+    let synced_after = ready_after
+        + rt.block_on(server::wait_visible(
+            &http,
+            &srv.admin_url,
+            &latest,
+            READY_TIMEOUT,
+        ))
+        .unwrap();
+    eprintln!(
+        "server ready after {ready_after:.1?}, at the newest point {latest} after {synced_after:.1?}; replica {:.1} MB",
+        std::fs::metadata(&db).map_or(0, |m| m.len()) as f64 / 1e6
+    );
+    let database_id = rt.block_on(server::database_id(&http, &srv.kv_url));
+    let (kv_url, admin_url) = (srv.kv_url.clone(), srv.admin_url.clone());
+
+    // The points, newest first, a page at a time.
+    let points: Vec<String> = rt.block_on(async {
+        let mut points = Vec::new();
+        let mut before: Option<String> = None;
+        while points.len() <= deepest {
+            let mut url = format!("{}/pitr/points?limit=10000", srv.admin_url);
+            if let Some(b) = &before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let a = server::json_request(&http, &url, ADMIN_TOKEN, None).await;
+            assert_eq!(a.status, 200, "{url}: {}", a.text);
+            let page = a.json["points"].as_array().expect("points").clone();
+            points.extend(
+                page.iter()
+                    .map(|p| p["versionstamp"].as_str().unwrap().to_string()),
+            );
+            match a.json["next_before"].as_str() {
+                Some(b) if !page.is_empty() => before = Some(b.to_string()),
+                _ => break,
+            }
+        }
+        points
+    });
+    assert_eq!(points.first(), Some(&latest), "the newest point");
+    for &d in &distances {
+        assert_eq!(
+            points.get(d),
+            Some(&hex::encode(fx.commits[fx.last_initial - d].versionstamp)),
+            "the point {d} commits back"
+        );
+    }
+
+    let checkout = |body: Value| {
+        rt.block_on(async {
+            let t = Instant::now();
+            let a = server::json_request(
+                &http,
+                &format!("{admin_url}/pitr/checkout"),
+                ADMIN_TOKEN,
+                Some(body.clone()),
+            )
+            .await;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(a.status, 200, "checkout {body}: {}", a.text);
+            (ms, a.json)
+        })
+    };
+    // Compares keys changed since `index` with the fixture's state there.
+    let verify = |index: usize, what: &str| {
+        let state: BTreeMap<Vec<u8>, Rec> = fx.state_at(index);
+        let touched: BTreeSet<Vec<u8>> = fx.commits[index.min(fx.last_initial - deepest)..]
+            .iter()
+            .flat_map(|c| c.muts.iter().map(|m| m.key.clone()))
+            .collect();
+        let step = (touched.len() / CHECKED_KEYS).max(1);
+        let sample: Vec<Vec<u8>> = touched.into_iter().step_by(step).collect();
+        let got = rt.block_on(server::read_keys(&http, &kv_url, &database_id, &sample));
+        for (k, e) in sample.iter().zip(got) {
+            let want = state.get(k);
+            let same = match (&e, want) {
+                (None, None) => true,
+                (Some(e), Some(r)) => {
+                    e.value == r.value && e.versionstamp[..] == r.versionstamp[..]
+                }
+                _ => false,
+            };
+            assert!(
+                same,
+                "{what}: key {} reads {:?}, want {:?}",
+                hex::encode(k),
+                e.map(|e| hex::encode(e.versionstamp)),
+                want.map(|r| hex::encode(r.versionstamp))
+            );
+        }
+    };
+
+    let mut timings: Vec<Timing> = distances
+        .iter()
+        .map(|&d| Timing {
+            distance: d,
+            back_ms: Vec::new(),
+            latest_ms: Vec::new(),
+            undone: Value::Null,
+            redone: Value::Null,
+        })
+        .collect();
+    for run in 0..runs {
+        for t in &mut timings {
+            srv.assert_running();
+            let target = &points[t.distance];
+            let (ms, a) = checkout(json!({"versionstamp": target}));
+            assert_eq!(a["versionstamp"], target.as_str(), "{a}");
+            assert_eq!(a["mode"], "pinned", "{a}");
+            t.back_ms.push(ms);
+            t.undone = a["undone"].clone();
+            if run == 0 {
+                verify(fx.last_initial - t.distance, "after a checkout back");
+            }
+            let (ms, a) = checkout(json!({"latest": true}));
+            assert_eq!(a["versionstamp"], latest.as_str(), "{a}");
+            assert_eq!(a["mode"], "following", "{a}");
+            t.latest_ms.push(ms);
+            t.redone = a["redone"].clone();
+            if run == 0 {
+                verify(fx.last_initial, "after a checkout to latest");
+            }
+            eprintln!(
+                "run {run}: {} back {:.1} ms, to latest {:.1} ms",
+                t.distance,
+                t.back_ms.last().unwrap(),
+                t.latest_ms.last().unwrap()
+            );
+        }
+    }
+    let problems = srv.problems();
+    let status = srv.stop();
+
+    println!();
+    println!(
+        "checkout: {} keys, {} logged commits ({logged_muts} mutations), {points_total} points; \
+         admin API POST /pitr/checkout, {runs} runs",
+        fx.state_at(fx.last_initial).len(),
+        fx.last_initial - fx.first_logged + 1
+    );
+    println!(
+        "{:<18} {:>9} {:>8} {:>8} {:>9}",
+        "checkout", "median ms", "min ms", "max ms", "entries"
+    );
+    for t in &timings {
+        println!(
+            "{:<18} {} {:>9}",
+            format!("{} back", t.distance),
+            stats(&t.back_ms),
+            t.undone.to_string()
+        );
+        println!(
+            "{:<18} {} {:>9}",
+            format!("latest (from {})", t.distance),
+            stats(&t.latest_ms),
+            t.redone.to_string()
+        );
+    }
+    println!(
+        "(entries: log entries the checkout reverted or re-applied; initial sync to the newest \
+         point took {synced_after:.1?})"
+    );
+    println!("server: {status}, {} WARN/ERROR lines", problems.len());
+    for p in problems.iter().take(10) {
+        println!("  {p}");
+    }
+    assert!(status.success(), "server exit {status}");
+}
