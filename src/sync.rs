@@ -230,7 +230,7 @@ impl Syncer {
         let store = self.store.clone();
         let out = tokio::task::spawn_blocking(move || {
             let mut s = store.lock().expect("store lock");
-            let out = f(&mut s);
+            let out = f(&mut s).map_err(|e| crate::store::explain(s.path(), e));
             (s.state().clone(), out)
         })
         .await
@@ -552,7 +552,10 @@ impl Syncer {
         let store = self.store.clone();
         let (state, out) = tokio::task::spawn_blocking(move || {
             let mut s = store.lock().expect("store lock");
-            let out = s.checkout(target);
+            let out = s.checkout(target).map_err(|e| match e {
+                CheckoutError::Store(e) => CheckoutError::Store(crate::store::explain(s.path(), e)),
+                e => e,
+            });
             (s.state().clone(), out)
         })
         .await

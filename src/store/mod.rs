@@ -28,12 +28,14 @@ pub use apply::ApplyOutcome;
 pub enum StoreError {
     #[error("SQLite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}: {error}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// Part of the message, not a separate cause: printed once.
+        error: std::io::Error,
     },
+    #[error("writing the replica {path} failed: {reason}")]
+    Write { path: String, reason: String },
     #[error(
         "{path} is in use by another kvreplica process (lock file {path}.lock); \
          stop it first, or use its admin API"
@@ -133,11 +135,15 @@ impl Store {
     /// Opens (creating if needed) a replica file for writing, taking the
     /// writer lock and migrating the schema.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_inner(path).map_err(|e| explain(path, e))
+    }
+
+    fn open_inner(path: &Path) -> Result<Store, StoreError> {
         let display = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
                 path: dir.display().to_string(),
-                source,
+                error,
             })?;
         }
         let lock = File::options()
@@ -145,19 +151,19 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(lock_path(path))
-            .map_err(|source| StoreError::Io {
+            .map_err(|error| StoreError::Io {
                 path: display.clone(),
-                source,
+                error,
             })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(StoreError::Locked { path: display })
             }
-            Err(std::fs::TryLockError::Error(source)) => {
+            Err(std::fs::TryLockError::Error(error)) => {
                 return Err(StoreError::Io {
                     path: display,
-                    source,
+                    error,
                 })
             }
         }
@@ -351,6 +357,33 @@ impl Store {
         Ok(self
             .conn
             .query_row("select count(*) from kv", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+/// Turns a SQLite failure while writing `path` into an error that names the
+/// file and says what is wrong with the disk. SQLite reports a failed write
+/// as a bare "disk I/O error"; opening the file for appending (which writes
+/// nothing) then surfaces the operating system's reason, e.g. a read-only
+/// file system. Other errors pass through unchanged.
+pub fn explain(path: &Path, e: StoreError) -> StoreError {
+    let StoreError::Sqlite(err) = e else { return e };
+    use rusqlite::ErrorCode;
+    let reason = match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => {
+            format!("{err}: the disk is full; free space (the sync retries by itself and resumes)")
+        }
+        Some(ErrorCode::ReadOnly) => format!("{err}: the file or its directory is read-only"),
+        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+            match File::options().append(true).open(path) {
+                Err(io) => format!("disk I/O error: {io}"),
+                Ok(_) => format!("{err} (the disk failed a write)"),
+            }
+        }
+        _ => return StoreError::Sqlite(err),
+    };
+    StoreError::Write {
+        path: path.display().to_string(),
+        reason,
     }
 }
 

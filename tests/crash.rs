@@ -1,0 +1,685 @@
+//! Crash consistency: `kvreplica sync` and `kvreplica serve` are SIGKILLed
+//! at pseudo-random moments of the initial snapshot load, of the log apply
+//! and of PITR checkouts through the admin API. After every kill the file
+//! passes `PRAGMA integrity_check`, its visible state is exactly the state
+//! at the commit it reports (byte for byte), `pitr list` holds every
+//! recoverable point it has fetched exactly once, and a checkout that was
+//! in flight left either the previous state or the checked-out one. At the
+//! end the replica equals the backup's newest state.
+//!
+//! The kill schedule comes from a seed, printed at the start; set
+//! `KVREPLICA_CRASH_SEED` to replay one.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fixture::{assert_rows_eq, Fixture, Rng, Spec};
+use common::serve::{http, Method, ACCESS_TOKEN, ADMIN_TOKEN};
+use common::{integrity_ok, kvreplica_bin, pitr_list, read_replica, run_ok};
+use serde_json::Value;
+
+/// Bound on every wait for a child: far above a debug build's needs on a
+/// busy two-core machine, far below a hung test.
+const WAIT: Duration = Duration::from_secs(60);
+
+const SNAPSHOT: &str = "snapshot load";
+const LOG_APPLY: &str = "log apply";
+const CHECKOUT: &str = "checkout";
+
+/// What a child wrote to stderr, and whether it has closed it (exited).
+#[derive(Default)]
+struct Log {
+    text: String,
+    closed: bool,
+}
+
+/// A `kvreplica` child with debug logs captured; SIGKILLed when dropped.
+struct Proc {
+    child: Child,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .env("RUST_LOG", "kvreplica=debug")
+            .env_remove("DENO_KV_ACCESS_TOKEN")
+            .env_remove("KVREPLICA_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting kvreplica");
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let into = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        into.0
+                            .lock()
+                            .unwrap()
+                            .text
+                            .push_str(&String::from_utf8_lossy(&line));
+                        into.1.notify_all();
+                    }
+                }
+            }
+            into.0.lock().unwrap().closed = true;
+            into.1.notify_all();
+        });
+        Proc { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.0.lock().unwrap().text.clone()
+    }
+
+    /// Waits until `done` accepts the log so far: true then, false when the
+    /// child exited first. Panics on an ERROR line or after [`WAIT`].
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + WAIT;
+        let mut log = self.log.0.lock().unwrap();
+        loop {
+            if done(&log.text) {
+                return true;
+            }
+            assert!(
+                !log.text.contains(" ERROR "),
+                "kvreplica failed while waiting for {what}:\n{}",
+                log.text
+            );
+            if log.closed {
+                return false;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no {what} within {WAIT:?}; log:\n{}",
+                log.text
+            );
+            log = self.log.1.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
+    /// SIGKILL. True when the signal ended the process, false when it had
+    /// already exited by itself (successfully: anything else fails).
+    fn kill(&mut self) -> bool {
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        if status.signal() == Some(9) {
+            return true;
+        }
+        assert!(
+            status.success(),
+            "kvreplica failed before the kill: {status}\n{}",
+            self.log()
+        );
+        false
+    }
+
+    /// Waits (bounded) for the child to exit by itself.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kvreplica did not exit within {WAIT:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address a `serve` child announced for `listener`.
+    fn addr(&self, listener: &str) -> String {
+        let marker = format!("{listener} listening addr=");
+        assert!(
+            self.wait_for(&marker, |t| t.contains(&marker)),
+            "kvreplica serve exited before listening:\n{}",
+            self.log()
+        );
+        let text = self.log();
+        let rest = &text[text.find(&marker).unwrap() + marker.len()..];
+        rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())].to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Many small transactions: two objects per listing, one download at a time.
+const ENGINE: [&str; 6] = [
+    "--page-size",
+    "2",
+    "--fetch-concurrency",
+    "1",
+    "--poll-interval",
+    "100ms",
+];
+
+fn sync_cmd(source: &str, db: &Path) -> Command {
+    let mut c = Command::new(kvreplica_bin());
+    c.arg("sync")
+        .args(["--source", source])
+        .arg("--db")
+        .arg(db)
+        .args(ENGINE);
+    c
+}
+
+fn serve_cmd(source: &str, db: &Path) -> Command {
+    let mut c = Command::new(kvreplica_bin());
+    c.arg("serve")
+        .args(["--source", source])
+        .arg("--db")
+        .arg(db)
+        .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--access-token", ACCESS_TOKEN, "--admin-token", ADMIN_TOKEN])
+        .args(ENGINE);
+    c
+}
+
+/// RFC 3339 with milliseconds, as `pitr list` prints a point's time.
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What `pitr info` reports once the initial snapshot is complete.
+#[derive(Clone, Debug)]
+struct Info {
+    current: String,
+    latest: String,
+    pinned: bool,
+}
+
+fn pitr_info(db: &Path) -> Option<Info> {
+    let out = run_ok(&["pitr", "--db", &db.display().to_string(), "info"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Some(Info {
+        current: field("current versionstamp:")?,
+        latest: field("latest versionstamp:").expect("latest versionstamp"),
+        pinned: field("mode:").expect("mode").starts_with("pinned"),
+    })
+}
+
+/// The generated backup and what is known about it.
+struct Model {
+    fx: Fixture,
+    /// Commit versionstamp (hex) → commit index.
+    index: HashMap<String, usize>,
+}
+
+impl Model {
+    fn new(fx: Fixture) -> Model {
+        let index = fx
+            .commits
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (hex::encode(c.versionstamp), i))
+            .collect();
+        Model { fx, index }
+    }
+
+    fn commit(&self, vs: &str) -> usize {
+        *self
+            .index
+            .get(vs)
+            .unwrap_or_else(|| panic!("{vs} is not a commit of the backup"))
+    }
+
+    /// Every recoverable point up to commit `upto`, as `pitr list` prints
+    /// them (oldest first).
+    fn points(&self, upto: usize) -> Vec<(String, String)> {
+        self.fx
+            .points(upto)
+            .into_iter()
+            .map(|(_, vs, ms)| (vs, rfc3339(ms)))
+            .collect()
+    }
+
+    /// The newest complete commit in the first `n` append objects (or the
+    /// initial bucket's last commit).
+    fn last_complete(&self, n: usize) -> usize {
+        let Some((name, _)) = n.checked_sub(1).map(|i| &self.fx.append[i]) else {
+            return self.fx.last_initial;
+        };
+        // logs/<...>_<first 24 hex>_<last 24 hex>.bin
+        let last = &name[name.len() - 4 - 24..name.len() - 4];
+        let c = self.commit(&last[..20]);
+        if &last[20..] == "ffff" {
+            c
+        } else {
+            c - 1
+        }
+    }
+
+    /// Checks a replica file nobody has open: integrity, the visible state
+    /// against the commit it reports, and the points against the newest
+    /// commit it has fetched. Returns where it stands (None while the
+    /// initial snapshot is incomplete).
+    fn check(&self, db: &Path, label: &str) -> Option<(usize, usize, bool)> {
+        if !db.exists() {
+            return None;
+        }
+        assert!(integrity_ok(db), "{label}: PRAGMA integrity_check failed");
+        let points = pitr_list(db);
+        let Some(info) = pitr_info(db) else {
+            assert!(
+                points.is_empty(),
+                "{label}: recoverable points before the initial snapshot is complete: {points:?}"
+            );
+            return None;
+        };
+        let visible = self.commit(&info.current);
+        let latest = self.commit(&info.latest);
+        assert!(
+            visible >= self.fx.dv_commit && visible <= latest,
+            "{label}: visible commit {visible} outside [{}, {latest}]",
+            self.fx.dv_commit
+        );
+        assert_rows_eq(
+            &read_replica(db),
+            &self.fx.state_at(visible),
+            &format!("{label}: state at the visible commit {visible}"),
+        );
+        let want = self.points(latest);
+        if points != want {
+            let mut seen = std::collections::BTreeSet::new();
+            let dup = points.iter().find(|p| !seen.insert(&p.0));
+            let missing = want.iter().find(|p| !points.contains(p));
+            let extra = points.iter().find(|p| !want.contains(p));
+            panic!(
+                "{label}: pitr list has {} points, want {} (up to commit {latest}); \
+                 duplicate: {dup:?}, missing: {missing:?}, unexpected: {extra:?}",
+                points.len(),
+                want.len()
+            );
+        }
+        Some((visible, latest, info.pinned))
+    }
+}
+
+/// Adds an object to the bucket directory the way a store makes an upload
+/// visible: whole, at once (a reader never lists a half-written file).
+fn put(bucket: &Path, rel: &str, body: &[u8]) {
+    let partial = bucket.join("upload.partial");
+    std::fs::write(&partial, body).unwrap();
+    std::fs::rename(&partial, bucket.join(rel)).unwrap();
+}
+
+/// Which phase a kill landed in, judged by what the process had logged.
+fn phase_of(log: &str) -> &'static str {
+    if log.contains("log batch stored") || log.contains("initial snapshot complete") {
+        LOG_APPLY
+    } else {
+        SNAPSHOT
+    }
+}
+
+fn admin_get(admin: &str, path: &str) -> Result<Value, String> {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = http(
+        Method::Get,
+        &format!("http://{admin}{path}"),
+        &[("authorization", &auth)],
+        Vec::new(),
+    )?;
+    if r.status != 200 {
+        return Err(format!("{} {}", r.status, r.text()));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| e.to_string())
+}
+
+/// Sends `POST /pitr/checkout` on a raw connection and returns it unread,
+/// so the process can be killed while the request is in flight.
+fn send_checkout(admin: &str, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /pitr/checkout HTTP/1.1\r\nhost: {admin}\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    s
+}
+
+/// Reads the answer's status line (and the rest) off a checkout connection.
+fn read_status(mut s: TcpStream) -> (u16, String) {
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn sigkill_during_snapshot_log_apply_and_checkout() {
+    let started = Instant::now();
+    let seed = std::env::var("KVREPLICA_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        });
+    println!("crash seed {seed} (replay with KVREPLICA_CRASH_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let m = Model::new(Fixture::generate(Spec {
+        seed: 41,
+        keys: 4000,
+        ranges: 20,
+        pre_commits: 80,
+        post_commits: 160,
+        append_commits: 160,
+        muts_per_log: 8,
+        ..Spec::default()
+    }));
+    let fx = &m.fx;
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    fx.write_initial(&bucket);
+    let source = format!("file://{}/", bucket.display());
+    let db = tmp.path().join("r.sqlite");
+    let initial_logs = fx
+        .initial
+        .iter()
+        .filter(|o| o.0.starts_with("logs/"))
+        .count();
+    println!(
+        "backup: {} snapshot ranges, {initial_logs} log objects, {} to append, commits: DV {} last {} newest {}",
+        fx.spec.ranges + 1,
+        fx.append.len(),
+        fx.dv_commit,
+        fx.last_initial,
+        fx.last_commit()
+    );
+    let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut schedule = Vec::new();
+
+    // Phases 1 and 2: the initial bucket, by `sync` or `serve`, killed after
+    // the nth range or batch stored plus a few milliseconds.
+    let mut finished = false;
+    let mut snapshot_done = false;
+    for round in 0..80 {
+        let state = m.check(&db, &format!("before run {round}"));
+        let behind = state.map_or(usize::MAX, |s| fx.last_initial - s.1);
+        // `serve` never ends by itself: only while plenty of batches are
+        // left for the nth to come.
+        let use_serve = behind > 80 && rng.chance(50);
+        // A range takes about a millisecond to store, a batch a few.
+        let (event, nth, max_delay_us) = if snapshot_done {
+            ("log batch stored", 1 + rng.below(8), 6000)
+        } else {
+            ("snapshot range loaded", 1 + rng.below(2), 1500)
+        };
+        let delay_us = if rng.chance(40) {
+            0
+        } else {
+            rng.below(max_delay_us) as u64
+        };
+        let who = if use_serve { "serve" } else { "sync" };
+        let mut p = Proc::spawn(if use_serve {
+            serve_cmd(&source, &db)
+        } else {
+            sync_cmd(&source, &db)
+        });
+        // A run that finds every range loaded goes straight to the logs.
+        let hit = p.wait_for(&format!("{event} #{nth}"), |t| {
+            t.matches(event).count() >= nth || t.contains("log batch stored")
+        });
+        if !hit {
+            let status = p.wait_exit();
+            assert!(status.success(), "{who} failed: {status}\n{}", p.log());
+            schedule.push(format!("{who} ran to the end"));
+            finished = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(delay_us));
+        let log_at_kill = p.log();
+        let landed = p.kill();
+        let what = format!("{who} after {event} #{nth} +{delay_us}µs");
+        if landed {
+            *kills.entry(phase_of(&log_at_kill)).or_default() += 1;
+            schedule.push(format!("{what}: {}", phase_of(&log_at_kill)));
+        } else {
+            schedule.push(format!("{what}: had finished"));
+        }
+        snapshot_done |= phase_of(&log_at_kill) == LOG_APPLY;
+        m.check(&db, &format!("after kill {round} ({what})"));
+        assert!(
+            landed || !use_serve,
+            "serve exited by itself:\n{log_at_kill}"
+        );
+        if !landed {
+            finished = true;
+            break;
+        }
+    }
+    if !finished {
+        let mut p = Proc::spawn(sync_cmd(&source, &db));
+        let status = p.wait_exit();
+        assert!(status.success(), "sync failed: {status}\n{}", p.log());
+    }
+    let at = m
+        .check(&db, "initial bucket synced")
+        .expect("initial complete");
+    assert_eq!(
+        at.0, fx.last_initial,
+        "visible commit after the initial bucket"
+    );
+    assert_eq!(
+        at.1, fx.last_initial,
+        "newest commit after the initial bucket"
+    );
+    println!(
+        "initial bucket converged after {:?}; kills so far {kills:?}",
+        started.elapsed()
+    );
+
+    // Phase 3: checkouts through the admin API of `serve`, killed right
+    // after sending, a few milliseconds later, or once answered. Appended
+    // objects often arrive just before the checkout, so the sync writes
+    // them (as redo when pinned, visibly when following) while it runs.
+    let mut written = 0usize;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut answered_in = Vec::new();
+    let cycles = 30;
+    for cycle in 0..cycles {
+        let latest_want = m.last_complete(written);
+        let mut p = Proc::spawn(serve_cmd(&source, &db));
+        let admin = p.addr("admin API");
+        let deadline = Instant::now() + WAIT;
+        let cur = loop {
+            match admin_get(&admin, "/pitr/current") {
+                Ok(v)
+                    if v["latest"]["versionstamp"]
+                        == hex::encode(fx.commits[latest_want].versionstamp) =>
+                {
+                    break v
+                }
+                r => assert!(
+                    Instant::now() < deadline,
+                    "cycle {cycle}: replica not at commit {latest_want} within {WAIT:?}: {r:?}\n{}",
+                    p.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let prev = m.commit(cur["versionstamp"].as_str().unwrap());
+        let prev_pinned = cur["mode"] == "pinned";
+        assert_rows_eq(
+            &read_replica(&db),
+            &fx.state_at(prev),
+            &format!("cycle {cycle}: served state at commit {prev}"),
+        );
+        let mut latest_known = latest_want;
+        if written < fx.append.len() && rng.chance(60) {
+            let n = (1 + rng.below(4)).min(fx.append.len() - written);
+            for (rel, body) in &fx.append[written..written + n] {
+                put(&bucket, rel, body);
+            }
+            written += n;
+            latest_known = m.last_complete(written);
+        }
+        // A point other than the visible one, by versionstamp or by time.
+        let choices: Vec<usize> = (fx.dv_commit + 1..=latest_want)
+            .filter(|&i| i != prev)
+            .collect();
+        let pick = choices[rng.below(choices.len())];
+        // By time only when nothing new is arriving: an object closing a
+        // commit at that same time might not be fetched yet.
+        let (body, target) = if latest_known == latest_want && rng.chance(30) {
+            let t = fx.point_time[&pick];
+            let target = (fx.dv_commit + 1..=latest_want)
+                .filter(|i| fx.point_time[i] <= t)
+                .max()
+                .unwrap();
+            (format!(r#"{{"timestamp":"{}"}}"#, rfc3339(t)), target)
+        } else {
+            (
+                format!(
+                    r#"{{"versionstamp":"{}"}}"#,
+                    hex::encode(fx.commits[pick].versionstamp)
+                ),
+                pick,
+            )
+        };
+        let wait_answer = rng.chance(30);
+        let delay_us = if wait_answer || rng.chance(30) {
+            0
+        } else {
+            rng.below(8_000) as u64
+        };
+        let sent = Instant::now();
+        let conn = send_checkout(&admin, &body);
+        let mut answer = None;
+        if wait_answer {
+            let (status, text) = read_status(conn);
+            assert_eq!(status, 200, "cycle {cycle}: checkout {body}: {text}");
+            answered_in.push(sent.elapsed());
+            answer = Some(status);
+        } else {
+            std::thread::sleep(Duration::from_micros(delay_us));
+        }
+        let landed = p.kill();
+        assert!(landed, "serve exited by itself:\n{}", p.log());
+        *kills.entry(CHECKOUT).or_default() += 1;
+        let label = format!(
+            "cycle {cycle}: kill {} checkout {body} (commit {target}, previous {prev})",
+            if wait_answer {
+                "after the answer to".to_string()
+            } else {
+                format!("{delay_us}µs after sending")
+            }
+        );
+        schedule.push(label.clone());
+        let (visible, latest, pinned) = m.check(&db, &label).expect("initial complete");
+        if answer == Some(200) {
+            assert_eq!(visible, target, "{label}: an answered checkout was lost");
+        }
+        if visible == target {
+            assert!(pinned, "{label}: checked out but not pinned");
+        } else if prev_pinned {
+            assert_eq!(
+                visible, prev,
+                "{label}: the replica is at commit {visible}, neither the target nor the previous state"
+            );
+            assert!(pinned, "{label}: unpinned without a checkout");
+        } else {
+            // Following: the sync may have moved on before the checkout
+            // (every target is older than the previous state).
+            assert!(
+                !pinned && visible >= prev && visible <= latest,
+                "{label}: the replica is at commit {visible} (pinned: {pinned}), neither the target \
+                 nor a commit the sync could have reached from the previous state"
+            );
+        }
+        assert!(
+            latest >= latest_want && latest <= latest_known,
+            "{label}: newest fetched commit {latest} outside [{latest_want}, {latest_known}]"
+        );
+        let outcome = match (wait_answer, visible == target) {
+            (true, _) => "answered, then killed",
+            (false, true) => "in flight, committed",
+            (false, false) => "in flight, not committed",
+        };
+        *outcomes.entry(outcome.to_string()).or_default() += 1;
+    }
+
+    // The rest of the appended objects, back to following, and a sync to
+    // the end.
+    for (rel, body) in &fx.append[written..] {
+        put(&bucket, rel, body);
+    }
+    run_ok(&[
+        "pitr",
+        "--db",
+        &db.display().to_string(),
+        "checkout",
+        "latest",
+    ]);
+    let mut p = Proc::spawn(sync_cmd(&source, &db));
+    let status = p.wait_exit();
+    assert!(status.success(), "final sync failed: {status}\n{}", p.log());
+    let end = m.check(&db, "final").expect("initial complete");
+    assert_eq!(
+        end,
+        (fx.last_commit(), fx.last_commit(), false),
+        "final position"
+    );
+    assert_rows_eq(
+        &read_replica(&db),
+        &fx.state_at(fx.last_commit()),
+        "final state",
+    );
+    assert_eq!(pitr_list(&db), m.points(fx.last_commit()), "final points");
+
+    let total: usize = kills.values().sum();
+    println!("schedule:\n  {}", schedule.join("\n  "));
+    println!("kills per phase: {kills:?}, total {total}");
+    println!("checkout outcomes: {outcomes:?}; answered in {answered_in:?}");
+    println!("run time {:?}", started.elapsed());
+    for phase in [SNAPSHOT, LOG_APPLY, CHECKOUT] {
+        assert!(
+            kills.get(phase).copied().unwrap_or(0) >= 3,
+            "fewer than 3 kills landed during the {phase}: {kills:?}"
+        );
+    }
+    assert!(total >= 20, "only {total} kills landed: {kills:?}");
+}
