@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
-bin="$PWD/target/debug/kvreplica"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/kvreplica"
 [ -x "$bin" ] || cargo build --quiet
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT

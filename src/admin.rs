@@ -35,6 +35,7 @@ pub const READY_POLL_INTERVALS: u32 = 10;
 /// few slow requests (each is retried with backoff inside a round).
 pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 pub use crate::auth::Tokens;
+use crate::server::Limits;
 
 /// Errors at the admin API boundary, each with its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -411,10 +412,21 @@ pub fn routes(
         .unify()
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener` until `shutdown` resolves, with
+/// the admin listener's [`limits`].
 pub async fn serve(
     ctx: Arc<AdminContext>,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    serve_with(ctx, listener, limits(), shutdown).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with(
+    ctx: Arc<AdminContext>,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
@@ -422,9 +434,19 @@ pub async fn serve(
         Some(addr) => tracing::info!(%addr, "admin API listening"),
         None => tracing::info!("admin API listening"),
     }
-    warp::serve(routes(ctx))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(ctx)));
+    crate::server::listener::serve("admin", service, listener, limits, shutdown).await;
+}
+
+/// Open connections to the admin listener: operators, health checks and
+/// a metrics scraper need a handful; the rest of [`Limits`] as for KV
+/// Connect (the admin API has no streams).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What clients of the admin listener may hold.
+pub fn limits() -> Limits {
+    Limits {
+        max_connections: MAX_CONNECTIONS,
+        ..Limits::default()
+    }
 }

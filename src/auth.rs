@@ -12,11 +12,17 @@ use subtle::ConstantTimeEq;
 /// denokv's, long enough that guessing over the network is hopeless.
 pub const MIN_TOKEN_LEN: usize = 12;
 
+/// Longest token accepted. Comparisons always run over this many bytes, so
+/// their duration does not depend on the configured token's length.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
 /// A configured token that breaks the rules.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("{what} must be at least {MIN_TOKEN_LEN} characters long (got {len})")]
     TooShort { what: &'static str, len: usize },
+    #[error("{what} must be at most {MAX_TOKEN_LEN} bytes long (got {len})")]
+    TooLong { what: &'static str, len: usize },
     #[error("{what} must not contain whitespace or control characters")]
     BadCharacters { what: &'static str },
 }
@@ -28,6 +34,12 @@ pub fn validate(what: &'static str, token: &str) -> Result<(), TokenError> {
         return Err(TokenError::TooShort {
             what,
             len: token.chars().count(),
+        });
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong {
+            what,
+            len: token.len(),
         });
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -57,23 +69,40 @@ impl Tokens {
 
     /// Checks an `Authorization: Bearer <t>` header value (scheme matched
     /// case-insensitively, as RFC 7235 asks) and returns the matching token.
-    /// Every configured token is compared in constant time, with no early
-    /// exit, so timing tells nothing about which bytes matched.
+    /// Every configured token is compared in constant time over
+    /// [`MAX_TOKEN_LEN`] bytes, with no early exit, so timing tells nothing
+    /// about which bytes matched nor how long the token is.
     pub fn check(&self, header: Option<&str>) -> Option<String> {
         let (scheme, given) = header?.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
         let given = given.trim().as_bytes();
+        if given.len() > MAX_TOKEN_LEN {
+            return None;
+        }
         let tokens = self.0.read().expect("tokens lock");
         let mut found = None;
         for t in tokens.iter() {
-            if bool::from(t.as_bytes().ct_eq(given)) {
+            if bool::from(fixed_width_eq(t.as_bytes(), given)) {
                 found = Some(t.clone());
             }
         }
         found
     }
+}
+
+/// `a == b` in time that depends only on [`MAX_TOKEN_LEN`]: both are
+/// compared as zero-padded blocks of that size, plus their lengths.
+/// (`subtle`'s slice comparison returns early when the lengths differ.)
+fn fixed_width_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
+    let mut eq = (a.len() as u64).ct_eq(&(b.len() as u64));
+    for i in 0..MAX_TOKEN_LEN {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        eq &= x.ct_eq(&y);
+    }
+    eq
 }
 
 #[cfg(test)]
@@ -89,6 +118,10 @@ mod tests {
         );
         assert!(t.check(Some("bearer first-token-123")).is_some());
         assert!(t.check(Some("Bearer first-token-12")).is_none());
+        assert!(t.check(Some("Bearer first-token-1234")).is_none());
+        assert!(t
+            .check(Some(&format!("Bearer {}", "x".repeat(5000))))
+            .is_none());
         assert!(t.check(Some("Basic first-token-123")).is_none());
         assert!(t.check(Some("first-token-123")).is_none());
         assert!(t.check(None).is_none());
@@ -102,6 +135,7 @@ mod tests {
         assert!(validate("access token", "short").is_err());
         assert!(validate("access token", "has a space in it").is_err());
         assert!(validate("access token", "long-enough-token").is_ok());
+        assert!(validate("access token", &"x".repeat(MAX_TOKEN_LEN + 1)).is_err());
         let e = validate("admin token", "abc").unwrap_err().to_string();
         assert!(e.contains("admin token") && e.contains("12"), "{e}");
     }

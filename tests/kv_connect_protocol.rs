@@ -94,6 +94,7 @@ impl Server {
                 tokens: tokens.clone(),
                 database_id,
                 readers: 2,
+                limits: Default::default(),
             },
         )
         .unwrap();

@@ -210,6 +210,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokens: access_tokens.clone(),
             database_id,
             readers: settings.readers,
+            limits: Default::default(),
         },
     )?;
     let admin_ctx = AdminContext::new(syncer.clone(), admin_tokens.clone(), &db)?;

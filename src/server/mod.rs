@@ -12,7 +12,12 @@
 //! client never sees a state from before the backup's differential point.
 //! A restarted replica whose snapshot was complete serves at once from its
 //! file, before the first poll of the bucket.
+//!
+//! What a client may hold (connections, open watch streams, time to send a
+//! request, idle and unread connections) is bounded by [`Limits`]; the
+//! `listener` module applies them.
 
+pub(crate) mod listener;
 mod read;
 mod watch;
 
@@ -29,7 +34,7 @@ use denokv_proto::datapath::{
 use futures::{Stream, StreamExt};
 use prost::Message;
 use serde::Deserialize;
-use tokio::sync::watch as channel;
+use tokio::sync::{watch as channel, OwnedSemaphorePermit, Semaphore};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -41,6 +46,7 @@ use crate::source::SourceUrl;
 use crate::store::StoreError;
 use crate::sync::Syncer;
 
+pub use listener::{Limits, CONNECTION_WAIT, SHUTDOWN_GRACE};
 pub use read::ReaderPool;
 pub use watch::KEEPALIVE;
 
@@ -114,6 +120,8 @@ pub enum ApiError {
     BadProtobuf(String),
     #[error("Request body too large (at most {MAX_BODY_BYTES} bytes).")]
     BodyTooLarge,
+    #[error("The request body did not arrive within {0} s.")]
+    BodyTimeout(u64),
     #[error(
         "Too many read ranges in one request (at most {}).",
         limits::MAX_READ_RANGES
@@ -146,6 +154,8 @@ pub enum ApiError {
     MethodNotAllowed(Method),
     #[error("The server is shutting down.")]
     ShuttingDown,
+    #[error("Too many open watch streams on this replica (at most {0}); try again shortly.")]
+    TooManyWatchStreams(usize),
     #[error("Internal server error: {0}")]
     Internal(String),
 }
@@ -170,7 +180,8 @@ impl ApiError {
             | ReadOnly => StatusCode::BAD_REQUEST,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Loading | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Loading | ShuttingDown | TooManyWatchStreams(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -212,6 +223,8 @@ pub struct ServerOptions {
     pub database_id: uuid::Uuid,
     /// Read connections in the pool.
     pub readers: usize,
+    /// Bounds on connections, watch streams and slow clients.
+    pub limits: Limits,
 }
 
 /// The server's shared state.
@@ -227,6 +240,10 @@ pub struct KvConnect {
     visible: channel::Receiver<Option<Versionstamp>>,
     /// Set at shutdown so watch streams end and connections can drain.
     closing: channel::Sender<bool>,
+    /// What clients may hold.
+    limits: Limits,
+    /// One permit per watch stream that may be open.
+    watch_streams: Arc<Semaphore>,
 }
 
 impl KvConnect {
@@ -242,6 +259,8 @@ impl KvConnect {
             pool: ReaderPool::new(db, opts.readers)?,
             visible: syncer.subscribe(),
             closing: channel::Sender::new(false),
+            watch_streams: Arc::new(Semaphore::new(opts.limits.max_watch_streams)),
+            limits: opts.limits,
         }))
     }
 
@@ -254,6 +273,14 @@ impl KvConnect {
     /// a graceful shutdown.
     pub fn close(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// A place for one more watch stream, if the cap allows.
+    fn watch_stream(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.watch_streams.clone().try_acquire_owned().map_err(|_| {
+            metrics::error("watch_stream_limit");
+            ApiError::TooManyWatchStreams(self.limits.max_watch_streams)
+        })
     }
 
     fn check_serving(&self) -> Result<(), ApiError> {
@@ -273,12 +300,8 @@ struct MetadataRequest {
     supported_versions: Vec<u64>,
 }
 
-/// `POST /`: the metadata exchange.
-fn metadata(kv: &KvConnect, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    let token = kv
-        .tokens
-        .check(header(headers, "authorization"))
-        .ok_or(ApiError::Unauthorized)?;
+/// `POST /`: the metadata exchange, for a client that presented `token`.
+fn metadata(kv: &KvConnect, token: String, body: &[u8]) -> Result<Response, ApiError> {
     // No body means a version-1 client.
     let offered = if body.is_empty() {
         vec![1]
@@ -390,8 +413,9 @@ fn watch(kv: &Arc<KvConnect>, body: &[u8]) -> Result<Response, ApiError> {
     {
         return Err(ApiError::KeyTooLong(limits::MAX_WRITE_KEY_SIZE_BYTES));
     }
+    let place = kv.watch_stream()?;
     let keys = req.keys.into_iter().map(|k| k.key).collect();
-    let mut rx = watch::start(kv.clone(), keys);
+    let mut rx = watch::start(kv.clone(), keys, place);
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
     let mut r = warp::reply::stream(body).into_response();
     r.headers_mut().insert(
@@ -412,13 +436,20 @@ fn endpoint(path: &str) -> &'static str {
     }
 }
 
-async fn dispatch(
+/// Routes a request. The body is read only once the path, method and
+/// token are known to be good: a client without a token cannot make the
+/// server read anything.
+async fn dispatch<S, B>(
     kv: Arc<KvConnect>,
     method: Method,
     path: &str,
     headers: HeaderMap,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
     let ep = endpoint(path);
     if ep == "other" {
         return Err(ApiError::NotFound);
@@ -427,10 +458,15 @@ async fn dispatch(
         return Err(ApiError::MethodNotAllowed(method));
     }
     if ep == "metadata" {
-        return metadata(&kv, &headers, &body?);
+        let token = kv
+            .tokens
+            .check(header(&headers, "authorization"))
+            .ok_or(ApiError::Unauthorized)?;
+        let body = read_body(&kv, &headers, body).await?;
+        return metadata(&kv, token, &body);
     }
     check_data_path(&kv, &headers)?;
-    let body = body?;
+    let body = read_body(&kv, &headers, body).await?;
     match ep {
         "snapshot_read" => snapshot_read(&kv, &body).await,
         "watch" => watch(&kv, &body),
@@ -439,8 +475,9 @@ async fn dispatch(
 }
 
 /// Reads a request body up to [`MAX_BODY_BYTES`], refusing a larger one
-/// from its `content-length` before reading, or as soon as it overflows.
-async fn read_body<S, B>(headers: &HeaderMap, body: S) -> Result<Bytes, ApiError>
+/// from its `content-length` before reading, or as soon as it overflows,
+/// and one that does not arrive within [`Limits::body_read_timeout`].
+async fn read_body<S, B>(kv: &KvConnect, headers: &HeaderMap, body: S) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -453,8 +490,13 @@ where
     let mut out = BytesMut::new();
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::BadProtobuf(format!("reading the body: {e}")))?;
+        let mut chunk = chunk.map_err(|e| {
+            if listener::is_body_timeout(&e) {
+                ApiError::BodyTimeout(kv.limits.body_read_timeout.as_secs())
+            } else {
+                ApiError::BadProtobuf(format!("reading the body: {e}"))
+            }
+        })?;
         if out.len() + chunk.remaining() > MAX_BODY_BYTES {
             return Err(ApiError::BodyTooLarge);
         }
@@ -482,11 +524,10 @@ pub fn routes(
             |kv: Arc<KvConnect>, method: Method, path: warp::path::FullPath, headers: HeaderMap, body| async move {
                 let started = Instant::now();
                 let ep = endpoint(path.as_str());
-                let body = read_body(&headers, body).await;
                 let response = match dispatch(kv, method, path.as_str(), headers, body).await {
                     Ok(r) => r,
                     Err(e) => {
-                        if e.status().is_server_error() && !matches!(e, ApiError::Loading | ApiError::ShuttingDown) {
+                        if e.status().is_server_error() && !matches!(e, ApiError::Loading | ApiError::ShuttingDown | ApiError::TooManyWatchStreams(_)) {
                             metrics::error("kv_connect");
                             tracing::error!(error = %e, endpoint = ep, "KV Connect request failed");
                         } else {
@@ -515,7 +556,8 @@ pub fn routes(
 }
 
 /// Serves KV Connect on `listener` (HTTP/1.1 and h2c) until `shutdown`
-/// resolves; then ends watch streams and lets in-flight requests finish.
+/// resolves; then ends watch streams and lets in-flight requests finish
+/// (for at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     kv: Arc<KvConnect>,
     listener: tokio::net::TcpListener,
@@ -526,14 +568,13 @@ pub async fn serve(
         Err(_) => tracing::info!("KV Connect listening"),
     }
     let closer = kv.clone();
-    warp::serve(routes(kv))
-        .incoming(listener)
-        .graceful(async move {
-            shutdown.await;
-            closer.close();
-        })
-        .run()
-        .await;
+    let limits = kv.limits.clone();
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(kv)));
+    listener::serve("kv_connect", service, listener, limits, async move {
+        shutdown.await;
+        closer.close();
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -561,5 +602,12 @@ mod tests {
         assert!(ApiError::ReadOnly.to_string().contains("read-only"));
         assert_eq!(ApiError::Loading.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ApiError::NotFound.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ApiError::BodyTimeout(30).status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        let full = ApiError::TooManyWatchStreams(1000);
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(full.to_string().contains("1000"));
     }
 }

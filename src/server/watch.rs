@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use denokv_proto::datapath::{KvEntry, SnapshotReadStatus, WatchKeyOutput, WatchOutput};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::KvConnect;
 use crate::metrics::{self, METRICS};
@@ -53,10 +53,16 @@ impl Drop for OpenStream {
 
 /// Starts watching `keys`; the returned receiver yields the body's chunks
 /// and ends when the server shuts down or a read fails. Dropping it (the
-/// client went away) ends the task at its next wake-up or keep-alive.
-pub(super) fn start(kv: Arc<KvConnect>, keys: Vec<Vec<u8>>) -> mpsc::Receiver<Bytes> {
+/// client went away) ends the task. `place` (one of the server's watch
+/// stream permits) is held until the task ends.
+pub(super) fn start(
+    kv: Arc<KvConnect>,
+    keys: Vec<Vec<u8>>,
+    place: OwnedSemaphorePermit,
+) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(FRAME_BUFFER);
     tokio::spawn(async move {
+        let _place = place;
         let _open = OpenStream::new();
         let mut visible = kv.visible.clone();
         let closing = kv.closing.subscribe();
