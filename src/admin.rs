@@ -290,10 +290,14 @@ fn readyz(ctx: &Arc<AdminContext>) -> Response {
         (true, false) => (
             false,
             format!(
-                "no successful poll of the bucket for more than {}s (last: {})",
+                "no successful poll of the bucket for more than {}s (last: {}){}",
                 window.as_secs(),
                 last.map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "never".into())
+                    .unwrap_or_else(|| "never".into()),
+                ctx.syncer
+                    .last_error()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
             ),
         ),
         (true, true) => (true, "ok".to_string()),

@@ -120,6 +120,8 @@ pub struct Syncer {
     /// the state (readiness, status lines, the next round) never wait for
     /// the store lock, which an apply transaction holds for its duration.
     state: Mutex<SyncState>,
+    /// Why the last round failed, until a round succeeds: readiness says it.
+    last_error: Mutex<Option<String>>,
     /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
     last_ok_round_ms: std::sync::atomic::AtomicI64,
     /// The poll interval in ms; atomic so a config reload can change it
@@ -160,6 +162,7 @@ impl Syncer {
             visible,
             state,
             last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
+            last_error: Mutex::new(None),
             poll_interval_ms: std::sync::atomic::AtomicU64::new(poll_ms),
             alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
         })
@@ -187,6 +190,19 @@ impl Syncer {
         let ms = Utc::now().timestamp_millis()
             - self.alive_ms.load(std::sync::atomic::Ordering::Relaxed);
         Duration::from_millis(ms.max(0) as u64)
+    }
+
+    /// The error that ended the last round, when it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// The bucket answered and everything listed so far was applied.
+    fn mark_ok(&self) {
+        self.last_ok_round_ms.store(
+            Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn alive(&self) {
@@ -413,13 +429,7 @@ impl Syncer {
                 .source
                 .list_logs(cursor.as_ref(), self.opts.page_size)
                 .await?;
-            // A listing that answered is what readiness asks about: a long
-            // catch-up round must not look like a stuck one.
             self.alive();
-            self.last_ok_round_ms.store(
-                Utc::now().timestamp_millis(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
             let full_page = listed.len() >= self.opts.page_size;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
@@ -435,15 +445,16 @@ impl Syncer {
             }
             let n_ready = ready.len();
             out.objects += self.consume_logs(ready).await?;
+            // Each page applied counts for readiness, so a long catch-up
+            // round does not look like a stuck one; a page that fails to
+            // apply (a corrupt object) does not.
+            self.mark_ok();
             METRICS.objects_behind.set((listed.len() - n_ready) as i64);
             if !full_page || out.held_back {
                 break;
             }
         }
-        self.last_ok_round_ms.store(
-            Utc::now().timestamp_millis(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.mark_ok();
         Ok(out)
     }
 
@@ -610,6 +621,7 @@ impl Syncer {
             let pause = match round {
                 Ok(r) => {
                     failures = 0;
+                    *self.last_error.lock().expect("error lock") = None;
                     if r.objects > 0 {
                         Duration::ZERO
                     } else {
@@ -620,6 +632,7 @@ impl Syncer {
                     failures += 1;
                     metrics::error(e.kind());
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
+                    *self.last_error.lock().expect("error lock") = Some(e.to_string());
                     (self.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60))
                 }
             };

@@ -436,3 +436,61 @@ fn editing_the_config_file_rotates_tokens_without_a_restart() {
     });
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn a_corrupt_object_stops_the_sync_shows_in_readyz_and_metrics_and_reads_go_on() {
+    let sample = Sample::load("sample-1");
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    let source = sample.install_initial(&bucket);
+    let db = tmp.path().join("r.sqlite").display().to_string();
+    let mut serve = ServeProcess::start_with_env(
+        &["--source", &source, "--db", &db, "--poll-interval", "100ms"],
+        &[],
+    );
+    serve.wait_ready();
+    let latest0 = sample.json0.latest_point();
+    serve.wait_at(&latest0);
+
+    // The first object of the later traffic arrives as garbage.
+    let logs = Path::new(source.strip_prefix("file://").unwrap()).join("logs");
+    let append_logs = sample.append_root.join(&sample.prefix).join("logs");
+    let first = std::fs::read_dir(&append_logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .min()
+        .unwrap();
+    std::fs::write(logs.join(&first), b"\x0a\xff\xff\xff\xffnot protobuf").unwrap();
+
+    wait_until("/readyz 503 on the corrupt object", &serve, || {
+        readyz(&serve) == 503
+    });
+    let r = http(
+        Method::Get,
+        &format!("{}/readyz", serve.admin_url()),
+        &[],
+        Vec::new(),
+    )
+    .unwrap();
+    assert!(
+        r.text().contains(first.to_str().unwrap()),
+        "readyz names the object: {}",
+        r.text()
+    );
+    let m = scrape(&serve);
+    assert!(
+        m["kvreplica_errors_total{kind=\"corrupt_object\"}"] >= 1.0,
+        "{m:?}"
+    );
+    // Reads go on from the last good state.
+    assert_eq!(metadata(&serve.kv_url()).status, 200);
+    serve.wait_at(&latest0);
+
+    // The real object replaces the garbage: the sync resumes by itself.
+    sample.install_append(&bucket);
+    serve.wait_at(&sample.json1.latest_point());
+    wait_until("/readyz 200 after the repair", &serve, || {
+        readyz(&serve) == 200
+    });
+    assert!(serve.terminate().success());
+}

@@ -217,11 +217,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(source = %url, db = %db.display(), %database_id, "serving replica");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         notify::stopping();
-        stop_tx.send_replace(true);
+        on_signal.send_replace(true);
     });
     let kv_task = tokio::spawn(server::serve(kv, kv_listener, stopped(stop_rx.clone())));
     let admin_task = tokio::spawn(admin::serve(
@@ -258,6 +260,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(visible = %syncer.state().visible().map(|v| v.to_string()).unwrap_or_default(), "replica ready");
         syncer.follow(stopped(stop_rx.clone())).await;
     }
+    // A fatal error ends the process like a signal does.
+    stop_tx.send_replace(true);
     // Let in-flight requests finish, but never hang the exit on a client.
     let drain = async {
         let _ = kv_task.await;

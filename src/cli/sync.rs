@@ -53,10 +53,32 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let store = Store::open(db).with_context(|| format!("opening replica {}", db.display()))?;
     let syncer = Syncer::new(source, store, settings.sync.clone())?;
     tracing::info!(source = %url, db = %db.display(), "syncing");
+    // Signals are handled from the start: a stop during the first catch-up
+    // lands between two transactions like one while following.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     {
         let _report = syncer.progress().report(Duration::from_secs(5));
-        syncer.initial().await?;
-        syncer.catch_up().await?;
+        let caught_up = async {
+            syncer.initial().await?;
+            syncer.catch_up().await
+        };
+        tokio::select! {
+            r = caught_up => r?,
+            _ = stopped(stop_rx.clone()) => {
+                tracing::info!("stopped; the replica keeps its last committed state");
+                if args.follow {
+                    return Ok(());
+                }
+                anyhow::bail!("interrupted before reaching the newest point; run sync again to resume");
+            }
+        }
     }
     let state = syncer.state();
     tracing::info!(
@@ -64,7 +86,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         "replica is at the newest point"
     );
     if args.follow {
-        syncer.follow(shutdown_signal()).await;
+        syncer.follow(stopped(stop_rx)).await;
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
 use tokio::sync::OnceCell;
 
-use super::{name_from_key, GcsOptions, Listed, Source, SourceError};
+use super::{error_chain, name_from_key, GcsOptions, Listed, Source, SourceError};
 use crate::format::{FormatError, LogName, SnapshotName};
 
 /// The public GCS endpoint, used when no other endpoint is configured.
@@ -287,14 +287,14 @@ impl GcsSource {
             GcsError::Response(r) => (Some(r.code), r.to_string()),
             GcsError::HttpClient(re) | GcsError::RawResponse(re, _) => {
                 match re.status().map(|s| s.as_u16()) {
-                    Some(s) => (Some(s), e.to_string()),
+                    Some(s) => (Some(s), error_chain(&e)),
                     None if http_error_is_transient(re) => {
                         return Classified::Error(SourceError::Transient {
                             what,
-                            detail: e.to_string(),
+                            detail: error_chain(&e),
                         })
                     }
-                    None => (None, e.to_string()),
+                    None => (None, error_chain(&e)),
                 }
             }
             GcsError::TokenSource(inner) => {
@@ -455,8 +455,29 @@ fn status_is_transient(status: u16) -> bool {
 fn http_error_is_transient(e: &reqwest::Error) -> bool {
     match e.status() {
         Some(s) => status_is_transient(s.as_u16()),
-        None => e.is_timeout() || e.is_connect() || e.is_request() || e.is_body(),
+        None => {
+            e.is_timeout()
+                || e.is_connect()
+                || e.is_request()
+                || e.is_body()
+                // reqwest reports a body cut short (reset, truncated) while
+                // reading it whole as a decode error; only malformed JSON
+                // is a decode error that a retry cannot mend.
+                || (e.is_decode() && !caused_by::<serde_json::Error>(e))
+        }
     }
+}
+
+/// Whether `e` or one of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(inner) = cur {
+        if inner.downcast_ref::<T>().is_some() {
+            return true;
+        }
+        cur = inner.source();
+    }
+    false
 }
 
 /// Whether refreshing a token failed for a reason that may go away.

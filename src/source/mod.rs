@@ -266,6 +266,22 @@ pub fn open(
     Ok(Arc::new(retry::Retrying::new(inner, remote.retry.clone())))
 }
 
+/// An error and its sources, `: `-joined: reqwest's own message ("error
+/// sending request") hides the cause (refused, timed out, reset).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

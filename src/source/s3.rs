@@ -62,7 +62,7 @@ use s3::serde_types::{ListBucketResult, Object};
 use s3::{Bucket, Region};
 use tokio::sync::OnceCell;
 
-use super::{name_from_key, Listed, S3Options, Source, SourceError};
+use super::{error_chain, name_from_key, Listed, S3Options, Source, SourceError};
 use crate::format::{FormatError, LogName, SnapshotName};
 
 /// Most keys one `ListObjectsV2` page returns: the documented maximum of
@@ -794,22 +794,6 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// An error and its sources, `: `-joined: reqwest's own message ("error
-/// sending request") hides the cause (refused, timed out, reset).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 /// Parses a listing's `LastModified` (RFC 3339, as S3 writes it:
