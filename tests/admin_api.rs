@@ -10,9 +10,8 @@ use std::sync::Arc;
 use common::fixture::{assert_rows_eq, Fixture, Spec};
 use common::read_replica;
 use kvreplica::admin::{self, AdminContext, Tokens};
-use kvreplica::source::{self, RemoteOptions, SourceUrl};
-use kvreplica::store::Store;
-use kvreplica::sync::{SyncOptions, Syncer};
+use kvreplica::source::SourceUrl;
+use kvreplica::sync::Syncer;
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-for-tests";
@@ -28,19 +27,7 @@ struct Api {
 impl Api {
     async fn start(dir: &Path, db: &Path, tokens: Vec<String>, load: bool) -> Api {
         let url = SourceUrl::parse(&format!("file://{}/", dir.display())).unwrap();
-        let src = source::open(
-            &url,
-            &Default::default(),
-            &Default::default(),
-            &RemoteOptions::default(),
-        )
-        .unwrap();
-        let store = Store::open(db).unwrap();
-        let syncer = Arc::new(Syncer::new(src, store, SyncOptions::default()).unwrap());
-        if load {
-            syncer.initial().await.unwrap();
-            syncer.catch_up().await.unwrap();
-        }
+        let syncer = common::syncer(&url, db, load).await;
         let ctx = AdminContext::new(syncer.clone(), Tokens::new(tokens), db).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

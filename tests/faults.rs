@@ -26,7 +26,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fixture::{expected_rows, Fixture, Spec};
+use common::fixture::{assert_rows_eq, expected_rows, Fixture, Spec};
 use common::serve::{http, Method, ServeProcess};
 use common::{integrity_ok, pitr_list, read_replica, Row, Sample};
 use fault_proxy::{Config, Fault, FaultProxy, Flavor, Mode};
@@ -356,25 +356,7 @@ fn try_rows(db: &Path) -> Option<BTreeMap<String, Row>> {
 /// Asserts the replica holds exactly the state after commit `upto`, every
 /// recoverable point up to it once, and a sound file.
 fn assert_converged(db: &Path, fx: &Fixture, upto: usize, label: &str) {
-    let rows = read_replica(db);
-    let want = expected_rows(&fx.state_at(upto));
-    if rows != want {
-        let diff = want
-            .iter()
-            .find(|(k, v)| rows.get(*k) != Some(v))
-            .map(|(k, v)| format!("key {k}: want {v:?}, got {:?}", rows.get(k)))
-            .or_else(|| {
-                rows.keys()
-                    .find(|k| !want.contains_key(*k))
-                    .map(|k| format!("extra key {k}"))
-            });
-        panic!(
-            "{label}: {} rows, want {}; first difference: {}",
-            rows.len(),
-            want.len(),
-            diff.unwrap_or_default()
-        );
-    }
+    assert_rows_eq(&read_replica(db), &fx.state_at(upto), label);
     let want_points: Vec<String> = fx.points(upto).into_iter().map(|p| p.1).collect();
     let got_points: Vec<String> = pitr_list(db).into_iter().map(|p| p.0).collect();
     assert_eq!(got_points, want_points, "{label}: recoverable points");

@@ -29,9 +29,8 @@ use denokv_proto::datapath::{
 use kvreplica::admin::{self, AdminContext};
 use kvreplica::auth::Tokens;
 use kvreplica::server::{self, KvConnect, Limits, ServerOptions};
-use kvreplica::source::{self, RemoteOptions, SourceUrl};
-use kvreplica::store::Store;
-use kvreplica::sync::{SyncOptions, Syncer};
+use kvreplica::source::SourceUrl;
+use kvreplica::sync::Syncer;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
@@ -124,18 +123,8 @@ impl Harness {
     async fn start(limits: Limits) -> Harness {
         let (tmp, url) = backup(71);
         let url = SourceUrl::parse(&url).unwrap();
-        let src = source::open(
-            &url,
-            &Default::default(),
-            &Default::default(),
-            &RemoteOptions::default(),
-        )
-        .unwrap();
         let db = tmp.path().join("r.sqlite");
-        let store = Store::open(&db).unwrap();
-        let syncer = Arc::new(Syncer::new(src, store, SyncOptions::default()).unwrap());
-        syncer.initial().await.unwrap();
-        syncer.catch_up().await.unwrap();
+        let syncer = common::syncer(&url, &db, true).await;
         let database_id = server::database_id(&url);
         let kv = KvConnect::new(
             syncer.clone(),

@@ -23,10 +23,9 @@ use denokv_proto::datapath::{
 use kvreplica::auth::Tokens;
 use kvreplica::format::Versionstamp;
 use kvreplica::server::{self, KvConnect, ServerOptions};
-use kvreplica::source::{self, RemoteOptions, SourceUrl};
+use kvreplica::source::SourceUrl;
 use kvreplica::store::pitr::CheckoutTarget;
-use kvreplica::store::Store;
-use kvreplica::sync::{SyncOptions, Syncer};
+use kvreplica::sync::Syncer;
 use prost::Message;
 use reqwest::Version;
 use serde_json::Value;
@@ -72,19 +71,7 @@ impl Server {
     /// the initial snapshot and every log are applied before it starts.
     async fn start(source: &str, db: &Path, tokens: &[&str], load: bool) -> Server {
         let url = SourceUrl::parse(source).unwrap();
-        let src = source::open(
-            &url,
-            &Default::default(),
-            &Default::default(),
-            &RemoteOptions::default(),
-        )
-        .unwrap();
-        let store = Store::open(db).unwrap();
-        let syncer = Arc::new(Syncer::new(src, store, SyncOptions::default()).unwrap());
-        if load {
-            syncer.initial().await.unwrap();
-            syncer.catch_up().await.unwrap();
-        }
+        let syncer = common::syncer(&url, db, load).await;
         let tokens = Tokens::new(tokens.iter().map(|t| t.to_string()).collect());
         let database_id = server::database_id(&url);
         let kv = KvConnect::new(

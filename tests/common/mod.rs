@@ -372,3 +372,29 @@ pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// An in-process sync engine for `url` on the replica `db`, for tests that
+/// serve it themselves; with `load`, the initial snapshot and every log in
+/// the bucket are applied before it is returned.
+pub async fn syncer(
+    url: &kvreplica::source::SourceUrl,
+    db: &Path,
+    load: bool,
+) -> std::sync::Arc<kvreplica::sync::Syncer> {
+    let src = kvreplica::source::open(
+        url,
+        &Default::default(),
+        &Default::default(),
+        &kvreplica::source::RemoteOptions::default(),
+    )
+    .unwrap();
+    let store = kvreplica::store::Store::open(db).unwrap();
+    let syncer = std::sync::Arc::new(
+        kvreplica::sync::Syncer::new(src, store, kvreplica::sync::SyncOptions::default()).unwrap(),
+    );
+    if load {
+        syncer.initial().await.unwrap();
+        syncer.catch_up().await.unwrap();
+    }
+    syncer
+}
