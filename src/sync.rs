@@ -41,6 +41,19 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Errors no retry will mend (a missing backup, refused or wrong
+    /// settings, a file built from another backup): the operator must act.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SyncError::EmptySource(_) => true,
+            SyncError::Source(e) => !e.is_retryable(),
+            SyncError::Store(
+                StoreError::BoundToOtherSource { .. } | StoreError::SchemaTooNew { .. },
+            ) => true,
+            _ => false,
+        }
+    }
+
     /// A short, stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -220,6 +233,12 @@ impl Syncer {
         )
     }
 
+    /// The pause after `failures` failed rounds in a row: the poll interval
+    /// doubled per failure, at most 60 s.
+    pub fn retry_pause(&self, failures: u32) -> Duration {
+        (self.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60))
+    }
+
     /// Changes the poll interval from the next pause on (config reload).
     pub fn set_poll_interval(&self, interval: Duration) {
         self.poll_interval_ms.store(
@@ -239,20 +258,33 @@ impl Syncer {
         self.state.lock().expect("state lock").clone()
     }
 
+    /// Runs `f` on the store under its lock, off the runtime, and refreshes
+    /// the state copy from the store afterwards, whatever `f` did.
+    async fn locked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        let (state, out) = tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().expect("store lock");
+            let out = f(&mut s);
+            (s.state().clone(), out)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        *self.state.lock().expect("state lock") = state;
+        Ok(out)
+    }
+
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, SyncError> {
-        let store = self.store.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().expect("store lock");
-            let out = f(&mut s).map_err(|e| crate::store::explain(s.path(), e));
-            (s.state().clone(), out)
-        })
-        .await
-        .map_err(|e| SyncError::Task(e.to_string()))?;
-        *self.state.lock().expect("state lock") = out.0;
-        out.1.map_err(SyncError::from)
+        let out = self
+            .locked(move |s| f(s).map_err(|e| crate::store::explain(s.path(), e)))
+            .await
+            .map_err(SyncError::Task)?;
+        out.map_err(SyncError::from)
     }
 
     /// Reserves budget for an object of `size` bytes; objects larger than
@@ -560,21 +592,19 @@ impl Syncer {
     /// Moves the visible state (see [`Store::checkout`]) and wakes everyone
     /// watching it. Runs between two sync transactions, never inside one.
     pub async fn checkout(&self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
-        let store = self.store.clone();
-        let (state, out) = tokio::task::spawn_blocking(move || {
-            let mut s = store.lock().expect("store lock");
-            let out = s.checkout(target).map_err(|e| match e {
-                CheckoutError::Store(e) => CheckoutError::Store(crate::store::explain(s.path(), e)),
-                e => e,
-            });
-            (s.state().clone(), out)
-        })
-        .await
-        .map_err(|e| {
-            CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
-        })?;
-        *self.state.lock().expect("state lock") = state;
-        let out = out?;
+        let out = self
+            .locked(move |s| {
+                s.checkout(target).map_err(|e| match e {
+                    CheckoutError::Store(e) => {
+                        CheckoutError::Store(crate::store::explain(s.path(), e))
+                    }
+                    e => e,
+                })
+            })
+            .await
+            .map_err(|e| {
+                CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
+            })??;
         self.visible.send_replace(Some(out.to.versionstamp));
         METRICS.checkouts.inc();
         METRICS.pinned.set(out.pinned as i64);
@@ -633,7 +663,7 @@ impl Syncer {
                     metrics::error(e.kind());
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
                     *self.last_error.lock().expect("error lock") = Some(e.to_string());
-                    (self.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60))
+                    self.retry_pause(failures)
                 }
             };
             self.alive();

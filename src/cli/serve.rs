@@ -19,9 +19,8 @@ use crate::metrics::{self, METRICS};
 use crate::notify;
 use crate::reload;
 use crate::server::{self, KvConnect, ServerOptions};
-use crate::source::SourceError;
-use crate::store::{Store, StoreError};
-use crate::sync::{SyncError, Syncer};
+use crate::store::Store;
+use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -112,31 +111,17 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for {what}"))
 }
 
-/// Errors that no retry will mend: the operator must change something.
-fn is_fatal(e: &SyncError) -> bool {
-    match e {
-        SyncError::EmptySource(_) => true,
-        SyncError::Source(SourceError::Config(_)) => true,
-        SyncError::Source(e) => !e.is_retryable(),
-        SyncError::Store(
-            StoreError::BoundToOtherSource { .. } | StoreError::SchemaTooNew { .. },
-        ) => true,
-        _ => false,
-    }
-}
-
 /// Loads the initial snapshot, retrying transient failures with backoff.
 async fn initial(syncer: &Syncer) -> anyhow::Result<()> {
     let mut failures = 0u32;
     loop {
         match syncer.initial().await {
             Ok(_) => return Ok(()),
-            Err(e) if is_fatal(&e) => return Err(e.into()),
+            Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => {
                 failures += 1;
                 metrics::error(e.kind());
-                let pause =
-                    (syncer.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60));
+                let pause = syncer.retry_pause(failures);
                 tracing::error!(error = %e, kind = e.kind(), retry_in = ?pause, "initial snapshot failed; retrying");
                 tokio::time::sleep(pause).await;
             }
@@ -262,13 +247,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // A fatal error ends the process like a signal does.
     stop_tx.send_replace(true);
-    // Let in-flight requests finish, but never hang the exit on a client.
+    // The listeners drain for at most SHUTDOWN_GRACE themselves; this bound
+    // only guards against a listener task that never ends.
+    let grace = server::SHUTDOWN_GRACE + Duration::from_secs(1);
     let drain = async {
         let _ = kv_task.await;
         let _ = admin_task.await;
     };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("connections still open after {grace:?}; closing them");
     }
     result
 }
@@ -303,6 +290,3 @@ fn reloadable(settings: &Settings) -> reload::Reloadable {
         files: settings.watched_files().to_vec(),
     }
 }
-
-/// How long shutdown waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -337,10 +337,16 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The checks every data-path request passes: token, protocol version,
 /// database id, then readiness.
-fn check_data_path(kv: &KvConnect, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The access token a request presents, if it is one of the configured
+/// ones.
+fn authorize(kv: &KvConnect, headers: &HeaderMap) -> Result<String, ApiError> {
     kv.tokens
         .check(header(headers, "authorization"))
-        .ok_or(ApiError::Unauthorized)?;
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn check_data_path(kv: &KvConnect, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize(kv, headers)?;
     match header(headers, "x-denokv-version") {
         Some("2" | "3") => {}
         _ => return Err(ApiError::BadProtocolVersion),
@@ -458,10 +464,7 @@ where
         return Err(ApiError::MethodNotAllowed(method));
     }
     if ep == "metadata" {
-        let token = kv
-            .tokens
-            .check(header(&headers, "authorization"))
-            .ok_or(ApiError::Unauthorized)?;
+        let token = authorize(&kv, &headers)?;
         let body = read_body(&kv, &headers, body).await?;
         return metadata(&kv, token, &body);
     }
