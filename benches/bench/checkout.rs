@@ -4,16 +4,14 @@
 //! logged mutations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use crate::common::fixture::{Fixture, Rec, Spec};
-use crate::server::{self, Server, ADMIN_TOKEN};
+use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
 
-/// Bound on the initial sync of the generated replica.
-const READY_TIMEOUT: Duration = Duration::from_secs(900);
 /// Keys compared through KV Connect after each checkout of the first run.
 const CHECKED_KEYS: usize = 60;
 
@@ -83,22 +81,8 @@ pub fn run(args: &[String]) {
         .build()
         .unwrap();
     let source = format!("file://{}/", src.display());
-    let mut srv = Server::start(&bin, &source, &db, Duration::from_secs(60));
-    let ready_after = srv.wait_ready(&rt, READY_TIMEOUT);
-    let http = reqwest::Client::new();
-    let synced_after = ready_after
-        + rt.block_on(server::wait_visible(
-            &http,
-            &srv.admin_url,
-            &latest,
-            READY_TIMEOUT,
-        ))
-        .unwrap();
-    eprintln!(
-        "server ready after {ready_after:.1?}, at the newest point {latest} after {synced_after:.1?}; replica {:.1} MB",
-        std::fs::metadata(&db).map_or(0, |m| m.len()) as f64 / 1e6
-    );
-    let database_id = rt.block_on(server::database_id(&http, &srv.kv_url));
+    let (mut srv, http, database_id, synced_after) =
+        server::start_synced(&rt, &bin, &source, &db, &latest);
     let (kv_url, admin_url) = (srv.kv_url.clone(), srv.admin_url.clone());
 
     // The points, newest first, a page at a time.

@@ -15,8 +15,6 @@ use crate::load::{self, Expect, Kind, Outcome, Protocol, Target};
 use crate::server::{self, Server};
 use crate::{arg, kvreplica_release, list, num, secs};
 
-/// Bound on the initial sync of the generated replica.
-const READY_TIMEOUT: Duration = Duration::from_secs(900);
 /// Bound on the sync catching up with the last appended object.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Target mutations per appended log object (the fixture writer cuts at
@@ -261,23 +259,9 @@ pub fn run(args: &[String]) {
         .build()
         .unwrap();
     let source = format!("file://{}/", src.display());
-    let mut srv = Server::start(&bin, &source, &db, Duration::from_secs(60));
+    let (mut srv, http, database_id, _) =
+        server::start_synced(&rt, &bin, &source, &db, &latest_initial);
     let server_pid = srv.pid().to_string();
-    let ready_after = srv.wait_ready(&rt, READY_TIMEOUT);
-    let http = reqwest::Client::new();
-    let synced_after = ready_after
-        + rt.block_on(server::wait_visible(
-            &http,
-            &srv.admin_url,
-            &latest_initial,
-            READY_TIMEOUT,
-        ))
-        .unwrap();
-    eprintln!(
-        "server ready after {ready_after:.1?}, at the newest point {latest_initial} after {synced_after:.1?}; replica {:.1} MB",
-        std::fs::metadata(&db).map_or(0, |m| m.len()) as f64 / 1e6
-    );
-    let database_id = rt.block_on(server::database_id(&http, &srv.kv_url));
     let target = Arc::new(Target {
         kv_url: srv.kv_url.clone(),
         database_id,

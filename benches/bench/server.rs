@@ -199,6 +199,34 @@ impl Drop for Server {
 }
 
 /// One answer of the admin API or the metadata exchange.
+/// Bound on a replica getting ready and reaching the newest point.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Starts `kvreplica serve` on `source`, waits until it is ready and its
+/// visible state is at `latest`, reports how long that took, and returns
+/// the server, a client, the database id clients must send and the time
+/// from start to the newest point.
+pub fn start_synced(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    source: &str,
+    db: &Path,
+    latest: &str,
+) -> (Server, reqwest::Client, String, Duration) {
+    let mut srv = Server::start(bin, source, db, Duration::from_secs(60));
+    let ready_after = srv.wait_ready(rt, READY_TIMEOUT);
+    let http = reqwest::Client::new();
+    let synced_after = ready_after
+        + rt.block_on(wait_visible(&http, &srv.admin_url, latest, READY_TIMEOUT))
+            .unwrap();
+    eprintln!(
+        "server ready after {ready_after:.1?}, at the newest point {latest} after {synced_after:.1?}; replica {:.1} MB",
+        std::fs::metadata(db).map_or(0, |m| m.len()) as f64 / 1e6
+    );
+    let database_id = rt.block_on(database_id(&http, &srv.kv_url));
+    (srv, http, database_id, synced_after)
+}
+
 pub struct JsonAnswer {
     pub status: u16,
     pub json: Value,
