@@ -9,14 +9,16 @@
 //!
 //! Downloads run concurrently but are consumed in name order, and the bytes
 //! in flight are bounded by a byte budget (not just a request count), so
-//! memory stays flat whatever the bucket size.
+//! memory stays flat whatever the bucket size. Downloads keep running while
+//! a transaction is being written (see [`overlapped`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::{stream, StreamExt};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use futures::future::{self, Either};
+use futures::{stream, Stream, StreamExt};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::metrics::{self, METRICS};
@@ -92,7 +94,12 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
-            fetch_concurrency: 16,
+            // A GET mostly waits on the store (tens of ms to the first byte
+            // on S3, even on loopback for some servers) while a log object
+            // is tens of KiB: 64 in flight keep a catch-up fed where 16
+            // left the writer idle (a 100k-key, 700-object backup: 2.2 s
+            // with 16, 1.0 s with 64). The byte budget bounds the memory.
+            fetch_concurrency: 64,
             // 64 MiB: many times the size of a typical log object (tens of
             // KiB) and of a snapshot range, small next to any host's memory.
             max_bytes_in_flight: 64 << 20,
@@ -428,24 +435,30 @@ impl Syncer {
                 Ok::<_, SyncError>((name, entries, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
-        let mut fetches = std::pin::pin!(fetches);
-        while let Some(item) = fetches.next().await {
-            let (name, entries, len, permit) = item?;
-            let n = entries.len() as u64;
-            self.with_store(move |s| s.load_snapshot_range(&name, &entries))
-                .await?;
-            metrics::applied("snapshot", 1, len);
-            tracing::debug!(range = %name, keys = n, "snapshot range loaded");
-            self.alive();
-            drop(permit);
-            self.progress
-                .ranges_loaded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.progress
-                .snapshot_keys
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
+        overlapped(
+            fetches,
+            self.opts.fetch_concurrency,
+            |mut ready| async move {
+                while let Some(item) = ready.recv().await {
+                    let (name, entries, len, permit) = item?;
+                    let n = entries.len() as u64;
+                    self.with_store(move |s| s.load_snapshot_range(&name, &entries))
+                        .await?;
+                    metrics::applied("snapshot", 1, len);
+                    tracing::debug!(range = %name, keys = n, "snapshot range loaded");
+                    self.alive();
+                    drop(permit);
+                    self.progress
+                        .ranges_loaded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.progress
+                        .snapshot_keys
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// One poll round: consumes every log object listed after the cursor
@@ -510,72 +523,92 @@ impl Syncer {
                     .map_err(|e| SyncError::Task(e.to_string()))??;
                 Ok::<_, SyncError>((batch, len, permit))
             })
-            .buffered(self.opts.fetch_concurrency.max(1))
-            .ready_chunks(self.opts.batch_objects.max(1));
-        let mut fetches = std::pin::pin!(fetches);
-        let mut consumed = 0;
-        while let Some(chunk) = fetches.next().await {
-            let mut batches: Vec<LogBatch> = Vec::with_capacity(chunk.len());
-            let mut permits = Vec::with_capacity(chunk.len());
-            let mut bytes = 0u64;
-            let mut failure = None;
-            for item in chunk {
-                match item {
-                    Ok((b, len, p)) => {
-                        batches.push(b);
-                        bytes += len;
-                        permits.push(p);
-                    }
-                    Err(e) => {
-                        failure = Some(e);
+            .buffered(self.opts.fetch_concurrency.max(1));
+        let batch_objects = self.opts.batch_objects.max(1);
+        // The channel holds a whole batch, so downloads go on while the
+        // previous batch is written.
+        overlapped(fetches, batch_objects, |mut ready| async move {
+            let mut consumed = 0;
+            let mut chunk = Vec::with_capacity(batch_objects);
+            // Each transaction takes `batch_objects` objects, or what is
+            // left of this listing: a write transaction costs about the
+            // same for 1 object as for 64 (the pages touched are shared),
+            // and objects arriving one by one must not each pay for one.
+            // A round of a replica that keeps up lists a few objects,
+            // which then go in at once.
+            while ready.recv_many(&mut chunk, batch_objects).await > 0 {
+                while let Some(room) = batch_objects
+                    .checked_sub(chunk.len())
+                    .filter(|&n| n > 0 && chunk.last().is_some_and(|r| r.is_ok()))
+                {
+                    if ready.recv_many(&mut chunk, room).await == 0 {
                         break;
                     }
                 }
-            }
-            let n = batches.len() as u64;
-            let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
-            if n > 0 {
-                let timer = METRICS.apply_seconds.start_timer();
-                let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
-                timer.observe_duration();
-                self.alive();
-                drop(permits);
-                metrics::applied("log", n, bytes);
-                METRICS.mutations_applied.inc_by(mutations);
-                tracing::debug!(
-                    objects = n,
-                    mutations,
-                    applied = outcome.applied,
-                    deferred = outcome.deferred,
-                    "log batch stored"
-                );
-                if let Some((vs, ts)) = outcome.latest {
-                    METRICS.latest_version.set(vs.version() as i64);
-                    METRICS.latest_commit_ms.set(ts);
-                    if outcome.visible == Some(vs) {
-                        METRICS.visible_version.set(vs.version() as i64);
-                        METRICS.visible_commit_ms.set(ts);
+                let chunk = std::mem::take(&mut chunk);
+                let mut batches: Vec<LogBatch> = Vec::with_capacity(chunk.len());
+                let mut permits = Vec::with_capacity(chunk.len());
+                let mut bytes = 0u64;
+                let mut failure = None;
+                for item in chunk {
+                    match item {
+                        Ok((b, len, p)) => {
+                            batches.push(b);
+                            bytes += len;
+                            permits.push(p);
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
-                consumed += n;
-                self.progress
-                    .log_objects
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                self.progress
-                    .mutations
-                    .fetch_add(mutations, std::sync::atomic::Ordering::Relaxed);
-                if let Some(v) = outcome.visible {
-                    self.visible.send_replace(Some(v));
+                let n = batches.len() as u64;
+                let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
+                if n > 0 {
+                    let timer = METRICS.apply_seconds.start_timer();
+                    let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
+                    timer.observe_duration();
+                    self.alive();
+                    drop(permits);
+                    metrics::applied("log", n, bytes);
+                    METRICS.mutations_applied.inc_by(mutations);
+                    tracing::debug!(
+                        objects = n,
+                        mutations,
+                        applied = outcome.applied,
+                        deferred = outcome.deferred,
+                        "log batch stored"
+                    );
+                    if let Some((vs, ts)) = outcome.latest {
+                        METRICS.latest_version.set(vs.version() as i64);
+                        METRICS.latest_commit_ms.set(ts);
+                        if outcome.visible == Some(vs) {
+                            METRICS.visible_version.set(vs.version() as i64);
+                            METRICS.visible_commit_ms.set(ts);
+                        }
+                    }
+                    consumed += n;
+                    self.progress
+                        .log_objects
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.progress
+                        .mutations
+                        .fetch_add(mutations, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(v) = outcome.visible {
+                        self.visible.send_replace(Some(v));
+                    }
+                    if let Some(p) = outcome.reached_initial {
+                        tracing::debug!(initial_point = %p, "logs reached the initial point");
+                    }
                 }
-                if let Some(p) = outcome.reached_initial {
-                    tracing::debug!(initial_point = %p, "logs reached the initial point");
+                if let Some(e) = failure {
+                    return Err(e);
                 }
             }
-            if let Some(e) = failure {
-                return Err(e);
-            }
-        }
-        Ok(consumed)
+            Ok(consumed)
+        })
+        .await
     }
 
     /// Runs rounds until one finds nothing new: the newest point the bucket
@@ -693,4 +726,31 @@ fn jitter(d: Duration) -> Duration {
     use rand::Rng;
     let f: f64 = rand::rng().random_range(0.9..1.1);
     d.mul_f64(f)
+}
+
+/// Runs the download stream `items` ahead of `consume`, which receives its
+/// items in order through a channel of `depth` slots. Polling a stream only
+/// from the loop that applies it would pause every download during each
+/// transaction; here downloads go on while a transaction is written, and
+/// stop (dropped) as soon as `consume` returns, e.g. on an error.
+async fn overlapped<T, R, F, Fut>(items: impl Stream<Item = T>, depth: usize, consume: F) -> R
+where
+    F: FnOnce(mpsc::Receiver<T>) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    let (tx, rx) = mpsc::channel(depth.max(1));
+    let produce = async move {
+        let mut items = std::pin::pin!(items);
+        while let Some(item) = items.next().await {
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    };
+    let produce = std::pin::pin!(produce);
+    let consume = std::pin::pin!(consume(rx));
+    match future::select(produce, consume).await {
+        Either::Left(((), consume)) => consume.await,
+        Either::Right((r, _)) => r,
+    }
 }

@@ -116,7 +116,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Option<Duration>,
 
-    /// Downloads in flight at once [default: 16; config:
+    /// Downloads in flight at once [default: 64; config:
     /// sync.fetch_concurrency; env: KVREPLICA_FETCH_CONCURRENCY]
     #[arg(long, value_name = "N")]
     pub fetch_concurrency: Option<u64>,
