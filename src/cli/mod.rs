@@ -122,7 +122,7 @@ pub struct EngineArgs {
     pub fetch_concurrency: Option<u64>,
 
     /// Upper bound of downloaded-but-not-yet-applied data, in MiB [default:
-    /// 64; config: sync.max_mib_in_flight; env: KVREPLICA_MAX_MIB_IN_FLIGHT]
+    /// 16; config: sync.max_mib_in_flight; env: KVREPLICA_MAX_MIB_IN_FLIGHT]
     #[arg(long, value_name = "MIB")]
     pub max_mib_in_flight: Option<u64>,
 
@@ -225,9 +225,30 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Two glibc allocator settings that keep a catch-up's resident memory
+/// near its live data. glibc gives each thread that allocates under
+/// contention an arena of its own (up to 8 per core) and the engine
+/// allocates on many blocking threads (downloads decoded there, SQLite's
+/// page cache filled from whichever thread runs the store); and once a
+/// large block is freed, glibc raises its mmap threshold to that size, so
+/// later batch-sized buffers come from the arenas and stay there after
+/// they are freed. A 1M-key catch-up peaked at 240 MiB resident with about
+/// 60 MiB of live data; with two arenas and a fixed 256 KiB threshold it
+/// peaks near 75 MiB, for a few percent more time.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters, and it runs before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 /// Entry point of the binary: parses arguments, runs the command and turns
 /// an error into a message and a non-zero exit code.
 pub fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // `sync` and `serve` set up logging from their settings.
     if matches!(cli.command, Command::Pitr(_) | Command::CheckConfig(_)) {

@@ -114,7 +114,7 @@ fn defaults_are_those_of_the_flags_before() {
     assert_eq!(s.sync.poll_interval, Duration::from_secs(1));
     assert_eq!(s.sync.settle, Duration::ZERO);
     assert_eq!(s.sync.fetch_concurrency, 64);
-    assert_eq!(s.sync.max_bytes_in_flight, 64 << 20);
+    assert_eq!(s.sync.max_bytes_in_flight, 16 << 20);
     assert_eq!(s.sync.page_size, 1000);
     assert_eq!(s.remote.request_timeout, Duration::from_secs(30));
     assert!(s.sync.retention.is_unlimited());

@@ -259,6 +259,7 @@ impl Store {
         let mut position = self.state.position;
         let mut out = ApplyOutcome::default();
 
+        let incoming: usize = batches.iter().map(|b| b.entries.len()).sum();
         let tx = self.conn.transaction()?;
         {
             let mut redo = tx.prepare_cached(SQL_REDO)?;
@@ -284,10 +285,18 @@ impl Store {
                 }
             } else {
                 let mut all = drain_redo(&tx)?;
+                // Exactly sized: growing by doubling would hold up to twice
+                // the batch at the peak.
+                all.reserve_exact(incoming);
                 all.extend(new_entries);
                 let last_end = all.iter().rposition(|p| p.stamp.is_commit_end());
                 let split = last_end.map_or(0, |i| i + 1);
-                for p in &all[..split] {
+                let todo = &all[..split];
+                // In stamp order: checks, recoverable points, and where the
+                // undo records start (after the initial point).
+                let mut undo_from = if initial.is_some() { 0 } else { split };
+                let mut points = Vec::new();
+                for (i, p) in todo.iter().enumerate() {
                     if position.is_some_and(|pos| p.stamp <= pos) {
                         return Err(StoreError::Corrupt(format!(
                             "log entry {} is not after the replica's position {}",
@@ -295,24 +304,68 @@ impl Store {
                             position.expect("checked")
                         )));
                     }
-                    if initial.is_some() {
-                        let prev = stmts.get(&p.key)?;
-                        stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev.as_ref())?;
-                    }
-                    stmts.write(&p.key, p.record.as_ref())?;
                     position = Some(p.stamp);
-                    out.applied += 1;
                     if p.stamp.is_commit_end() {
                         let vs = p.stamp.versionstamp();
                         if initial.is_some() {
-                            stmts.point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
-                            out.latest = Some((vs, p.ts_ms));
+                            points.push((vs, p.ts_ms));
                         } else if p.stamp >= dv.commit_end() {
                             initial = Some(vs);
                             out.reached_initial = Some(vs);
                             set_meta(&tx, "initial_ts_ms", p.ts_ms.to_string().as_bytes())?;
+                            undo_from = i + 1;
                         }
                     }
+                }
+                out.applied = split as u64;
+                // In key order (a stable sort keeps each key's entries in
+                // stamp order): one read and one write per key, and the
+                // B-tree is walked once from left to right instead of at
+                // random, which is most of the cost of a large batch. The
+                // pre-image of an entry is the key's previous entry in the
+                // batch, else its row before the batch.
+                let mut order: Vec<u32> = (0..split as u32).collect();
+                order.sort_by(|&a, &b| todo[a as usize].key.cmp(&todo[b as usize].key));
+                // Per undo entry: the index of its pre-image, an entry of
+                // the batch (below `split`) or a row read before the batch
+                // (`split` + its index in `rows`). Compact, as a batch holds
+                // up to a few hundred thousand entries.
+                let mut before: Vec<u32> = vec![u32::MAX; split - undo_from];
+                let mut rows: Vec<Option<KvRecord>> = Vec::new();
+                for group in order.chunk_by(|&a, &b| todo[a as usize].key == todo[b as usize].key) {
+                    let key = &todo[group[0] as usize].key;
+                    let mut prev: Option<u32> = None;
+                    for &i in group {
+                        let i_us = i as usize;
+                        if i_us >= undo_from {
+                            before[i_us - undo_from] = match prev {
+                                Some(j) => j,
+                                None => {
+                                    rows.push(stmts.get(key)?);
+                                    (split + rows.len() - 1) as u32
+                                }
+                            };
+                        }
+                        prev = Some(i);
+                    }
+                    let last = *group.last().expect("a group is never empty") as usize;
+                    stmts.write(key, todo[last].record.as_ref())?;
+                }
+                // In stamp order again: undo records go to the end of
+                // their table.
+                for (n, &b) in before.iter().enumerate() {
+                    let p = &todo[undo_from + n];
+                    let b = b as usize;
+                    let prev = if b < split {
+                        todo[b].record.as_ref()
+                    } else {
+                        rows[b - split].as_ref()
+                    };
+                    stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev)?;
+                }
+                for (vs, ts_ms) in points {
+                    stmts.point.execute(rusqlite::params![&vs.0[..], ts_ms])?;
+                    out.latest = Some((vs, ts_ms));
                 }
                 for p in &all[split..] {
                     insert_redo(&mut redo, p)?;

@@ -103,9 +103,12 @@ impl SyncState {
 /// holds the WAL for a checkpoint; waiting a little is always right here.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// 64 MiB page cache (negative = KiB): the apply path reads the pre-image of
-/// every key it writes, and a warm cache keeps that off the disk.
-const CACHE_SIZE_KIB: i64 = -65536;
+/// 4 MiB page cache (negative = KiB). The apply path visits a batch's keys
+/// in key order, so it walks the B-tree once from left to right and a big
+/// cache buys little: on a 1M-key catch-up, 64 MiB took the same time as
+/// 8 MiB and 4 MiB, for 60 MiB more resident memory. The operating
+/// system's file cache still holds the hot pages.
+const CACHE_SIZE_KIB: i64 = -4096;
 
 /// The writer's handle on a replica file.
 pub struct Store {
