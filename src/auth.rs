@@ -95,14 +95,20 @@ impl Tokens {
 /// `a == b` in time that depends only on [`MAX_TOKEN_LEN`]: both are
 /// compared as zero-padded blocks of that size, plus their lengths.
 /// (`subtle`'s slice comparison returns early when the lengths differ.)
+/// Word by word, with one optimisation barrier on the result: a barrier per
+/// byte made this 2.5 % of the server's CPU time under a point-read load.
 fn fixed_width_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
-    let mut eq = (a.len() as u64).ct_eq(&(b.len() as u64));
-    for i in 0..MAX_TOKEN_LEN {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        eq &= x.ct_eq(&y);
+    let (mut pa, mut pb) = ([0u8; MAX_TOKEN_LEN], [0u8; MAX_TOKEN_LEN]);
+    let (la, lb) = (a.len().min(MAX_TOKEN_LEN), b.len().min(MAX_TOKEN_LEN));
+    pa[..la].copy_from_slice(&a[..la]);
+    pb[..lb].copy_from_slice(&b[..lb]);
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for (x, y) in pa.chunks_exact(8).zip(pb.chunks_exact(8)) {
+        let x = u64::from_ne_bytes(x.try_into().expect("8 bytes"));
+        let y = u64::from_ne_bytes(y.try_into().expect("8 bytes"));
+        diff |= x ^ y;
     }
-    eq
+    std::hint::black_box(diff).ct_eq(&0)
 }
 
 #[cfg(test)]

@@ -50,6 +50,11 @@ pub use listener::{Limits, CONNECTION_WAIT, SHUTDOWN_GRACE};
 pub use read::ReaderPool;
 pub use watch::KEEPALIVE;
 
+/// Reads asking for at most this many entries in all run on the request's
+/// own task (see [`read::ReaderPool::read_here`]); bigger ones on the
+/// blocking pool, so one large read cannot hold a runtime thread for long.
+const READ_HERE_MAX_ENTRIES: usize = 256;
+
 /// Request limits, the same as the reference server's (denokv_proto's
 /// `limits`, which it does not export), so a client that works against
 /// Deploy or denokv works here and vice versa.
@@ -390,10 +395,15 @@ async fn snapshot_read(kv: &Arc<KvConnect>, body: &[u8]) -> Result<Response, Api
         return Err(ApiError::TooManyEntries);
     }
     let now_ms = Utc::now().timestamp_millis();
-    let ranges = kv
-        .pool
-        .read(move |c| read::read_ranges(c, &req.ranges, now_ms))
-        .await?;
+    let ranges = if total <= READ_HERE_MAX_ENTRIES {
+        kv.pool
+            .read_here(|c| read::read_ranges(c, &req.ranges, now_ms))
+            .await?
+    } else {
+        kv.pool
+            .read(move |c| read::read_ranges(c, &req.ranges, now_ms))
+            .await?
+    };
     let out = SnapshotReadOutput {
         ranges: ranges
             .into_iter()

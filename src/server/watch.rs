@@ -79,11 +79,11 @@ pub(super) fn start(
             // Mark the current commit seen before reading, so a commit that
             // lands during the read wakes the loop again.
             visible.borrow_and_update();
-            let read_keys = keys.clone();
             let now_ms = chrono::Utc::now().timestamp_millis();
+            // A watch names a handful of keys: a short read.
             let entries = match kv
                 .pool
-                .read(move |c| super::read::read_keys(c, &read_keys, now_ms))
+                .read_here(|c| super::read::read_keys(c, &keys, now_ms))
                 .await
             {
                 Ok(e) => e,
