@@ -1,8 +1,10 @@
 //! Benchmark harness (run with `cargo bench --bench bench -- <command>`).
 //!
 //! Commands:
-//! - `generate --keys N --commits C --muts-per-log M --out DIR`: writes a
-//!   Deploy-format backup made by the project's fixture writer into DIR.
+//! - `generate --keys N --commits C --muts-per-log M --out DIR
+//!   [--append-commits A --append-out DIR2]`: writes a Deploy-format backup
+//!   made by the project's fixture writer into DIR (and A more commits of
+//!   later log objects into DIR2).
 //! - `initial-sync --source URL [--runs R]`: times `kvreplica sync` (release
 //!   build) from scratch R times and reports the median wall time, keys/s,
 //!   MB/s and peak RSS.
@@ -13,6 +15,12 @@
 //! - `checkout [--keys N] [--commits C] [--distances 1,100,10000] [--runs R]`:
 //!   time of a PITR checkout through the admin API, N commits back and back
 //!   to `latest`.
+//! - `compare [--sizes 10000,100000,1000000] [--runs R] …`: everything above
+//!   against backups in a local S3 server (s3s-fs), with the machine's raw
+//!   S3 GET and SQLite insert rates, replication lag and catch-up apply
+//!   rate; with `DENOKV_BIN=/path/to/denokv`, the reference (`denokv pitr
+//!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
+//!   side by side, with ratios and the targets.
 //!
 //! See BENCHMARKS.md for the full procedure and recorded figures.
 
@@ -21,8 +29,14 @@ mod common;
 
 #[path = "bench/checkout.rs"]
 mod checkout;
+#[path = "bench/compare.rs"]
+mod compare;
 #[path = "bench/load.rs"]
 mod load;
+#[path = "bench/raw.rs"]
+mod raw;
+#[path = "../tests/common/s3_server.rs"]
+mod s3_server;
 #[path = "bench/serve_read.rs"]
 mod serve_read;
 #[path = "bench/server.rs"]
@@ -72,9 +86,10 @@ fn main() {
         Some("initial-sync") => initial_sync(&args),
         Some("serve-read") => serve_read::run(&args),
         Some("checkout") => checkout::run(&args),
+        Some("compare") => compare::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare …"
             );
         }
     }
@@ -90,7 +105,7 @@ fn generate(args: &[String]) {
         keys,
         pre_commits: commits / 2,
         post_commits: commits - commits / 2,
-        append_commits: 0,
+        append_commits: num(args, "--append-commits", 0),
         max_muts_per_commit: 200,
         muts_per_log: num(args, "--muts-per-log", 100),
         ranges: (keys / 20_000).clamp(4, 256),
@@ -99,6 +114,11 @@ fn generate(args: &[String]) {
         split_commits: true,
     });
     fx.write_initial(&out);
+    if let Some(dir) = arg(args, "--append-out") {
+        // Later log objects, for following a live bucket by hand.
+        fx.write_append(Path::new(&dir));
+        eprintln!("wrote {} later log objects to {dir}", fx.append.len());
+    }
     let bytes: usize = fx.initial.iter().map(|(_, b)| b.len()).sum();
     eprintln!(
         "wrote {} objects, {:.1} MB, {} keys at the newest point, in {:.1?}",
@@ -109,21 +129,24 @@ fn generate(args: &[String]) {
     );
 }
 
+/// The `kvreplica` binary cargo built for this benchmark (`cargo bench`
+/// builds it with the bench profile, i.e. the release settings). Running
+/// `cargo build --release` from here instead would rebuild the
+/// dependencies with the other feature set each time.
 pub(crate) fn kvreplica_release() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--bin", "kvreplica"])
-        .current_dir(root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    root.join("target/release/kvreplica")
+    PathBuf::from(env!("CARGO_BIN_EXE_kvreplica"))
 }
 
 /// Runs `cmd` under `/usr/bin/time -v`; returns (wall seconds, peak RSS KiB).
-fn timed(cmd: &mut Command) -> (f64, u64) {
+pub(crate) fn timed(cmd: &mut Command) -> (f64, u64) {
     let mut time = Command::new("/usr/bin/time");
     time.arg("-v").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => time.env(k, v),
+            None => time.env_remove(k),
+        };
+    }
     let t = Instant::now();
     let out = time.output().expect("/usr/bin/time");
     let wall = t.elapsed().as_secs_f64();

@@ -129,6 +129,9 @@ pub struct RoundOutcome {
     pub objects: u64,
     /// Listed objects left for a later round by the settle guard.
     pub held_back: bool,
+    /// The round consumed everything the bucket listed: its last listing
+    /// page was not full and nothing was held back.
+    pub listed_to_end: bool,
 }
 
 /// Drives one replica file from one source.
@@ -155,6 +158,9 @@ pub struct Syncer {
     /// When the engine last made progress or finished a step, failed or
     /// not (epoch ms): the watchdog's proof that the loop is not stuck.
     alive_ms: std::sync::atomic::AtomicI64,
+    /// The last round listed the bucket to its end (see
+    /// [`RoundOutcome::listed_to_end`]).
+    listed_to_end: std::sync::atomic::AtomicBool,
 }
 
 impl Syncer {
@@ -190,6 +196,7 @@ impl Syncer {
             last_error: Mutex::new(None),
             poll_interval_ms: std::sync::atomic::AtomicU64::new(poll_ms),
             alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
+            listed_to_end: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -388,11 +395,15 @@ impl Syncer {
     }
 
     async fn load_snapshot(&self) -> Result<(), SyncError> {
+        // The listing that records the ranges also gives their sizes (for
+        // the byte budget); a resumed load lists again for them below.
+        let mut listing = None;
         let ranges = match self.with_store(|s| s.snapshot_ranges()).await? {
             Some(r) => r,
             None => {
                 let listed = self.source.list_snapshots().await?;
                 let names: Vec<SnapshotName> = listed.iter().map(|l| l.name).collect();
+                listing = Some(listed);
                 self.with_store(move |s| s.record_snapshot_ranges(&names))
                     .await?;
                 self.with_store(|s| s.snapshot_ranges())
@@ -412,14 +423,12 @@ impl Syncer {
         if todo.is_empty() {
             return Ok(());
         }
-        // Sizes are needed for the byte budget; the listing has them.
-        let sizes: std::collections::HashMap<SnapshotName, u64> = self
-            .source
-            .list_snapshots()
-            .await?
-            .into_iter()
-            .map(|l| (l.name, l.size))
-            .collect();
+        let listing = match listing {
+            Some(l) => l,
+            None => self.source.list_snapshots().await?,
+        };
+        let sizes: std::collections::HashMap<SnapshotName, u64> =
+            listing.into_iter().map(|l| (l.name, l.size)).collect();
         tracing::info!(ranges = todo.len(), total, "loading snapshot ranges");
         let fetches = stream::iter(todo)
             .then(|name| {
@@ -491,6 +500,7 @@ impl Syncer {
             }
             METRICS.objects_behind.set(listed.len() as i64);
             if ready.is_empty() {
+                out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
             let n_ready = ready.len();
@@ -501,10 +511,13 @@ impl Syncer {
             self.mark_ok();
             METRICS.objects_behind.set((listed.len() - n_ready) as i64);
             if !full_page || out.held_back {
+                out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
         }
         self.mark_ok();
+        self.listed_to_end
+            .store(out.listed_to_end, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
@@ -622,12 +635,21 @@ impl Syncer {
     /// Runs rounds until one finds nothing new: the newest point the bucket
     /// holds right now.
     pub async fn catch_up(&self) -> Result<(), SyncError> {
-        loop {
-            let r = self.round().await?;
-            if r.objects == 0 {
-                return self.prune().await;
+        // A round that just listed the bucket to its end (such as the one
+        // that completed the initial snapshot) has reached the newest point;
+        // listing again at once would only find what landed in between.
+        if !self
+            .listed_to_end
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            loop {
+                let r = self.round().await?;
+                if r.objects == 0 || r.listed_to_end {
+                    break;
+                }
             }
         }
+        self.prune().await
     }
 
     /// Moves the visible state (see [`Store::checkout`]) and wakes everyone

@@ -66,6 +66,23 @@ pub struct Expect {
     pub base: BTreeMap<Vec<u8>, Rec>,
     /// Whether the replica stays at `base` for the whole run.
     pub fixed: bool,
+    /// Compare only the 8-byte commit version of versionstamps, not the
+    /// 2-byte batch index: denokv's SQLite backend answers every
+    /// versionstamp with a zero batch index (it keeps the column but does
+    /// not read it back), so a key written by the second commit of a batch
+    /// reads `…0000` there where the backup (and kvreplica) say `…0001`.
+    pub version_only: bool,
+}
+
+impl Expect {
+    /// The part of versionstamps this run compares.
+    fn stamp<'a>(&self, vs: &'a [u8]) -> &'a [u8] {
+        if self.version_only {
+            &vs[..vs.len().min(8)]
+        } else {
+            vs
+        }
+    }
 }
 
 /// Where to send requests.
@@ -284,11 +301,18 @@ async fn request(
             if expect.fixed {
                 if e.value != want.value
                     || e.encoding as i64 != want.encoding
-                    || e.versionstamp != want.versionstamp
+                    || expect.stamp(&e.versionstamp) != expect.stamp(&want.versionstamp)
                 {
-                    return Err(format!("point read of {hex_key}: wrong entry"));
+                    return Err(format!(
+                        "point read of {hex_key}: wrong entry (value {}, encoding {} want {}, versionstamp {} want {})",
+                        if e.value == want.value { "same" } else { "differs" },
+                        e.encoding,
+                        want.encoding,
+                        hex::encode(&e.versionstamp),
+                        hex::encode(want.versionstamp)
+                    ));
                 }
-            } else if e.versionstamp.as_slice() < want.versionstamp.as_slice() {
+            } else if expect.stamp(&e.versionstamp) < expect.stamp(&want.versionstamp) {
                 return Err(format!(
                     "point read of {hex_key}: versionstamp {} older than {}",
                     hex::encode(&e.versionstamp),
@@ -315,7 +339,7 @@ async fn request(
                     && want.iter().zip(got).all(|((k, r), e)| {
                         *k == &e.key
                             && r.value == e.value
-                            && r.versionstamp[..] == e.versionstamp[..]
+                            && expect.stamp(&r.versionstamp) == expect.stamp(&e.versionstamp)
                     });
                 if !same {
                     return Err(format!(

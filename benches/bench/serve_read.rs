@@ -317,6 +317,7 @@ pub fn run(args: &[String]) {
         keys: stable.clone(),
         base: base.clone(),
         fixed: true,
+        version_only: false,
     });
     for &protocol in &protocols {
         for kind in kinds {
@@ -335,6 +336,7 @@ pub fn run(args: &[String]) {
         keys: stable,
         base,
         fixed: false,
+        version_only: false,
     });
     let appender = Appender::start(append, src.clone(), staging, interval, fx.last_initial);
     std::thread::sleep(Duration::from_secs(2));

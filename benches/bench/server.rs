@@ -41,21 +41,78 @@ impl Server {
     /// `db`, and waits (at most `timeout`) until both listeners have
     /// announced their address. Does not wait for readiness.
     pub fn start(bin: &Path, source: &str, db: &Path, timeout: Duration) -> Server {
-        let mut child = Command::new(bin)
-            .args(["serve", "--source", source, "--db"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--source", source, "--db"])
             .arg(db)
-            .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--poll-interval", "100ms"]);
+        Server::start_kvreplica(cmd, timeout)
+    }
+
+    /// Starts a prepared `kvreplica serve …` command (listeners, tokens and
+    /// a clean environment are added here) and waits, at most `timeout`,
+    /// until both listeners have announced their address.
+    pub fn start_kvreplica(mut cmd: Command, timeout: Duration) -> Server {
+        cmd.args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args(["--access-token", ACCESS_TOKEN, "--admin-token", ADMIN_TOKEN])
-            .args(["--poll-interval", "100ms"])
             .env_remove("RUST_LOG")
             .env_remove("DENO_KV_ACCESS_TOKEN")
             .env_remove("KVREPLICA_ACCESS_TOKEN")
-            .env_remove("KVREPLICA_ADMIN_TOKEN")
+            .env_remove("KVREPLICA_ADMIN_TOKEN");
+        Server::spawn(cmd, "kvreplica serve", timeout, |log| {
+            let kv = field_after(log, "KV Connect listening addr=")?;
+            let admin = field_after(log, "admin API listening addr=")?;
+            Some((format!("http://{kv}"), format!("http://{admin}")))
+        })
+    }
+
+    /// Starts `denokv --sqlite-path db serve --addr 127.0.0.1:0
+    /// --access-token … <extra>` (the reference server, `bin` from
+    /// `DENOKV_BIN`) and waits, at most `timeout`, until it says where it
+    /// listens. It has no admin listener (`admin_url` is empty). With
+    /// `--sync-from-s3` it listens only once its initial sync is done.
+    pub fn start_denokv(
+        bin: &Path,
+        db: &Path,
+        extra: &[String],
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> Server {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--sqlite-path")
+            .arg(db)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--access-token",
+                ACCESS_TOKEN,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("DENO_KV_ACCESS_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd, "denokv serve", timeout, |log| {
+            let kv = field_after(log, "Listening on ")?;
+            Some((kv, String::new()))
+        })
+    }
+
+    /// Spawns `cmd` with stderr drained by a thread and waits, at most
+    /// `timeout`, until `listening` finds the URLs in what it wrote.
+    fn spawn(
+        mut cmd: Command,
+        what: &str,
+        timeout: Duration,
+        listening: impl Fn(&str) -> Option<(String, String)>,
+    ) -> Server {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting kvreplica serve");
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let into = log.clone();
@@ -75,36 +132,31 @@ impl Server {
             }
         });
         let deadline = Instant::now() + timeout;
-        let (kv, admin) = loop {
-            {
-                let text = log.lock().unwrap();
-                let kv = field_after(&text, "KV Connect listening addr=");
-                let admin = field_after(&text, "admin API listening addr=");
-                if let (Some(kv), Some(admin)) = (kv, admin) {
-                    break (kv, admin);
-                }
+        let (kv_url, admin_url) = loop {
+            if let Some(urls) = listening(&log.lock().unwrap()) {
+                break urls;
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
-                    "kvreplica serve exited ({status}) before listening:\n{}",
+                    "{what} exited ({status}) before listening:\n{}",
                     log.lock().unwrap()
                 );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!(
-                    "kvreplica serve did not announce its listeners within {timeout:?}:\n{}",
+                    "{what} did not announce its listeners within {timeout:?}:\n{}",
                     log.lock().unwrap()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         };
         Server {
             child,
             log,
             reader: Some(reader),
-            kv_url: format!("http://{kv}"),
-            admin_url: format!("http://{admin}"),
+            kv_url,
+            admin_url,
         }
     }
 
@@ -176,7 +228,7 @@ impl Server {
                 break s;
             }
             if Instant::now() > deadline {
-                eprintln!("kvreplica serve ignored SIGTERM for 15 s; killing it");
+                eprintln!("the server ignored SIGTERM for 15 s; killing it");
                 let _ = self.child.kill();
                 break self.child.wait().unwrap();
             }
@@ -378,4 +430,55 @@ pub async fn read_keys(
         );
     }
     out
+}
+
+/// Reads single keys like [`read_keys`], but answers `None` instead of
+/// panicking when the server does not answer 200 (not listening yet, still
+/// loading): for polling a key until it shows up.
+pub async fn try_read_keys(
+    client: &reqwest::Client,
+    kv_url: &str,
+    database_id: &str,
+    keys: &[Vec<u8>],
+) -> Option<Vec<Option<denokv_proto::datapath::KvEntry>>> {
+    use denokv_proto::datapath::{ReadRange, SnapshotRead, SnapshotReadOutput};
+    use prost::Message;
+    let body = SnapshotRead {
+        ranges: keys
+            .iter()
+            .map(|k| {
+                let mut end = k.clone();
+                end.push(0);
+                ReadRange {
+                    start: k.clone(),
+                    end,
+                    limit: 1,
+                    reverse: false,
+                }
+            })
+            .collect(),
+    }
+    .encode_to_vec();
+    let resp = client
+        .post(format!("{kv_url}/v2/snapshot_read"))
+        .header("authorization", format!("Bearer {ACCESS_TOKEN}"))
+        .header("x-denokv-version", "3")
+        .header("x-denokv-database-id", database_id)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 200 {
+        return None;
+    }
+    let answer = SnapshotReadOutput::decode(resp.bytes().await.ok()?).ok()?;
+    (answer.ranges.len() == keys.len()).then(|| {
+        answer
+            .ranges
+            .into_iter()
+            .map(|r| r.values.into_iter().next())
+            .collect()
+    })
 }

@@ -384,35 +384,56 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
             StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
         })?;
         let n = rows.len();
-        for (stamp, ts_ms, key, v, enc, exp) in rows {
-            let prev = get_row(tx, &key)?;
-            let (pv, penc, pver, pseq, pexp) = match &prev {
-                Some(r) => (
-                    Some(&r.value[..]),
-                    r.encoding,
-                    r.versionstamp.version() as i64,
-                    r.versionstamp.seq(),
-                    r.expire_at_ms,
-                ),
-                None => (None, 0, 0, 0, -1),
-            };
-            tx.prepare_cached(
-                "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
-                 values (?, ?, ?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(rusqlite::params![stamp, ts_ms, key, pv, penc, pver, pseq, pexp])?;
-            let vs = LogStamp::from_slice(&stamp)
+        let mut recs = Vec::with_capacity(n);
+        for (stamp, _, _, v, enc, exp) in &rows {
+            let vs = LogStamp::from_slice(stamp)
                 .ok_or_else(|| {
                     StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
                 })?
                 .versionstamp();
-            let rec = v.map(|value| KvRecord {
+            recs.push(v.clone().map(|value| KvRecord {
                 value,
-                encoding: enc,
+                encoding: *enc,
                 versionstamp: vs,
-                expire_at_ms: exp,
-            });
-            write_row(tx, &key, rec.as_ref())?;
+                expire_at_ms: *exp,
+            }));
+        }
+        // Key by key (a stable sort keeps each key's entries in stamp
+        // order): one read and one write per key, in B-tree order. An
+        // entry's undo record holds the key's previous entry, or its row
+        // before this chunk.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| rows[a].2.cmp(&rows[b].2));
+        let mut before: Vec<Option<KvRecord>> = vec![None; n];
+        for group in order.chunk_by(|&a, &b| rows[a].2 == rows[b].2) {
+            let key = &rows[group[0]].2;
+            let mut prev = get_row(tx, key)?;
+            for &i in group {
+                before[i] = std::mem::replace(&mut prev, recs[i].clone());
+            }
+            write_row(tx, key, prev.as_ref())?;
+        }
+        // Undo records in stamp order, at the end of their table.
+        {
+            let mut undo = tx.prepare_cached(
+                "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
+                 values (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            for ((stamp, ts_ms, key, ..), prev) in rows.iter().zip(&before) {
+                let (pv, penc, pver, pseq, pexp) = match prev {
+                    Some(r) => (
+                        Some(&r.value[..]),
+                        r.encoding,
+                        r.versionstamp.version() as i64,
+                        r.versionstamp.seq(),
+                        r.expire_at_ms,
+                    ),
+                    None => (None, 0, 0, 0, -1),
+                };
+                undo.execute(rusqlite::params![
+                    stamp, ts_ms, key, pv, penc, pver, pseq, pexp
+                ])?;
+            }
         }
         tx.prepare_cached("delete from kvr_redo where stamp > ? and stamp <= ?")?
             .execute([&after.0[..], &last.0[..]])?;
@@ -463,25 +484,42 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
             StoreError::Corrupt("kvr_undo holds a stamp that is not 12 bytes".into())
         })?;
         let n = rows.len();
-        for (stamp, ts_ms, key, v, enc, version, seq, exp) in rows {
-            // The key's current row is exactly what this entry wrote, since
-            // every later entry has been reverted already.
-            let cur = get_row(tx, &key)?;
-            let (cv, cenc, cexp) = match &cur {
-                Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
-                None => (None, 0, -1),
-            };
-            tx.prepare_cached(
+        // Key by key, newest entry first within a key (the rows come newest
+        // first and the sort is stable): the newest entry wrote the key's
+        // current row, each older one wrote the row the next newer one
+        // replaced; the key ends at the oldest entry's previous row. One
+        // read and one write per key, in B-tree order.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| rows[a].2.cmp(&rows[b].2));
+        let mut after: Vec<Option<KvRecord>> = vec![None; n];
+        for group in order.chunk_by(|&a, &b| rows[a].2 == rows[b].2) {
+            let key = &rows[group[0]].2;
+            let mut cur = get_row(tx, key)?;
+            for &i in group {
+                let (_, _, _, v, enc, version, seq, exp) = &rows[i];
+                let prev = v.clone().map(|value| KvRecord {
+                    value,
+                    encoding: *enc,
+                    versionstamp: Versionstamp::from_parts(*version as u64, *seq),
+                    expire_at_ms: *exp,
+                });
+                after[i] = std::mem::replace(&mut cur, prev);
+            }
+            write_row(tx, key, cur.as_ref())?;
+        }
+        // Redo records, oldest first.
+        {
+            let mut redo = tx.prepare_cached(
                 "insert into kvr_redo (stamp, ts_ms, k, v, v_encoding, expiration_ms) values (?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(rusqlite::params![stamp, ts_ms, key, cv, cenc, cexp])?;
-            let prev = v.map(|value| KvRecord {
-                value,
-                encoding: enc,
-                versionstamp: Versionstamp::from_parts(version as u64, seq),
-                expire_at_ms: exp,
-            });
-            write_row(tx, &key, prev.as_ref())?;
+            )?;
+            for i in (0..n).rev() {
+                let (stamp, ts_ms, key, ..) = &rows[i];
+                let (cv, cenc, cexp) = match &after[i] {
+                    Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
+                    None => (None, 0, -1),
+                };
+                redo.execute(rusqlite::params![stamp, ts_ms, key, cv, cenc, cexp])?;
+            }
         }
         tx.prepare_cached("delete from kvr_undo where stamp >= ? and stamp <= ?")?
             .execute([&oldest.0[..], &upto.0[..]])?;
