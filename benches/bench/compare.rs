@@ -410,6 +410,15 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
             .map(|g| g.bytes as f64 / 1e6 / g.elapsed.as_secs_f64())
             .collect(),
     );
+    let list_ms = median(
+        (0..st.runs)
+            .map(|_| {
+                rt.block_on(raw::s3_list_tail(&place(Tool::Kvreplica)))
+                    .as_secs_f64()
+                    * 1e3
+            })
+            .collect(),
+    );
     let rows = backup_rows(&fx);
     let insert_rows_s = median(
         (0..st.runs)
@@ -428,6 +437,13 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
         get_mb_s,
         None,
         "MB/s",
+        None,
+    );
+    report.add(
+        "raw S3 LIST of logs/ after its last object",
+        list_ms,
+        None,
+        "ms",
         None,
     );
     report.add(

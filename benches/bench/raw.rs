@@ -56,6 +56,29 @@ impl S3Place {
     }
 }
 
+/// Time of one `ListObjectsV2` of `logs/` starting after its last object
+/// (it answers nothing): what every poll round of a caught-up replica asks.
+/// Real S3 answers from an index; a server that walks its directory (as
+/// s3s-fs does) takes time that grows with the number of objects.
+pub async fn s3_list_tail(place: &S3Place) -> Duration {
+    let bucket = place.bucket();
+    let prefix = format!("{}logs/", place.prefix);
+    let last = place
+        .list()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .rfind(|k| k.starts_with(&prefix))
+        .expect("a log object");
+    let t = Instant::now();
+    let (page, _) = bucket
+        .list_page(prefix, None, None, Some(last), Some(1000))
+        .await
+        .expect("listing the log");
+    assert!(page.contents.is_empty(), "objects after the last one");
+    t.elapsed()
+}
+
 /// One pass of GETs over every object of a backup.
 pub struct GetPass {
     pub objects: usize,
