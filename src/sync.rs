@@ -522,7 +522,8 @@ impl Syncer {
     }
 
     /// Downloads, decodes and applies `objects` in order, in transactions of
-    /// up to `batch_objects` objects. Objects before a failing one are kept.
+    /// up to `batch_objects` objects or half the byte budget. Objects before
+    /// a failing one are kept.
     async fn consume_logs(&self, objects: Vec<Listed<LogName>>) -> Result<u64, SyncError> {
         let fetches = stream::iter(objects)
             .then(|l| async move {

@@ -360,7 +360,7 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
     let mut done = 0;
     let mut after = from;
     loop {
-        let rows: Vec<RedoRow> = tx
+        let mut rows: Vec<RedoRow> = tx
             .prepare_cached(
                 "select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo \
                  where stamp > ? and stamp <= ? order by stamp limit ?",
@@ -385,13 +385,13 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
         })?;
         let n = rows.len();
         let mut recs = Vec::with_capacity(n);
-        for (stamp, _, _, v, enc, exp) in &rows {
+        for (stamp, _, _, v, enc, exp) in &mut rows {
             let vs = LogStamp::from_slice(stamp)
                 .ok_or_else(|| {
                     StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
                 })?
                 .versionstamp();
-            recs.push(v.clone().map(|value| KvRecord {
+            recs.push(v.take().map(|value| KvRecord {
                 value,
                 encoding: *enc,
                 versionstamp: vs,
@@ -409,7 +409,7 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
             let key = &rows[group[0]].2;
             let mut prev = get_row(tx, key)?;
             for &i in group {
-                before[i] = std::mem::replace(&mut prev, recs[i].clone());
+                before[i] = std::mem::replace(&mut prev, recs[i].take());
             }
             write_row(tx, key, prev.as_ref())?;
         }
@@ -458,7 +458,7 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
     let mut done = 0;
     let mut upto = from;
     loop {
-        let rows: Vec<UndoRow> = tx
+        let mut rows: Vec<UndoRow> = tx
             .prepare_cached(
                 "select stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms from kvr_undo \
                  where stamp > ? and stamp <= ? order by stamp desc limit ?",
@@ -491,19 +491,23 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
         // read and one write per key, in B-tree order.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| rows[a].2.cmp(&rows[b].2));
+        let mut prevs: Vec<Option<KvRecord>> = rows
+            .iter_mut()
+            .map(|(_, _, _, v, enc, version, seq, exp)| {
+                v.take().map(|value| KvRecord {
+                    value,
+                    encoding: *enc,
+                    versionstamp: Versionstamp::from_parts(*version as u64, *seq),
+                    expire_at_ms: *exp,
+                })
+            })
+            .collect();
         let mut after: Vec<Option<KvRecord>> = vec![None; n];
         for group in order.chunk_by(|&a, &b| rows[a].2 == rows[b].2) {
             let key = &rows[group[0]].2;
             let mut cur = get_row(tx, key)?;
             for &i in group {
-                let (_, _, _, v, enc, version, seq, exp) = &rows[i];
-                let prev = v.clone().map(|value| KvRecord {
-                    value,
-                    encoding: *enc,
-                    versionstamp: Versionstamp::from_parts(*version as u64, *seq),
-                    expire_at_ms: *exp,
-                });
-                after[i] = std::mem::replace(&mut cur, prev);
+                after[i] = std::mem::replace(&mut cur, prevs[i].take());
             }
             write_row(tx, key, cur.as_ref())?;
         }
