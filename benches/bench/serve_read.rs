@@ -2,13 +2,11 @@
 //! `kvreplica serve` over a generated ~100k-key replica, first idle, then
 //! while the sync applies a steady stream of new log objects.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use denokv_proto::backup::BackupKvMutationKind;
 
 use crate::common::fixture::{Fixture, Spec};
 use crate::load::{self, Expect, Kind, Outcome, Protocol, Target};
@@ -224,17 +222,7 @@ pub fn run(args: &[String]) {
         })
         .collect();
     let base = fx.state_at(fx.last_initial);
-    let cleared_later: BTreeSet<&Vec<u8>> = fx.commits[fx.last_initial + 1..]
-        .iter()
-        .flat_map(|c| &c.muts)
-        .filter(|m| m.kind == BackupKvMutationKind::MkClear)
-        .map(|m| &m.key)
-        .collect();
-    let stable: Vec<Vec<u8>> = base
-        .keys()
-        .filter(|k| !cleared_later.contains(k))
-        .cloned()
-        .collect();
+    let stable = fx.keys_kept_after(&base, fx.last_initial);
     let appended_muts: usize = fx.commits[fx.last_initial + 1..]
         .iter()
         .map(|c| c.muts.len())

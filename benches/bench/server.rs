@@ -381,66 +381,26 @@ pub async fn read_keys(
     database_id: &str,
     keys: &[Vec<u8>],
 ) -> Vec<Option<denokv_proto::datapath::KvEntry>> {
-    use denokv_proto::datapath::{ReadRange, SnapshotRead, SnapshotReadOutput};
-    use prost::Message;
     let mut out = Vec::new();
     for chunk in keys.chunks(10) {
-        let body = SnapshotRead {
-            ranges: chunk
-                .iter()
-                .map(|k| {
-                    let mut end = k.clone();
-                    end.push(0);
-                    ReadRange {
-                        start: k.clone(),
-                        end,
-                        limit: 1,
-                        reverse: false,
-                    }
-                })
-                .collect(),
-        }
-        .encode_to_vec();
-        let resp = client
-            .post(format!("{kv_url}/v2/snapshot_read"))
-            .header("authorization", format!("Bearer {ACCESS_TOKEN}"))
-            .header("x-denokv-version", "3")
-            .header("x-denokv-database-id", database_id)
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .expect("snapshot_read");
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.expect("snapshot_read body");
-        assert_eq!(
-            status,
-            200,
-            "snapshot_read: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-        let answer = SnapshotReadOutput::decode(bytes).expect("a SnapshotReadOutput");
-        assert_eq!(answer.ranges.len(), chunk.len());
         out.extend(
-            answer
-                .ranges
-                .into_iter()
-                .map(|r| r.values.into_iter().next()),
+            try_read_keys(client, kv_url, database_id, chunk)
+                .await
+                .unwrap_or_else(|e| panic!("snapshot_read: {e}")),
         );
     }
     out
 }
 
-/// Reads single keys like [`read_keys`], but answers `None` instead of
-/// panicking when the server does not answer 200 (not listening yet, still
-/// loading): for polling a key until it shows up.
+/// Reads single keys in one `snapshot_read`; an error (not listening yet,
+/// still loading, a bad answer) as a message, for polling a key until it
+/// shows up.
 pub async fn try_read_keys(
     client: &reqwest::Client,
     kv_url: &str,
     database_id: &str,
     keys: &[Vec<u8>],
-) -> Option<Vec<Option<denokv_proto::datapath::KvEntry>>> {
+) -> Result<Vec<Option<denokv_proto::datapath::KvEntry>>, String> {
     use denokv_proto::datapath::{ReadRange, SnapshotRead, SnapshotReadOutput};
     use prost::Message;
     let body = SnapshotRead {
@@ -469,16 +429,23 @@ pub async fn try_read_keys(
         .timeout(REQUEST_TIMEOUT)
         .send()
         .await
-        .ok()?;
-    if resp.status().as_u16() != 200 {
-        return None;
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
     }
-    let answer = SnapshotReadOutput::decode(resp.bytes().await.ok()?).ok()?;
-    (answer.ranges.len() == keys.len()).then(|| {
-        answer
-            .ranges
-            .into_iter()
-            .map(|r| r.values.into_iter().next())
-            .collect()
-    })
+    let answer = SnapshotReadOutput::decode(bytes).map_err(|e| e.to_string())?;
+    if answer.ranges.len() != keys.len() {
+        return Err(format!(
+            "{} ranges for {} keys",
+            answer.ranges.len(),
+            keys.len()
+        ));
+    }
+    Ok(answer
+        .ranges
+        .into_iter()
+        .map(|r| r.values.into_iter().next())
+        .collect())
 }

@@ -489,6 +489,22 @@ impl Fixture {
             .collect()
     }
 
+    /// The keys of `state` (the state after commit `index`) that no later
+    /// commit clears, ascending: a reader of any later state finds each.
+    pub fn keys_kept_after(&self, state: &BTreeMap<Vec<u8>, Rec>, index: usize) -> Vec<Vec<u8>> {
+        let cleared_later: std::collections::BTreeSet<&Vec<u8>> = self.commits[index + 1..]
+            .iter()
+            .flat_map(|c| &c.muts)
+            .filter(|m| m.kind == BackupKvMutationKind::MkClear)
+            .map(|m| &m.key)
+            .collect();
+        state
+            .keys()
+            .filter(|k| !cleared_later.contains(k))
+            .cloned()
+            .collect()
+    }
+
     /// The newest commit of the bucket with the append objects.
     pub fn last_commit(&self) -> usize {
         self.commits.len() - 1
