@@ -64,8 +64,9 @@ pub(super) fn set_data_version(tx: &Transaction<'_>, v: Versionstamp) -> Result<
     Ok(())
 }
 
-/// Statements of the apply loop, prepared once per transaction.
-struct Stmts<'t> {
+/// Statements of the apply loop, prepared once per transaction; the
+/// forward walk of a checkout uses them too.
+pub(super) struct Stmts<'t> {
     get: CachedStatement<'t>,
     put: CachedStatement<'t>,
     delete: CachedStatement<'t>,
@@ -74,7 +75,7 @@ struct Stmts<'t> {
 }
 
 impl<'t> Stmts<'t> {
-    fn new(tx: &'t Transaction<'_>) -> Result<Self, StoreError> {
+    pub(super) fn new(tx: &'t Transaction<'_>) -> Result<Self, StoreError> {
         Ok(Stmts {
             get: tx.prepare_cached(SQL_GET)?,
             put: tx.prepare_cached(SQL_PUT)?,
@@ -85,7 +86,7 @@ impl<'t> Stmts<'t> {
     }
 
     /// Reads a key's current row, the pre-image an undo record keeps.
-    fn get(&mut self, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+    pub(super) fn get(&mut self, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
         Ok(self
             .get
             .query_row([key], |r| {
@@ -99,7 +100,11 @@ impl<'t> Stmts<'t> {
             .optional()?)
     }
 
-    fn write(&mut self, key: &[u8], record: Option<&KvRecord>) -> Result<(), StoreError> {
+    pub(super) fn write(
+        &mut self,
+        key: &[u8],
+        record: Option<&KvRecord>,
+    ) -> Result<(), StoreError> {
         match record {
             Some(r) => put_row(&mut self.put, key, r),
             None => {
@@ -109,7 +114,7 @@ impl<'t> Stmts<'t> {
         }
     }
 
-    fn write_undo(
+    pub(super) fn write_undo(
         &mut self,
         stamp: LogStamp,
         ts_ms: i64,
@@ -139,6 +144,76 @@ impl<'t> Stmts<'t> {
             ])
             .map_err(|e| dup_stamp(e, stamp))?;
         Ok(())
+    }
+
+    /// Writes to `kv` the last of `n` entries (in stamp order) for each key,
+    /// visiting the keys in key order (a stable sort keeps each key's
+    /// entries in stamp order): one read and one write per key, the B-tree
+    /// walked once from left to right instead of at random, which is most
+    /// of the cost of a large batch. Returns the pre-image of every entry
+    /// from `undo_from` on, for its undo record.
+    pub(super) fn write_in_key_order<'e>(
+        &mut self,
+        n: usize,
+        key: impl Fn(usize) -> &'e [u8],
+        record: impl Fn(usize) -> Option<&'e KvRecord>,
+        undo_from: usize,
+    ) -> Result<PreImages, StoreError> {
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| key(a as usize).cmp(key(b as usize)));
+        let mut pre = PreImages {
+            of: vec![u32::MAX; n.saturating_sub(undo_from)],
+            rows: Vec::new(),
+            n,
+            from: undo_from,
+        };
+        for group in order.chunk_by(|&a, &b| key(a as usize) == key(b as usize)) {
+            let k = key(group[0] as usize);
+            let mut prev: Option<u32> = None;
+            for &i in group {
+                if i as usize >= undo_from {
+                    pre.of[i as usize - undo_from] = match prev {
+                        Some(j) => j,
+                        None => {
+                            pre.rows.push(self.get(k)?);
+                            (n + pre.rows.len() - 1) as u32
+                        }
+                    };
+                }
+                prev = Some(i);
+            }
+            let last = *group.last().expect("a group is never empty") as usize;
+            self.write(k, record(last))?;
+        }
+        Ok(pre)
+    }
+}
+
+/// Pre-images of entries written by [`Stmts::write_in_key_order`]: per
+/// entry, the index of an earlier entry of the same key (below `n`) or of a
+/// row read before the writes (`n` + its index in `rows`). Compact, as a
+/// batch holds up to a few hundred thousand entries.
+pub(super) struct PreImages {
+    of: Vec<u32>,
+    rows: Vec<Option<KvRecord>>,
+    n: usize,
+    from: usize,
+}
+
+impl PreImages {
+    /// The pre-image of entry `i` (at or after `undo_from`); `record`
+    /// gives the entries' own records.
+    pub(super) fn get<'a>(
+        &'a self,
+        i: usize,
+        record: impl Fn(usize) -> Option<&'a KvRecord>,
+    ) -> Option<&'a KvRecord> {
+        let b = self.of[i - self.from] as usize;
+        if b < self.n {
+            record(b)
+        } else {
+            self.rows[b - self.n].as_ref()
+        }
     }
 }
 
@@ -324,43 +399,16 @@ impl Store {
                 // random, which is most of the cost of a large batch. The
                 // pre-image of an entry is the key's previous entry in the
                 // batch, else its row before the batch.
-                let mut order: Vec<u32> = (0..split as u32).collect();
-                order.sort_by(|&a, &b| todo[a as usize].key.cmp(&todo[b as usize].key));
-                // Per undo entry: the index of its pre-image, an entry of
-                // the batch (below `split`) or a row read before the batch
-                // (`split` + its index in `rows`). Compact, as a batch holds
-                // up to a few hundred thousand entries.
-                let mut before: Vec<u32> = vec![u32::MAX; split - undo_from];
-                let mut rows: Vec<Option<KvRecord>> = Vec::new();
-                for group in order.chunk_by(|&a, &b| todo[a as usize].key == todo[b as usize].key) {
-                    let key = &todo[group[0] as usize].key;
-                    let mut prev: Option<u32> = None;
-                    for &i in group {
-                        let i_us = i as usize;
-                        if i_us >= undo_from {
-                            before[i_us - undo_from] = match prev {
-                                Some(j) => j,
-                                None => {
-                                    rows.push(stmts.get(key)?);
-                                    (split + rows.len() - 1) as u32
-                                }
-                            };
-                        }
-                        prev = Some(i);
-                    }
-                    let last = *group.last().expect("a group is never empty") as usize;
-                    stmts.write(key, todo[last].record.as_ref())?;
-                }
+                let pre = stmts.write_in_key_order(
+                    split,
+                    |i| &todo[i].key,
+                    |i| todo[i].record.as_ref(),
+                    undo_from,
+                )?;
                 // In stamp order again: undo records go to the end of
                 // their table.
-                for (n, &b) in before.iter().enumerate() {
-                    let p = &todo[undo_from + n];
-                    let b = b as usize;
-                    let prev = if b < split {
-                        todo[b].record.as_ref()
-                    } else {
-                        rows[b - split].as_ref()
-                    };
+                for (i, p) in todo.iter().enumerate().skip(undo_from) {
+                    let prev = pre.get(i, |j| todo[j].record.as_ref());
                     stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev)?;
                 }
                 for (vs, ts_ms) in points {

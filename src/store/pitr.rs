@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
-use super::apply::{put_row, set_data_version};
+use super::apply::{set_data_version, Stmts};
 use super::{set_meta, Store, StoreError, SyncState};
 use crate::format::{KvRecord, LogStamp, Versionstamp};
 
@@ -328,31 +328,6 @@ fn row_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
     })
 }
 
-fn get_row(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
-    Ok(tx
-        .prepare_cached("select v, v_encoding, version, seq, expiration_ms from kv where k = ?")?
-        .query_row([key], |r| {
-            Ok(KvRecord {
-                value: r.get(0)?,
-                encoding: r.get(1)?,
-                versionstamp: Versionstamp::from_parts(r.get::<_, i64>(2)? as u64, r.get(3)?),
-                expire_at_ms: r.get(4)?,
-            })
-        })
-        .optional()?)
-}
-
-fn write_row(tx: &Transaction<'_>, key: &[u8], r: Option<&KvRecord>) -> Result<(), StoreError> {
-    match r {
-        Some(r) => put_row(&mut tx.prepare_cached(super::apply::SQL_PUT)?, key, r),
-        None => {
-            tx.prepare_cached("delete from kv where k = ?")?
-                .execute([key])?;
-            Ok(())
-        }
-    }
-}
-
 type RedoRow = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, i64, i64);
 
 /// Re-applies redo entries in `(from, to]`, keeping undo for each.
@@ -384,57 +359,29 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
             StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
         })?;
         let n = rows.len();
+        let mut stamps = Vec::with_capacity(n);
         let mut recs = Vec::with_capacity(n);
         for (stamp, _, _, v, enc, exp) in &mut rows {
-            let vs = LogStamp::from_slice(stamp)
-                .ok_or_else(|| {
-                    StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
-                })?
-                .versionstamp();
+            let stamp = LogStamp::from_slice(stamp).ok_or_else(|| {
+                StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
+            })?;
+            stamps.push(stamp);
             recs.push(v.take().map(|value| KvRecord {
                 value,
                 encoding: *enc,
-                versionstamp: vs,
+                versionstamp: stamp.versionstamp(),
                 expire_at_ms: *exp,
             }));
         }
-        // Key by key (a stable sort keeps each key's entries in stamp
-        // order): one read and one write per key, in B-tree order. An
-        // entry's undo record holds the key's previous entry, or its row
-        // before this chunk.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| rows[a].2.cmp(&rows[b].2));
-        let mut before: Vec<Option<KvRecord>> = vec![None; n];
-        for group in order.chunk_by(|&a, &b| rows[a].2 == rows[b].2) {
-            let key = &rows[group[0]].2;
-            let mut prev = get_row(tx, key)?;
-            for &i in group {
-                before[i] = std::mem::replace(&mut prev, recs[i].take());
-            }
-            write_row(tx, key, prev.as_ref())?;
+        // As when the entries were first applied: key by key, then undo
+        // records in stamp order.
+        let mut stmts = Stmts::new(tx)?;
+        let pre = stmts.write_in_key_order(n, |i| &rows[i].2, |i| recs[i].as_ref(), 0)?;
+        for (i, (_, ts_ms, key, ..)) in rows.iter().enumerate() {
+            let prev = pre.get(i, |j| recs[j].as_ref());
+            stmts.write_undo(stamps[i], *ts_ms, key, prev)?;
         }
-        // Undo records in stamp order, at the end of their table.
-        {
-            let mut undo = tx.prepare_cached(
-                "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
-                 values (?, ?, ?, ?, ?, ?, ?, ?)",
-            )?;
-            for ((stamp, ts_ms, key, ..), prev) in rows.iter().zip(&before) {
-                let (pv, penc, pver, pseq, pexp) = match prev {
-                    Some(r) => (
-                        Some(&r.value[..]),
-                        r.encoding,
-                        r.versionstamp.version() as i64,
-                        r.versionstamp.seq(),
-                        r.expire_at_ms,
-                    ),
-                    None => (None, 0, 0, 0, -1),
-                };
-                undo.execute(rusqlite::params![
-                    stamp, ts_ms, key, pv, penc, pver, pseq, pexp
-                ])?;
-            }
-        }
+        drop(stmts);
         tx.prepare_cached("delete from kvr_redo where stamp > ? and stamp <= ?")?
             .execute([&after.0[..], &last.0[..]])?;
         done += n as u64;
@@ -503,14 +450,16 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
             })
             .collect();
         let mut after: Vec<Option<KvRecord>> = vec![None; n];
+        let mut stmts = Stmts::new(tx)?;
         for group in order.chunk_by(|&a, &b| rows[a].2 == rows[b].2) {
             let key = &rows[group[0]].2;
-            let mut cur = get_row(tx, key)?;
+            let mut cur = stmts.get(key)?;
             for &i in group {
                 after[i] = std::mem::replace(&mut cur, prevs[i].take());
             }
-            write_row(tx, key, cur.as_ref())?;
+            stmts.write(key, cur.as_ref())?;
         }
+        drop(stmts);
         // Redo records, oldest first.
         {
             let mut redo = tx.prepare_cached(
