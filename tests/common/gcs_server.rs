@@ -2,13 +2,16 @@
 //! 127.0.0.1 port with the in-memory backend, killed on drop.
 //!
 //! The binary comes from `KVREPLICA_TEST_FAKE_GCS`, else from the venv that
-//! `scripts/install-test-tools.sh` fills under `.tools/venv`.
+//! `scripts/install-test-tools.sh` fills under `venv/` of the tools directory.
 //!
 //! The emulator stamps every object's `updated` with its upload time and
 //! offers no way to set it (neither uploads nor PATCH accept it), so tests
 //! that need "old" objects rely on the sync's settle window being measured
 //! against the round start, not on back-dated objects.
 #![allow(dead_code)]
+
+#[path = "tools.rs"]
+mod tools;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -48,7 +51,7 @@ pub fn binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("KVREPLICA_TEST_FAKE_GCS").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv");
+    let venv = tools::dir().join("venv");
     find_file(&venv, BINARY_NAME, 10).ok_or_else(|| {
         format!(
             "fake-gcs-server not found (no KVREPLICA_TEST_FAKE_GCS, nothing under {}): \

@@ -8,13 +8,16 @@
 //! setting a file's mtime, which s3s-fs reports as `LastModified`.
 //!
 //! The binary comes from `KVREPLICA_TEST_S3S_FS`, else from
-//! `<crate>/.tools/s3s-fs/bin/s3s-fs`, where `scripts/install-test-tools.sh`
+//! `s3s-fs/bin/s3s-fs` of the tools directory (see `tools.rs`), where `scripts/install-test-tools.sh`
 //! installs it (`cargo install s3s-fs@0.14.1 --features binary`).
 //!
 //! Use from any test file with
 //! `#[path = "common/s3_server.rs"] mod s3_server;` — this file depends on
-//! no other test module.
+//! no other test module but `tools.rs`.
 #![allow(dead_code)]
+
+#[path = "tools.rs"]
+mod tools;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -56,7 +59,7 @@ pub fn binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("KVREPLICA_TEST_S3S_FS").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s-fs/bin/s3s-fs");
+    let path = tools::dir().join("s3s-fs/bin/s3s-fs");
     if path.is_file() {
         Ok(path)
     } else {
