@@ -18,7 +18,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::format::Versionstamp;
-use crate::store::pitr::{CheckoutError, CheckoutTarget, HistoryView, Point};
+use crate::store::pitr::{self, CheckoutError, CheckoutTarget, HistoryView, Point};
 use crate::store::{self, StoreError};
 use crate::sync::Syncer;
 
@@ -145,15 +145,12 @@ fn point_json(p: &Point) -> serde_json::Value {
 }
 
 fn parse_time(s: &str, what: &str) -> Result<DateTime<Utc>, AdminError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
+    pitr::parse_time(s)
         .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?} is not an RFC 3339 time ({e})")))
 }
 
 fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
-    s.to_ascii_lowercase()
-        .parse::<Versionstamp>()
-        .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
+    pitr::parse_versionstamp(s).map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
