@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 
 /// `/readyz` fails when the bucket has not answered for this many poll
 /// intervals: a few missed rounds are normal retries, more is an outage.
-const READY_POLL_INTERVALS: u32 = 10;
+pub const READY_POLL_INTERVALS: u32 = 10;
 /// ... but never for less than this, so fast polling does not flap on a
 /// few slow requests (each is retried with backoff inside a round).
-const READY_MIN_WINDOW: Duration = Duration::from_secs(10);
+pub const READY_MIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// The engine's health, updated by the engine and read by anyone. Plain
 /// atomics (and one short lock) so that readers never wait for a sync

@@ -208,7 +208,7 @@ impl Syncer {
     /// The engine's one retry policy, for the initial load and the follow
     /// loop alike: `failures` failures in a row (this one, `e`, included)
     /// are counted, and the next attempt waits [`Syncer::retry_pause`].
-    fn failed(&self, e: &SyncError, failures: u32) -> Duration {
+    fn retry_after(&self, e: &SyncError, failures: u32) -> Duration {
         metrics::error(e.kind());
         self.retry_pause(failures)
     }
@@ -307,7 +307,7 @@ impl Syncer {
             match self.initial().await {
                 Err(e) if !e.is_permanent() => {
                     failures += 1;
-                    let pause = self.failed(&e, failures);
+                    let pause = self.retry_after(&e, failures);
                     tracing::error!(error = %e, kind = e.kind(), retry_in = ?pause, "initial snapshot failed; retrying");
                     tokio::time::sleep(pause).await;
                 }
@@ -657,7 +657,7 @@ impl Syncer {
                 }
                 Err(e) => {
                     failures += 1;
-                    let pause = self.failed(&e, failures);
+                    let pause = self.retry_after(&e, failures);
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
                     self.health.round_ended(Some(e.to_string()));
                     pause
