@@ -8,6 +8,8 @@
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, sync cursor and source binding.
 //! - [`sync`]: the engine that loads the initial snapshot and applies logs.
+//! - [`health`]: the engine's liveness, read by readiness and the watchdog.
+//! - [`checkout`]: point-in-time checkout of a replica the engine runs on.
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`).
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
@@ -19,9 +21,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
