@@ -432,6 +432,7 @@ impl Store {
                 out.visible = Some(p.versionstamp());
             }
         }
+        super::testhook::before_commit(|| format!("log batch up to logs/{cursor}.bin"));
         tx.commit()?;
         self.state.cursor = Some(cursor);
         self.state.initial_point = initial;

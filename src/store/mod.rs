@@ -12,6 +12,7 @@
 mod apply;
 pub mod pitr;
 pub mod schema;
+mod testhook;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -314,6 +315,7 @@ impl Store {
             "update kvr_snapshot_ranges set loaded = 1 where name = ?",
             [name.to_string()],
         )?;
+        testhook::before_commit(|| format!("snapshot range {name}"));
         tx.commit()?;
         if let Some((loaded, _)) = &mut self.state.snapshot_ranges {
             *loaded += 1;
