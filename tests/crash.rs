@@ -1,11 +1,21 @@
 //! Crash consistency: `kvreplica sync` and `kvreplica serve` are SIGKILLed
 //! at pseudo-random moments of the initial snapshot load, of the log apply
-//! and of PITR checkouts through the admin API. After every kill the file
-//! passes `PRAGMA integrity_check`, its visible state is exactly the state
-//! at the commit it reports (byte for byte), `pitr list` holds every
-//! recoverable point it has fetched exactly once, and a checkout that was
-//! in flight left either the previous state or the checked-out one. At the
-//! end the replica equals the backup's newest state.
+//! and of PITR checkouts through the admin API: between transactions (after
+//! the n-th range or batch plus a delay) and inside them (parked by the
+//! test-only hook `KVREPLICA_TEST_PARK_IN_TXN` after writing the rows,
+//! before COMMIT).
+//!
+//! After every kill, kvreplica itself is restarted first (the same command)
+//! on the files exactly as the kill left them, `-wal` and `-shm` included,
+//! so its own recovery runs on the raw crash state; it is held still by the
+//! hook at its first commit (or has nothing to write), and only then is the
+//! file checked, read-only: `PRAGMA integrity_check` passes, the visible
+//! state is exactly the state at the commit it reports (byte for byte),
+//! `pitr list` holds every recoverable point fetched exactly once, and a
+//! checkout that was in flight left either the previous state or the
+//! checked-out one. After a kill inside a transaction the restarted file is
+//! exactly the last committed one (every table). At the end the replica
+//! equals the backup's newest state.
 //!
 //! The kill schedule comes from a seed, printed at the start; set
 //! `KVREPLICA_CRASH_SEED` to replay one.
@@ -23,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, Fixture, Rng, Spec};
 use common::serve::{http, Method, ACCESS_TOKEN, ADMIN_TOKEN};
-use common::{integrity_ok, kvreplica_bin, pitr_list, read_replica, run_ok};
+use common::{fingerprint, integrity_ok_read_only, kvreplica_bin, pitr_list, read_replica, run_ok};
 use serde_json::Value;
 
 /// Bound on every wait for a child: far above a debug build's needs on a
@@ -33,6 +43,17 @@ const WAIT: Duration = Duration::from_secs(60);
 const SNAPSHOT: &str = "snapshot load";
 const LOG_APPLY: &str = "log apply";
 const CHECKOUT: &str = "checkout";
+
+/// What the test hook prints when it parks a transaction before COMMIT
+/// (`src/store/testhook.rs`).
+const PARKED: &str = "kvreplica test hook: parked before COMMIT";
+
+/// Lower bounds per run, asserted at the end and stated in
+/// docs/reliability.md: kills between transactions per phase, kills inside
+/// a transaction of the snapshot load and of the log apply, and in all.
+const MIN_KILLS: [(&str, usize); 3] = [(SNAPSHOT, 4), (LOG_APPLY, 6), (CHECKOUT, 30)];
+const MIN_IN_TXN: [(&str, usize); 2] = [(SNAPSHOT, 4), (LOG_APPLY, 6)];
+const MIN_TOTAL: usize = 50;
 
 /// What a child wrote to stderr, and whether it has closed it (exited).
 #[derive(Default)]
@@ -48,7 +69,17 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
+    fn spawn(cmd: Command) -> Proc {
+        Self::spawn_parked(cmd, None)
+    }
+
+    /// Starts `cmd`; with `park`, the test hook parks its `park`-th write
+    /// transaction before COMMIT.
+    fn spawn_parked(mut cmd: Command, park: Option<usize>) -> Proc {
+        match park {
+            Some(n) => cmd.env("KVREPLICA_TEST_PARK_IN_TXN", n.to_string()),
+            None => cmd.env_remove("KVREPLICA_TEST_PARK_IN_TXN"),
+        };
         let mut child = cmd
             .env("RUST_LOG", "kvreplica=debug")
             .env_remove("DENO_KV_ACCESS_TOKEN")
@@ -177,6 +208,29 @@ const ENGINE: [&str; 6] = [
     "100ms",
 ];
 
+/// Which command a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    Sync,
+    Serve,
+}
+
+impl Who {
+    fn cmd(self, source: &str, db: &Path) -> Command {
+        match self {
+            Who::Sync => sync_cmd(source, db),
+            Who::Serve => serve_cmd(source, db),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Who::Sync => "sync",
+            Who::Serve => "serve",
+        }
+    }
+}
+
 fn sync_cmd(source: &str, db: &Path) -> Command {
     let mut c = Command::new(kvreplica_bin());
     c.arg("sync")
@@ -280,15 +334,19 @@ impl Model {
         }
     }
 
-    /// Checks a replica file nobody has open: integrity, the visible state
-    /// against the commit it reports, and the points against the newest
-    /// commit it has fetched. Returns where it stands (None while the
-    /// initial snapshot is incomplete).
+    /// Checks a replica file that holds still (its writer parked, idle or
+    /// gone), read-only: integrity, the visible state against the commit it
+    /// reports, and the points against the newest commit it has fetched.
+    /// Returns where it stands (None while the initial snapshot is
+    /// incomplete).
     fn check(&self, db: &Path, label: &str) -> Option<(usize, usize, bool)> {
         if !db.exists() {
             return None;
         }
-        assert!(integrity_ok(db), "{label}: PRAGMA integrity_check failed");
+        assert!(
+            integrity_ok_read_only(db),
+            "{label}: PRAGMA integrity_check failed"
+        );
         let points = pitr_list(db);
         let Some(info) = pitr_info(db) else {
             assert!(
@@ -324,6 +382,87 @@ impl Model {
         }
         Some((visible, latest, info.pinned))
     }
+}
+
+/// What a restart after a kill found: see [`Model::restart_and_check`].
+struct Restarted {
+    /// Where the file stands (see [`Model::check`]).
+    at: Option<(usize, usize, bool)>,
+    /// Every table as the restarted process found it (see
+    /// [`fingerprint`]).
+    tables: Tables,
+    /// The restart had work left and parked at its first commit.
+    parked: bool,
+}
+
+type Tables = BTreeMap<String, (usize, u64)>;
+
+impl Model {
+    /// After a kill: restarts `who` on the files exactly as the kill left
+    /// them (nothing has opened them since), so kvreplica's own recovery
+    /// runs on the raw crash state. The test hook parks the restart's first
+    /// write transaction before COMMIT, so the file then holds still at what
+    /// the restart recovered; a `sync` with nothing left exits, a `serve`
+    /// with nothing left turns ready. Only then is the file checked,
+    /// read-only, and the restart killed: parked, it committed nothing.
+    fn restart_and_check(&self, who: Who, source: &str, db: &Path, label: &str) -> Restarted {
+        let mut p = Proc::spawn_parked(who.cmd(source, db), Some(1));
+        let parked = match who {
+            Who::Sync => {
+                let parked = p.wait_for("the restarted sync to park or finish", |t| {
+                    t.contains(PARKED)
+                });
+                if !parked {
+                    let status = p.wait_exit();
+                    assert!(
+                        status.success(),
+                        "{label}: the restarted sync failed: {status}\n{}",
+                        p.log()
+                    );
+                }
+                parked
+            }
+            Who::Serve => {
+                let admin = p.addr("admin API");
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    if p.log().contains(PARKED) {
+                        break true;
+                    }
+                    if admin_ready(&admin) {
+                        break p.log().contains(PARKED);
+                    }
+                    let log = p.log();
+                    assert!(
+                        !log.contains(" ERROR ") && Instant::now() < deadline,
+                        "{label}: the restarted serve neither parked nor turned ready:\n{log}"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let at = self.check(db, &format!("{label}, restarted"));
+        let tables = fingerprint(db);
+        if parked || who == Who::Serve {
+            assert!(
+                p.kill(),
+                "{label}: the restarted {} exited by itself:\n{}",
+                who.name(),
+                p.log()
+            );
+        }
+        Restarted { at, tables, parked }
+    }
+}
+
+fn admin_ready(admin: &str) -> bool {
+    http(
+        Method::Get,
+        &format!("http://{admin}/readyz"),
+        &[],
+        Vec::new(),
+    )
+    .is_ok_and(|r| r.status == 200)
 }
 
 /// Adds an object to the bucket directory the way a store makes an upload
@@ -430,62 +569,107 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         fx.last_commit()
     );
     let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut in_txn: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut restarts = 0usize;
     let mut schedule = Vec::new();
 
-    // Phases 1 and 2: the initial bucket, by `sync` or `serve`, killed after
-    // the nth range or batch stored plus a few milliseconds.
+    // Phases 1 and 2: the initial bucket, by `sync` or `serve`, killed
+    // after the nth range or batch stored plus a few milliseconds, or
+    // parked by the hook inside the nth transaction and killed there. After
+    // each kill, the same command restarts on the crashed files and the
+    // file is checked.
     let mut finished = false;
     let mut snapshot_done = false;
+    let mut state: Option<(usize, usize, bool)> = None;
     for round in 0..80 {
-        let state = m.check(&db, &format!("before run {round}"));
         let behind = state.map_or(usize::MAX, |s| fx.last_initial - s.1);
         // `serve` never ends by itself: only while plenty of batches are
         // left for the nth to come.
-        let use_serve = behind > 80 && rng.chance(50);
+        let who = if behind > 80 && rng.chance(50) {
+            Who::Serve
+        } else {
+            Who::Sync
+        };
         // A range takes about a millisecond to store, a batch a few.
         let (event, nth, max_delay_us) = if snapshot_done {
             ("log batch stored", 1 + rng.below(8), 6000)
         } else {
             ("snapshot range loaded", 1 + rng.below(2), 1500)
         };
-        let delay_us = if rng.chance(40) {
+        let park = rng.chance(50);
+        let delay_us = if park || rng.chance(40) {
             0
         } else {
             rng.below(max_delay_us) as u64
         };
-        let who = if use_serve { "serve" } else { "sync" };
-        let mut p = Proc::spawn(if use_serve {
-            serve_cmd(&source, &db)
+        let mut p = Proc::spawn_parked(who.cmd(&source, &db), park.then_some(nth));
+        let hit = if park {
+            p.wait_for(&format!("transaction #{nth} parked"), |t| {
+                t.contains(PARKED)
+            })
         } else {
-            sync_cmd(&source, &db)
-        });
-        // A run that finds every range loaded goes straight to the logs.
-        let hit = p.wait_for(&format!("{event} #{nth}"), |t| {
-            t.matches(event).count() >= nth || t.contains("log batch stored")
-        });
+            // A run that finds every range loaded goes straight to the logs.
+            p.wait_for(&format!("{event} #{nth}"), |t| {
+                t.matches(event).count() >= nth || t.contains("log batch stored")
+            })
+        };
         if !hit {
             let status = p.wait_exit();
-            assert!(status.success(), "{who} failed: {status}\n{}", p.log());
-            schedule.push(format!("{who} ran to the end"));
+            assert!(
+                status.success(),
+                "{} failed: {status}\n{}",
+                who.name(),
+                p.log()
+            );
+            schedule.push(format!("{} ran to the end", who.name()));
             finished = true;
             break;
         }
+        // Parked: the file as committed before the transaction, which the
+        // restart must find exactly.
+        let committed = park.then(|| fingerprint(&db));
         std::thread::sleep(Duration::from_micros(delay_us));
         let log_at_kill = p.log();
         let landed = p.kill();
-        let what = format!("{who} after {event} #{nth} +{delay_us}µs");
+        let phase = match log_at_kill.find(PARKED) {
+            Some(at) if log_at_kill[at..].contains("(snapshot range") => SNAPSHOT,
+            Some(_) => LOG_APPLY,
+            None => phase_of(&log_at_kill),
+        };
+        let what = if park {
+            format!("{} inside transaction #{nth} ({phase})", who.name())
+        } else {
+            format!("{} after {event} #{nth} +{delay_us}µs", who.name())
+        };
+        assert!(
+            landed || !park,
+            "{what}: exited while parked:\n{log_at_kill}"
+        );
+        assert!(
+            landed || who == Who::Sync,
+            "serve exited by itself:\n{log_at_kill}"
+        );
         if landed {
-            *kills.entry(phase_of(&log_at_kill)).or_default() += 1;
-            schedule.push(format!("{what}: {}", phase_of(&log_at_kill)));
+            *kills.entry(phase).or_default() += 1;
+            if park {
+                *in_txn.entry(phase).or_default() += 1;
+            }
+            schedule.push(format!("{what}: {phase}"));
         } else {
             schedule.push(format!("{what}: had finished"));
         }
-        snapshot_done |= phase_of(&log_at_kill) == LOG_APPLY;
-        m.check(&db, &format!("after kill {round} ({what})"));
-        assert!(
-            landed || !use_serve,
-            "serve exited by itself:\n{log_at_kill}"
-        );
+        snapshot_done |= phase == LOG_APPLY;
+        let label = format!("after kill {round} ({what})");
+        let r = m.restart_and_check(who, &source, &db, &label);
+        restarts += usize::from(landed);
+        if let Some(before) = committed {
+            assert!(r.parked, "{label}: the restart found nothing left to write");
+            assert_eq!(
+                r.tables, before,
+                "{label}: the restarted file is not the last committed one (rows per table, hash)"
+            );
+        }
+        state = r.at;
         if !landed {
             finished = true;
             break;
@@ -508,7 +692,7 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         "newest commit after the initial bucket"
     );
     println!(
-        "initial bucket converged after {:?}; kills so far {kills:?}",
+        "initial bucket converged after {:?}; kills so far {kills:?}, inside a transaction {in_txn:?}",
         started.elapsed()
     );
 
@@ -609,7 +793,11 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
             }
         );
         schedule.push(label.clone());
-        let (visible, latest, pinned) = m.check(&db, &label).expect("initial complete");
+        let (visible, latest, pinned) = m
+            .restart_and_check(Who::Serve, &source, &db, &label)
+            .at
+            .expect("initial complete");
+        restarts += 1;
         if answer == Some(200) {
             assert_eq!(visible, target, "{label}: an answered checkout was lost");
         }
@@ -672,14 +860,29 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
 
     let total: usize = kills.values().sum();
     println!("schedule:\n  {}", schedule.join("\n  "));
-    println!("kills per phase: {kills:?}, total {total}");
+    println!(
+        "kills per phase: {kills:?}, total {total}; inside a transaction: {in_txn:?}; \
+         restarts checked: {restarts}"
+    );
     println!("checkout outcomes: {outcomes:?}; answered in {answered_in:?}");
     println!("run time {:?}", started.elapsed());
-    for phase in [SNAPSHOT, LOG_APPLY, CHECKOUT] {
+    assert_eq!(restarts, total, "a kill without a checked restart");
+    for (phase, min) in MIN_KILLS {
+        let n = kills.get(phase).copied().unwrap_or(0);
         assert!(
-            kills.get(phase).copied().unwrap_or(0) >= 3,
-            "fewer than 3 kills landed during the {phase}: {kills:?}"
+            n >= min,
+            "{n} kills landed during the {phase}, want at least {min}: {kills:?}"
         );
     }
-    assert!(total >= 20, "only {total} kills landed: {kills:?}");
+    for (phase, min) in MIN_IN_TXN {
+        let n = in_txn.get(phase).copied().unwrap_or(0);
+        assert!(
+            n >= min,
+            "{n} kills landed inside a transaction of the {phase}, want at least {min}: {in_txn:?}"
+        );
+    }
+    assert!(
+        total >= MIN_TOTAL,
+        "{total} kills landed, want at least {MIN_TOTAL}: {kills:?}"
+    );
 }

@@ -107,6 +107,75 @@ pub fn integrity_ok(db: &Path) -> bool {
     s == "ok"
 }
 
+/// `PRAGMA integrity_check` through a read-only connection, for a file a
+/// kvreplica process may hold open: unlike [`integrity_ok`] it never
+/// checkpoints or recovers the WAL, so checking repairs nothing that
+/// kvreplica's own restart should have to.
+pub fn integrity_ok_read_only(db: &Path) -> bool {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let s: String = conn
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .unwrap();
+    s == "ok"
+}
+
+/// Every table of a replica file as committed, read through one read-only
+/// transaction: table name → (rows, hash of the sorted rows). Two files (or
+/// one file at two moments) with equal fingerprints hold the same data,
+/// history and sync position.
+pub fn fingerprint(db: &Path) -> BTreeMap<String, (usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tx = conn.transaction().unwrap();
+    let tables: Vec<String> = tx
+        .prepare("select name from sqlite_master where type = 'table' order by name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let mut stmt = tx.prepare(&format!("select * from \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| v.join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rows.hash(&mut h);
+        out.insert(t, (rows.len(), h.finish()));
+    }
+    out
+}
+
+/// Copies a replica file and its `-wal` and `-shm` files (those that
+/// exist) into `dir`, as they are; returns the copy's path. For checks
+/// that need a file of their own: opening a crashed file read-write
+/// recovers its WAL, which kvreplica's restart must find untouched.
+pub fn copy_replica(db: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let name = db.file_name().unwrap().to_str().unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = db.with_file_name(format!("{name}{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, dir.join(format!("{name}{suffix}"))).unwrap();
+        }
+    }
+    dir.join(name)
+}
+
 /// A sample backup of `tests/fixtures/` (see its README).
 pub struct Sample {
     pub json0: Expected,
