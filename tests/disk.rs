@@ -13,19 +13,29 @@
 //! answering reads with the last good state, nothing is corrupt once the
 //! disk is back, and the sync resumes to the backup's newest state.
 //!
-//! Mounting needs root (CAP_SYS_ADMIN); where it is refused, each case says
-//! why and is skipped.
+//! Mounting needs root (CAP_SYS_ADMIN), loop devices and the ext4 tools.
+//! Each case runs twice: on the real filesystem where the system lets the
+//! test mount it (else, saying why, simulated), and always simulated, so
+//! the simulation never goes untested. It uses the file-size limit
+//! (`RLIMIT_FSIZE`, which binds root too) of the kvreplica processes instead,
+//! with SIGXFSZ ignored so a write past it fails with EFBIG: a limit of 0 for
+//! the read-only disk (every write fails), the database file's size for the
+//! full disk (see [`FullDisk::shrink`]), lifted when the disk comes back.
+//! Both ways run the same steps and the same assertions; only the reason in
+//! the error message differs (EFBIG reaches kvreplica as SQLite's bare
+//! "disk I/O error"). Nothing is skipped.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, expected_rows, Fixture, Rec, Spec};
 use common::serve::{http, metadata, Method, ServeProcess, ACCESS_TOKEN};
-use common::{integrity_ok, kvreplica_bin, pitr_list, read_replica};
+use common::{copy_replica, integrity_ok_read_only, kvreplica_bin, pitr_list, read_replica};
 use denokv_proto::datapath::{ReadRange, SnapshotRead, SnapshotReadOutput};
 use prost::Message;
 
@@ -102,9 +112,316 @@ fn sh(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn skip(case: &str, reason: &str) {
-    eprintln!("SKIPPED {case}: {reason}");
-    println!("SKIPPED {case}: {reason}");
+/// Why a case simulates its disk (asked to, or the first mount step that
+/// failed), printed so a run says which path it took.
+fn simulating(case: &str, why: &str) {
+    println!("{case}: SIMULATED with RLIMIT_FSIZE: {why}");
+    eprintln!("{case}: SIMULATED with RLIMIT_FSIZE: {why}");
+}
+
+/// Which disk a case asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The real filesystem, simulated only where mounting fails.
+    Real,
+    Simulated,
+}
+
+impl Want {
+    /// `Err` with the reason to simulate, for [`Want::Simulated`].
+    fn real(self) -> Result<(), String> {
+        match self {
+            Want::Real => Ok(()),
+            Want::Simulated => Err("the simulated run of the case".into()),
+        }
+    }
+}
+
+/// Makes `cmd` ignore SIGXFSZ (so a write past the file-size limit fails
+/// with EFBIG instead of killing the process) and, with `limit`, start
+/// with that soft file-size limit in bytes.
+fn limit_file_size(cmd: &mut Command, limit: Option<u64>) {
+    // SAFETY: only async-signal-safe calls (signal, getrlimit, setrlimit)
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if let Some(limit) = limit {
+                let mut r = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_FSIZE, &mut r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                r.rlim_cur = limit.min(r.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets the soft file-size limit of a running process (`None`: as high as
+/// its hard limit): the simulated disk fills up, fails or comes back.
+fn set_file_size_limit(pid: u32, limit: Option<u64>) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on valid pointers.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_FSIZE, std::ptr::null(), &mut r),
+            0,
+            "prlimit: {}",
+            std::io::Error::last_os_error()
+        );
+        r.rlim_cur = limit.map_or(r.rlim_max, |l| l.min(r.rlim_max));
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_FSIZE, &r, std::ptr::null_mut()),
+            0,
+            "prlimit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The disk of the read-only case: a real ext4 image the kernel turns
+/// read-only, or a file-size limit of 0 on the kvreplica processes.
+enum RoDisk {
+    Ext4 {
+        image: PathBuf,
+        disk: Mounted,
+        /// The device's `trigger_fs_error`, to fail it on purpose.
+        fail: PathBuf,
+    },
+    Simulated {
+        dir: PathBuf,
+        /// Whether the disk is failing: new processes start with limit 0.
+        failed: bool,
+    },
+}
+
+impl RoDisk {
+    const CASE: &'static str = "read-only filesystem";
+
+    /// A real ext4 image when this system lets the test mount one, else the
+    /// simulation (saying why).
+    fn new(tmp: &Path, want: Want) -> RoDisk {
+        match want.real().and_then(|()| Self::ext4(tmp)) {
+            Ok(d) => d,
+            Err(why) => {
+                simulating(Self::CASE, &why);
+                RoDisk::Simulated {
+                    dir: tmp.join("disk"),
+                    failed: false,
+                }
+            }
+        }
+    }
+
+    fn ext4(tmp: &Path) -> Result<RoDisk, String> {
+        for tool in ["mkfs.ext4", "e2fsck", "findmnt"] {
+            if let Err(e) = Command::new(tool).arg("-V").output() {
+                return Err(format!("cannot run {tool}: {e}"));
+            }
+        }
+        let image = tmp.join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let o = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .map_err(|e| format!("cannot run mkfs.ext4: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "mkfs.ext4 failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let disk = Self::mount(&image, &tmp.join("mnt"))
+            .map_err(|e| format!("cannot mount an ext4 image: {e}"))?;
+        let fail =
+            Self::trigger(&disk).ok_or("this kernel has no /sys/fs/ext4/<dev>/trigger_fs_error")?;
+        Ok(RoDisk::Ext4 { image, disk, fail })
+    }
+
+    fn mount(image: &Path, mnt: &Path) -> Result<Mounted, String> {
+        let image = image.to_str().unwrap();
+        Mounted::mount(&["-o", "loop,errors=remount-ro", image], mnt)
+    }
+
+    fn trigger(disk: &Mounted) -> Option<PathBuf> {
+        let dev = sh("findmnt", &["-n", "-o", "SOURCE", disk.path()]);
+        let dev = Path::new(dev.trim()).file_name()?.to_owned();
+        let t = Path::new("/sys/fs/ext4").join(dev).join("trigger_fs_error");
+        t.exists().then_some(t)
+    }
+
+    /// Where the replica lives.
+    fn dir(&self) -> PathBuf {
+        match self {
+            RoDisk::Ext4 { disk, .. } => disk.dir.clone(),
+            RoDisk::Simulated { dir, .. } => dir.clone(),
+        }
+    }
+
+    /// Readies a kvreplica command for this disk (failing already or not).
+    fn prepare(&self, cmd: &mut Command) {
+        let failed = matches!(self, RoDisk::Simulated { failed: true, .. });
+        limit_file_size(cmd, failed.then_some(0));
+    }
+
+    /// The disk fails under the running process `pid`: the kernel turns
+    /// the filesystem read-only, or every write of the process fails.
+    fn fail(&mut self, pid: u32) {
+        match self {
+            RoDisk::Ext4 { fail, .. } => {
+                std::fs::write(fail, "kvreplica test: disk failure\n").unwrap()
+            }
+            RoDisk::Simulated { failed, .. } => {
+                set_file_size_limit(pid, Some(0));
+                *failed = true;
+            }
+        }
+    }
+
+    /// The disk comes back (nothing may hold it open): unmount, fsck and
+    /// mount again, or lift the limit for the processes to come.
+    fn come_back(&mut self) {
+        match self {
+            RoDisk::Ext4 { image, disk, fail } => {
+                disk.unmount();
+                let fsck = Command::new("e2fsck")
+                    .arg("-fy")
+                    .arg(&*image)
+                    .output()
+                    .unwrap();
+                assert!(
+                    fsck.status.code().is_some_and(|c| c <= 1),
+                    "e2fsck: {}\n{}",
+                    fsck.status,
+                    String::from_utf8_lossy(&fsck.stdout)
+                );
+                *disk = Self::mount(image, &disk.dir).unwrap();
+                *fail = Self::trigger(disk).expect("the remounted disk has no error trigger");
+            }
+            RoDisk::Simulated { failed, .. } => *failed = false,
+        }
+    }
+
+    /// What the error must say is wrong with the disk.
+    fn reasons(&self) -> &'static [&'static str] {
+        match self {
+            RoDisk::Ext4 { .. } => &["Read-only file system", "read-only", "readonly"],
+            // EFBIG fails SQLite's write as a bare I/O error, which
+            // kvreplica reports as the disk failing a write.
+            RoDisk::Simulated { .. } => &["disk I/O error"],
+        }
+    }
+}
+
+/// The disk of the disk-full case: a tmpfs shrunk under the replica, or
+/// a file-size limit at the database file's size.
+enum FullDisk {
+    Tmpfs(Mounted),
+    Simulated {
+        dir: PathBuf,
+        /// The limit new processes start with while the disk is full.
+        limit: Option<u64>,
+    },
+}
+
+impl FullDisk {
+    const CASE: &'static str = "disk full";
+    const SIZE: &'static str = "size=64m";
+
+    fn new(tmp: &Path, want: Want) -> FullDisk {
+        let mnt = tmp.join("mnt");
+        let mounted = want.real().and_then(|()| {
+            Mounted::mount(&["-t", "tmpfs", "-o", Self::SIZE, "tmpfs"], &mnt)
+                .map_err(|e| format!("cannot mount a tmpfs: {e}"))
+        });
+        match mounted {
+            Ok(m) => FullDisk::Tmpfs(m),
+            Err(why) => {
+                simulating(Self::CASE, &why);
+                std::fs::create_dir_all(&mnt).unwrap();
+                FullDisk::Simulated {
+                    dir: mnt,
+                    limit: None,
+                }
+            }
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self {
+            FullDisk::Tmpfs(m) => m.dir.clone(),
+            FullDisk::Simulated { dir, .. } => dir.clone(),
+        }
+    }
+
+    fn prepare(&self, cmd: &mut Command) {
+        match self {
+            FullDisk::Tmpfs(_) => limit_file_size(cmd, None),
+            FullDisk::Simulated { limit, .. } => limit_file_size(cmd, *limit),
+        }
+    }
+
+    /// Leaves `headroom` bytes of room beyond what the replica uses now (a
+    /// tmpfs) or none (the simulation), for the running process `pid`.
+    /// Returns what the replica used and the room it now has.
+    fn shrink(&mut self, pid: u32, db: &Path, headroom: u64) -> (u64, u64) {
+        match self {
+            FullDisk::Tmpfs(disk) => {
+                let s = sh("stat", &["-f", "-c", "%b %f %S", disk.path()]);
+                let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                let used = (v[0] - v[1]) * v[2];
+                disk.remount(&format!("size={}", used + headroom));
+                (used, used + headroom)
+            }
+            FullDisk::Simulated { limit, .. } => {
+                // The limit binds each file on its own, so it leaves no
+                // headroom: at the database file's size (or the `-shm`
+                // file's, 32 KiB, which a reader needs), below the end of
+                // the WAL, which holds the initial load. Neither the WAL
+                // nor a checkpoint into the database can grow, and the WAL
+                // stays across a restart, as on a full disk.
+                let used = std::fs::metadata(db).unwrap().len();
+                let room = used.max(32 << 10);
+                *limit = Some(room);
+                set_file_size_limit(pid, *limit);
+                (used, room)
+            }
+        }
+    }
+
+    /// More room, for the running process `pid`.
+    fn grow(&mut self, pid: u32) {
+        match self {
+            FullDisk::Tmpfs(disk) => disk.remount(Self::SIZE),
+            FullDisk::Simulated { limit, .. } => {
+                *limit = None;
+                set_file_size_limit(pid, None);
+            }
+        }
+    }
+
+    fn reasons(&self) -> &'static [&'static str] {
+        match self {
+            FullDisk::Tmpfs(_) => &["database or disk is full", "No space left on device"],
+            // A write past the limit fails with EFBIG, which SQLite reports
+            // as a bare I/O error and kvreplica as the disk failing a write.
+            FullDisk::Simulated { .. } => &["database or disk is full", "disk I/O error"],
+        }
+    }
 }
 
 /// Adds objects to the bucket directory whole, as a store makes an upload
@@ -222,7 +539,9 @@ fn assert_serves_last_good_state(serve: &ServeProcess, fx: &Fixture, label: &str
         );
         assert!(
             at.is_none() || at == Some(i),
-            "{label}: the visible state moved"
+            "{label}: the visible state moved from commit {} to {i}; log:\n{}",
+            at.unwrap_or_default(),
+            serve.log()
         );
         at = Some(i);
         std::thread::sleep(Duration::from_millis(300));
@@ -291,8 +610,9 @@ fn errors_only(stderr: &str) -> String {
         .join("\n")
 }
 
-fn serve(source: &str, db: &Path) -> ServeProcess {
-    ServeProcess::start_with_env(
+/// `kvreplica serve` of `db`; `prepare` readies the command for its disk.
+fn serve(source: &str, db: &Path, prepare: impl FnOnce(&mut Command)) -> ServeProcess {
+    ServeProcess::start_adjusted(
         &[
             "--source",
             source,
@@ -306,28 +626,53 @@ fn serve(source: &str, db: &Path) -> ServeProcess {
             "100ms",
         ],
         &[("RUST_LOG", "kvreplica=debug")],
+        prepare,
     )
 }
 
-/// `kvreplica sync` of `db` in the background, its stderr in `log`.
-fn spawn_sync(source: &str, db: &Path, log: &Path) -> std::process::Child {
-    Command::new(kvreplica_bin())
+/// `kvreplica sync` of `db` in the background, its stderr in `log`;
+/// `prepare` readies the command for its disk.
+fn spawn_sync(
+    source: &str,
+    db: &Path,
+    log: &Path,
+    prepare: impl FnOnce(&mut Command),
+) -> SyncChild {
+    let mut cmd = Command::new(kvreplica_bin());
+    prepare(&mut cmd);
+    let mut child = cmd
         .args(["sync", "--source", source, "--db", db.to_str().unwrap()])
         .args(["--page-size", "2", "--fetch-concurrency", "1"])
         .env("RUST_LOG", "kvreplica=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    // Through a pipe, copied by the test: the simulated disk's file-size
+    // limit would stop the child writing a file of its own.
+    let mut from = child.stderr.take().unwrap();
+    let mut into = std::fs::File::create(log).unwrap();
+    let copier = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut into);
+    });
+    SyncChild { child, copier }
 }
 
-/// Waits (bounded) for a child to exit; kills it after [`WAIT`].
-fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+/// A background `kvreplica sync` and the thread copying its stderr.
+struct SyncChild {
+    child: std::process::Child,
+    copier: std::thread::JoinHandle<()>,
+}
+
+/// Waits (bounded) for a background sync to exit, and for its log to be
+/// complete; kills it after [`WAIT`].
+fn wait_exit(sync: SyncChild, what: &str) -> std::process::ExitStatus {
+    let SyncChild { mut child, copier } = sync;
     let deadline = Instant::now() + WAIT;
-    loop {
+    let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
-            return s;
+            break s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -335,13 +680,15 @@ fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitS
             panic!("{what} did not exit within {WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    copier.join().unwrap();
+    status
 }
 
 /// `kvreplica sync` to the end; panics unless it exits 0 within [`WAIT`].
 fn sync_to_end(source: &str, db: &Path, log: &Path) {
-    let mut child = spawn_sync(source, db, log);
-    let status = wait_exit(&mut child, "sync");
+    let child = spawn_sync(source, db, log, |_| {});
+    let status = wait_exit(child, "sync");
     assert!(
         status.success(),
         "sync failed ({status}):\n{}",
@@ -349,11 +696,17 @@ fn sync_to_end(source: &str, db: &Path, log: &Path) {
     );
 }
 
-/// Checks a replica file nobody has open: integrity, the visible state
-/// against the commit it reports, every point once. Returns the visible
-/// commit.
+/// Checks a replica file nobody has open, on a copy of it and its `-wal`
+/// and `-shm` (the original stays as the failure left it, for kvreplica's
+/// own recovery): integrity, the visible state against the commit it
+/// reports, every point once. Returns the visible commit.
 fn check_file(fx: &Fixture, db: &Path, label: &str) -> usize {
-    assert!(integrity_ok(db), "{label}: PRAGMA integrity_check failed");
+    let copy = tempfile::tempdir().unwrap();
+    let db = &copy_replica(db, copy.path());
+    assert!(
+        integrity_ok_read_only(db),
+        "{label}: PRAGMA integrity_check failed"
+    );
     let out = common::run_ok(&["pitr", "--db", db.to_str().unwrap(), "info"]);
     let info = String::from_utf8(out.stdout).unwrap();
     let field = |name: &str| {
@@ -409,64 +762,29 @@ fn last_complete(fx: &Fixture, n: usize) -> usize {
 
 #[test]
 fn filesystem_turns_read_only_mid_sync() {
-    const CASE: &str = "read-only filesystem";
-    let started = Instant::now();
-    for tool in ["mkfs.ext4", "e2fsck", "findmnt"] {
-        if let Err(e) = Command::new(tool).arg("-V").output() {
-            return skip(CASE, &format!("cannot run {tool}: {e}"));
-        }
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let image = tmp.path().join("disk.img");
-    let mnt = tmp.path().join("mnt");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    match Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&image)
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return skip(
-                CASE,
-                &format!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&o.stderr)),
-            )
-        }
-        Err(e) => return skip(CASE, &format!("cannot run mkfs.ext4: {e}")),
-    }
-    let image_s = image.to_str().unwrap().to_string();
-    let mount_ext4 = || Mounted::mount(&["-o", "loop,errors=remount-ro", &image_s], &mnt);
-    let mut disk = match mount_ext4() {
-        Ok(m) => m,
-        Err(e) => return skip(CASE, &format!("cannot mount an ext4 image: {e}")),
-    };
-    // The device's error trigger, to fail the filesystem on purpose.
-    let trigger = |disk: &Mounted| -> Option<PathBuf> {
-        let dev = sh("findmnt", &["-n", "-o", "SOURCE", disk.path()]);
-        let dev = Path::new(dev.trim()).file_name()?.to_owned();
-        let t = Path::new("/sys/fs/ext4").join(dev).join("trigger_fs_error");
-        t.exists().then_some(t)
-    };
-    let Some(fail) = trigger(&disk) else {
-        return skip(
-            CASE,
-            "this kernel has no /sys/fs/ext4/<dev>/trigger_fs_error",
-        );
-    };
+    read_only_case(Want::Real);
+}
 
+#[test]
+fn filesystem_turns_read_only_mid_sync_simulated() {
+    read_only_case(Want::Simulated);
+}
+
+fn read_only_case(want: Want) {
+    const CASE: &str = RoDisk::CASE;
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut disk = RoDisk::new(tmp.path(), want);
     let fx = backup(61);
     let bucket = tmp.path().join("bucket");
     fx.write_initial(&bucket);
     let source = format!("file://{}/", bucket.display());
-    let db = mnt.join("replica").join("r.sqlite");
+    let db = disk.dir().join("replica").join("r.sqlite");
     let half = fx.append.len() / 2;
     let first_end = last_complete(&fx, half);
 
     // 1. `serve` applying logs when the filesystem fails.
-    let mut server = serve(&source, &db);
+    let mut server = serve(&source, &db, |c| disk.prepare(c));
     server.wait_ready();
     server.wait_at(&vs_of(&fx, fx.last_initial));
     // What is on the disk so far is durable: the last good state is known.
@@ -484,7 +802,7 @@ fn filesystem_turns_read_only_mid_sync() {
         3,
         "applied batches",
     );
-    std::fs::write(&fail, "kvreplica test: disk failure\n").unwrap();
+    disk.fail(server.pid());
     let failed_at = server.log().len();
     let err = wait_log(
         || server.log(),
@@ -503,31 +821,18 @@ fn filesystem_turns_read_only_mid_sync() {
 
     // 2. A sync started on the read-only disk.
     let log = tmp.path().join("sync.log");
-    let mut child = spawn_sync(&source, &db, &log);
-    let status = wait_exit(&mut child, "sync on a read-only disk");
+    let child = spawn_sync(&source, &db, &log, |c| disk.prepare(c));
+    let status = wait_exit(child, "sync on a read-only disk");
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(
         !status.success(),
         "sync succeeded on a read-only disk:\n{stderr}"
     );
     let last = errors_only(&stderr);
-    let clear_ro = ["Read-only file system", "read-only", "readonly"];
 
-    // 3. The disk comes back (unmount, fsck, mount): no corruption, the
-    // last good state or later, and the sync resumes.
-    disk.unmount();
-    let fsck = Command::new("e2fsck")
-        .arg("-fy")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.code().is_some_and(|c| c <= 1),
-        "e2fsck: {}\n{}",
-        fsck.status,
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let mut disk = mount_ext4().unwrap();
+    // 3. The disk comes back: no corruption, the last good state or later,
+    // and the sync resumes.
+    disk.come_back();
     let back = check_file(&fx, &db, "after the disk came back");
     assert!(
         back >= fx.last_initial,
@@ -537,12 +842,9 @@ fn filesystem_turns_read_only_mid_sync() {
     assert_eq!(check_file(&fx, &db, "resumed"), first_end);
 
     // 4. A one-shot sync applying logs when the filesystem fails.
-    let Some(fail) = trigger(&disk) else {
-        panic!("the remounted disk has no error trigger");
-    };
     sh("sync", &["-f", db.to_str().unwrap()]);
     put_all(&bucket, &fx.append[half..]);
-    let mut child = spawn_sync(&source, &db, &log);
+    let child = spawn_sync(&source, &db, &log, |c| disk.prepare(c));
     wait_log(
         || std::fs::read_to_string(&log).unwrap_or_default(),
         0,
@@ -550,26 +852,15 @@ fn filesystem_turns_read_only_mid_sync() {
         3,
         "applied batches",
     );
-    std::fs::write(&fail, "kvreplica test: disk failure\n").unwrap();
-    let status = wait_exit(&mut child, "sync on a failing disk");
+    disk.fail(child.child.id());
+    let status = wait_exit(child, "sync on a failing disk");
     let stderr_mid = std::fs::read_to_string(&log).unwrap();
     assert!(
         !status.success(),
         "sync succeeded while its disk failed:\n{stderr_mid}"
     );
     let last_mid = errors_only(&stderr_mid);
-    disk.unmount();
-    let fsck = Command::new("e2fsck")
-        .arg("-fy")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.code().is_some_and(|c| c <= 1),
-        "e2fsck: {}",
-        fsck.status
-    );
-    let _disk = mount_ext4().unwrap();
+    disk.come_back();
     let back = check_file(&fx, &db, "after the second failure");
     assert!(
         back >= first_end && back < fx.last_commit(),
@@ -589,42 +880,40 @@ fn filesystem_turns_read_only_mid_sync() {
     println!("{CASE}: serve's sync error: {err}");
     println!("{CASE}: sync started on a read-only disk: {last}");
     println!("{CASE}: sync when its disk failed: {last_mid}");
-    assert_clear(&err, &db, &clear_ro, "serve's sync error");
-    assert_clear(&last, &db, &clear_ro, "sync started on a read-only disk");
-    assert_clear(&last_mid, &db, &clear_ro, "sync when its disk failed");
+    let clear_ro = disk.reasons();
+    assert_clear(&err, &db, clear_ro, "serve's sync error");
+    assert_clear(&last, &db, clear_ro, "sync started on a read-only disk");
+    assert_clear(&last_mid, &db, clear_ro, "sync when its disk failed");
 }
 
 #[test]
 fn disk_full_mid_sync() {
-    const CASE: &str = "disk full";
+    disk_full_case(Want::Real);
+}
+
+#[test]
+fn disk_full_mid_sync_simulated() {
+    disk_full_case(Want::Simulated);
+}
+
+fn disk_full_case(want: Want) {
+    const CASE: &str = FullDisk::CASE;
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    let disk = match Mounted::mount(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"], &mnt) {
-        Ok(m) => m,
-        Err(e) => return skip(CASE, &format!("cannot mount a tmpfs: {e}")),
-    };
+    let mut disk = FullDisk::new(tmp.path(), want);
     let fx = backup(67);
     let bucket = tmp.path().join("bucket");
     fx.write_initial(&bucket);
     let source = format!("file://{}/", bucket.display());
-    let db = mnt.join("r.sqlite");
+    let db = disk.dir().join("r.sqlite");
 
-    let mut server = serve(&source, &db);
+    let mut server = serve(&source, &db, |c| disk.prepare(c));
     server.wait_ready();
     server.wait_at(&vs_of(&fx, fx.last_initial));
     // Shrink the disk to what the replica uses plus a little.
-    let used = {
-        let s = sh("stat", &["-f", "-c", "%b %f %S", disk.path()]);
-        let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
-        (v[0] - v[1]) * v[2]
-    };
     let headroom = 128 << 10;
-    disk.remount(&format!("size={}", used + headroom));
-    println!(
-        "{CASE}: replica uses {used} bytes; disk shrunk to {}",
-        used + headroom
-    );
+    let (used, room) = disk.shrink(server.pid(), &db, headroom);
+    println!("{CASE}: replica uses {used} bytes; disk shrunk to {room}");
 
     let mark = server.log().len();
     put_all(&bucket, &fx.append);
@@ -639,12 +928,12 @@ fn disk_full_mid_sync() {
     // same state from its file at once.
     let status = server.terminate();
     assert!(status.success(), "serve exit after SIGTERM: {status}");
-    let mut server = serve(&source, &db);
+    let mut server = serve(&source, &db, |c| disk.prepare(c));
     let again = assert_serves_last_good_state(&server, &fx, "serve restarted on a full disk");
     assert_eq!(again, served, "the restarted replica moved on a full disk");
 
     // More room: the sync resumes by itself and converges.
-    disk.remount("size=64m");
+    disk.grow(server.pid());
     server.wait_at(&vs_of(&fx, fx.last_commit()));
     assert_eq!(
         kv_read_all(&server.kv_url()).unwrap(),
@@ -662,10 +951,5 @@ fn disk_full_mid_sync() {
     );
 
     println!("{CASE}: serve's sync error: {err}");
-    assert_clear(
-        &err,
-        &db,
-        &["database or disk is full", "No space left on device"],
-        "serve's sync error",
-    );
+    assert_clear(&err, &db, disk.reasons(), "serve's sync error");
 }

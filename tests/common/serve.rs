@@ -84,6 +84,17 @@ impl ServeProcess {
     /// [`ServeProcess::start`] with extra environment variables (e.g.
     /// `NOTIFY_SOCKET`, `RUST_LOG`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        Self::start_adjusted(args, env, |_| {})
+    }
+
+    /// [`ServeProcess::start_with_env`] with the command adjusted by
+    /// `adjust` before it starts (e.g. a `pre_exec` that sets a resource
+    /// limit).
+    pub fn start_adjusted(
+        args: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> ServeProcess {
         let mut all = vec![
             "--addr",
             "127.0.0.1:0",
@@ -95,14 +106,26 @@ impl ServeProcess {
             ADMIN_TOKEN,
         ];
         all.extend_from_slice(args);
-        Self::start_bare(&all, env)
+        Self::start_bare_adjusted(&all, env, adjust)
     }
 
     /// `kvreplica serve <args>` with nothing added: for a server configured
     /// by a file, whose keys the test flags would otherwise override. The
     /// addresses must still be given (port 0) somewhere.
     pub fn start_bare(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
-        let mut child = Command::new(super::kvreplica_bin())
+        Self::start_bare_adjusted(args, env, |_| {})
+    }
+
+    /// [`ServeProcess::start_bare`] with the command adjusted by `adjust`
+    /// before it starts.
+    pub fn start_bare_adjusted(
+        args: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> ServeProcess {
+        let mut cmd = Command::new(super::kvreplica_bin());
+        adjust(&mut cmd);
+        let mut child = cmd
             .arg("serve")
             .args(args)
             .env_remove("RUST_LOG")
