@@ -49,11 +49,14 @@ const CHECKOUT: &str = "checkout";
 const PARKED: &str = "kvreplica test hook: parked before COMMIT";
 
 /// Lower bounds per run, asserted at the end and stated in
-/// docs/reliability.md: kills between transactions per phase, kills inside
-/// a transaction of the snapshot load and of the log apply, and in all.
-const MIN_KILLS: [(&str, usize); 3] = [(SNAPSHOT, 4), (LOG_APPLY, 6), (CHECKOUT, 30)];
-const MIN_IN_TXN: [(&str, usize); 2] = [(SNAPSHOT, 4), (LOG_APPLY, 6)];
-const MIN_TOTAL: usize = 50;
+/// docs/reliability.md: kills per phase, of them inside a transaction of
+/// the snapshot load and of the log apply, and in all. Runs observed 17–19,
+/// 31–36, 30; 9–10 and 15–19 inside; 75–83 in all. The backstop park keeps
+/// a run from storing more than three ranges or five batches, so even a
+/// slow machine stays above the bounds.
+const MIN_KILLS: [(&str, usize); 3] = [(SNAPSHOT, 10), (LOG_APPLY, 12), (CHECKOUT, 30)];
+const MIN_IN_TXN: [(&str, usize); 2] = [(SNAPSHOT, 5), (LOG_APPLY, 6)];
+const MIN_TOTAL: usize = 60;
 
 /// What a child wrote to stderr, and whether it has closed it (exited).
 #[derive(Default)]
@@ -581,7 +584,7 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
     let mut finished = false;
     let mut snapshot_done = false;
     let mut state: Option<(usize, usize, bool)> = None;
-    for round in 0..80 {
+    for round in 0..100 {
         let behind = state.map_or(usize::MAX, |s| fx.last_initial - s.1);
         // `serve` never ends by itself: only while plenty of batches are
         // left for the nth to come.
@@ -592,17 +595,23 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         };
         // A range takes about a millisecond to store, a batch a few.
         let (event, nth, max_delay_us) = if snapshot_done {
-            ("log batch stored", 1 + rng.below(8), 6000)
+            ("log batch stored", 1 + rng.below(4), 6000)
         } else {
             ("snapshot range loaded", 1 + rng.below(2), 1500)
         };
-        let park = rng.chance(50);
+        // Every other run is killed inside a transaction, so each phase
+        // gets about as many of those as of kills between transactions.
+        // The others park two transactions later as a backstop: a busy
+        // machine may notice the event late, and the run must not go on
+        // to finish the phase meanwhile (a kill there counts as inside).
+        let park = round % 2 == 1;
         let delay_us = if park || rng.chance(40) {
             0
         } else {
             rng.below(max_delay_us) as u64
         };
-        let mut p = Proc::spawn_parked(who.cmd(&source, &db), park.then_some(nth));
+        let park_at = if park { nth } else { nth + 2 };
+        let mut p = Proc::spawn_parked(who.cmd(&source, &db), Some(park_at));
         let hit = if park {
             p.wait_for(&format!("transaction #{nth} parked"), |t| {
                 t.contains(PARKED)
@@ -610,7 +619,9 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         } else {
             // A run that finds every range loaded goes straight to the logs.
             p.wait_for(&format!("{event} #{nth}"), |t| {
-                t.matches(event).count() >= nth || t.contains("log batch stored")
+                t.matches(event).count() >= nth
+                    || t.contains("log batch stored")
+                    || t.contains(PARKED)
             })
         };
         if !hit {
@@ -625,24 +636,28 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
             finished = true;
             break;
         }
-        // Parked: the file as committed before the transaction, which the
-        // restart must find exactly.
-        let committed = park.then(|| fingerprint(&db));
         std::thread::sleep(Duration::from_micros(delay_us));
+        // Parked (it stays so): the file as committed before the
+        // transaction, which the restart must find exactly.
+        let committed = p.log().contains(PARKED).then(|| fingerprint(&db));
         let log_at_kill = p.log();
         let landed = p.kill();
-        let phase = match log_at_kill.find(PARKED) {
+        let parked_at = log_at_kill.find(PARKED);
+        let phase = match parked_at {
             Some(at) if log_at_kill[at..].contains("(snapshot range") => SNAPSHOT,
             Some(_) => LOG_APPLY,
             None => phase_of(&log_at_kill),
         };
-        let what = if park {
-            format!("{} inside transaction #{nth} ({phase})", who.name())
-        } else {
-            format!("{} after {event} #{nth} +{delay_us}µs", who.name())
+        let what = match (park, parked_at.is_some()) {
+            (true, _) => format!("{} inside transaction #{nth}", who.name()),
+            (false, false) => format!("{} after {event} #{nth} +{delay_us}µs", who.name()),
+            (false, true) => format!(
+                "{} after {event} #{nth} +{delay_us}µs, late: inside transaction #{park_at}",
+                who.name()
+            ),
         };
         assert!(
-            landed || !park,
+            landed || parked_at.is_none(),
             "{what}: exited while parked:\n{log_at_kill}"
         );
         assert!(
@@ -651,7 +666,7 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         );
         if landed {
             *kills.entry(phase).or_default() += 1;
-            if park {
+            if parked_at.is_some() {
                 *in_txn.entry(phase).or_default() += 1;
             }
             schedule.push(format!("{what}: {phase}"));

@@ -396,6 +396,13 @@ impl FullDisk {
                 // stays across a restart, as on a full disk.
                 let used = std::fs::metadata(db).unwrap().len();
                 let room = used.max(32 << 10);
+                let mut wal = db.as_os_str().to_owned();
+                wal.push("-wal");
+                let wal = std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len());
+                assert!(
+                    wal > room,
+                    "the simulated full disk needs the WAL ({wal} bytes) to reach past {room}"
+                );
                 *limit = Some(room);
                 set_file_size_limit(pid, *limit);
                 (used, room)
