@@ -5,7 +5,8 @@
 //! `KVREPLICA_TEST_PARK_IN_TXN=<n>` (n ≥ 1), read once at the first such
 //! transaction of the process, makes the n-th transaction that stores a
 //! snapshot range or a log batch print [`MARKER`] on stderr and sleep until
-//! the process is killed. Not for production use: a parked replica never
+//! the process is killed (SIGKILL: a graceful stop waits for the
+//! transaction, forever). Not for production use: a parked replica never
 //! moves again. Unset, it costs one branch on a cached value per
 //! transaction.
 
