@@ -14,8 +14,10 @@
 //! `pitr list` holds every recoverable point fetched exactly once, and a
 //! checkout that was in flight left either the previous state or the
 //! checked-out one. After a kill inside a transaction the restarted file is
-//! exactly the last committed one (every table). At the end the replica
-//! equals the backup's newest state.
+//! exactly the last committed one (every table), also when the transaction
+//! had spilled uncommitted pages into the WAL (a second test, with one
+//! range larger than the page cache). At the end the replica equals the
+//! backup's newest state.
 //!
 //! The kill schedule comes from a seed, printed at the start; set
 //! `KVREPLICA_CRASH_SEED` to replay one.
@@ -901,4 +903,83 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         total >= MIN_TOTAL,
         "{total} kills landed, want at least {MIN_TOTAL}: {kills:?}"
     );
+}
+
+/// Frames of an open transaction already in the WAL of `db`: those after
+/// the last committed frame (`mxFrame` in the `-shm` header, native byte
+/// order) whose salts match the WAL header's (older frames of a restarted
+/// WAL carry other salts). Reads the files only.
+fn uncommitted_frames(db: &Path) -> usize {
+    let side = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::read(std::path::PathBuf::from(p)).unwrap_or_default()
+    };
+    let (wal, shm) = (side("-wal"), side("-shm"));
+    if wal.len() < 32 || shm.len() < 20 {
+        return 0;
+    }
+    let committed = u32::from_ne_bytes(shm[16..20].try_into().unwrap()) as usize;
+    let page = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let salts = &wal[16..24];
+    let frame = |i: usize| 32 + i * (24 + page);
+    (committed..)
+        .take_while(|&i| {
+            wal.len() >= frame(i) + 24 + page && &wal[frame(i) + 8..frame(i) + 16] == salts
+        })
+        .count()
+}
+
+/// A transaction larger than the writer's page cache (one snapshot range
+/// of 100,000 keys) spills its pages into the WAL before COMMIT: a kill
+/// there leaves uncommitted frames on disk. The restart must ignore them:
+/// the file it finds is the one committed before the transaction, and the
+/// sync then completes to the newest state.
+#[test]
+fn sigkill_inside_a_transaction_spilled_to_the_wal() {
+    let started = Instant::now();
+    let m = Model::new(Fixture::generate(Spec {
+        seed: 43,
+        keys: 100_000,
+        ranges: 1,
+        empty_range: false,
+        pre_commits: 20,
+        post_commits: 20,
+        append_commits: 0,
+        ..Spec::default()
+    }));
+    let fx = &m.fx;
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    fx.write_initial(&bucket);
+    let source = format!("file://{}/", bucket.display());
+    let db = tmp.path().join("r.sqlite");
+
+    let mut p = Proc::spawn_parked(sync_cmd(&source, &db), Some(1));
+    assert!(
+        p.wait_for("the snapshot range's transaction to park", |t| t
+            .contains(PARKED)),
+        "the sync finished without parking:\n{}",
+        p.log()
+    );
+    let spilled = uncommitted_frames(&db);
+    let committed = fingerprint(&db);
+    assert!(p.kill(), "the parked sync exited by itself");
+    println!("parked with {spilled} uncommitted frames in the WAL");
+    assert!(
+        spilled > 0,
+        "the transaction did not spill into the WAL: make the range bigger"
+    );
+    let r = m.restart_and_check(Who::Sync, &source, &db, "after the kill");
+    assert!(r.parked, "the restart found nothing left to write");
+    assert_eq!(
+        r.tables, committed,
+        "the restarted file is not the last committed one (rows per table, hash)"
+    );
+    let mut p = Proc::spawn(sync_cmd(&source, &db));
+    let status = p.wait_exit();
+    assert!(status.success(), "sync failed: {status}\n{}", p.log());
+    let end = m.check(&db, "final").expect("initial complete");
+    assert_eq!(end, (fx.last_commit(), fx.last_commit(), false));
+    println!("run time {:?}", started.elapsed());
 }
