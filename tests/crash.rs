@@ -52,8 +52,8 @@ const PARKED: &str = "kvreplica test hook: parked before COMMIT";
 
 /// Lower bounds per run, asserted at the end and stated in
 /// docs/reliability.md: kills per phase, of them inside a transaction of
-/// the snapshot load and of the log apply, and in all. Ten runs saw 15–19,
-/// 26–36 and 30; 7–10 and 14–19 inside; 71–83 in all. The bounds hold even
+/// the snapshot load and of the log apply, and in all. 13 runs saw 15–19,
+/// 26–36 and 30; 7–11 and 14–20 inside; 71–85 in all. The bounds hold even
 /// on a machine slow to notice events: a run stores at most three ranges
 /// (of 21) or five batches (of 44 or more) before it parks, and every
 /// other run is killed parked.
