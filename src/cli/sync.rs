@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::{shutdown_signal, EngineArgs, LogArgs, SourceArgs};
-use crate::config::{Flags, Inputs, Purpose};
+use super::shutdown_signal;
+use crate::config::{Inputs, Purpose, SettingArgs, SYNC};
 use crate::store::Store;
 use crate::sync::Syncer;
 
@@ -19,11 +19,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub settings: SettingArgs<SYNC>,
     /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
     #[arg(long)]
     pub follow: bool,
@@ -32,13 +28,9 @@ pub struct SyncArgs {
 impl SyncArgs {
     /// What the settings are resolved from: the config file and these flags.
     pub fn inputs(&self) -> Inputs {
-        let mut flags = Flags::default();
-        self.source.apply(&mut flags);
-        self.engine.apply(&mut flags);
-        self.log.apply(&mut flags);
         Inputs {
             config: super::config_path(&self.config),
-            flags,
+            flags: self.settings.flags.clone(),
             purpose: Purpose::Sync,
         }
     }
