@@ -8,8 +8,6 @@ mod pitr;
 mod serve;
 mod sync;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 /// Keeps a live, read-only replica of a Deno KV database from the backups
@@ -35,15 +33,6 @@ pub enum Command {
     /// print the effective settings, secrets redacted; exits non-zero with
     /// the error otherwise.
     CheckConfig(check_config::CheckConfigArgs),
-}
-
-/// `--config`, else a non-empty `$KVREPLICA_CONFIG`.
-pub fn config_path(flag: &Option<PathBuf>) -> Option<PathBuf> {
-    flag.clone().or_else(|| {
-        std::env::var_os("KVREPLICA_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    })
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

@@ -79,7 +79,7 @@ pub fn parse_target(s: &str) -> Result<CheckoutTarget, String> {
 }
 
 fn db_path(args: &PitrArgs) -> anyhow::Result<PathBuf> {
-    let config = super::config_path(&args.config);
+    let config = crate::config::config_path(args.config.clone());
     Ok(crate::config::resolve_db(
         config.as_deref(),
         args.db.clone(),

@@ -2,7 +2,6 @@
 //! admin API, in one process on one replica file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::sync::watch;
 use super::shutdown_signal;
 use crate::admin::{self, AdminContext};
 use crate::auth::Tokens;
-use crate::config::{Inputs, Purpose, RestartOnly, SettingArgs, Settings, SERVE};
+use crate::config::{Inputs, RestartOnly, SettingArgs, Settings, SERVE};
 use crate::metrics::{self, METRICS};
 use crate::notify;
 use crate::reload;
@@ -24,11 +23,7 @@ use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML config file (see config/ for examples); flags and environment
-    /// variables override its keys [env: KVREPLICA_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Every setting `serve` takes, as flags generated from the table.
+    /// `--config` and every setting `serve` takes, as flags.
     #[command(flatten)]
     pub settings: SettingArgs<SERVE>,
 }
@@ -38,11 +33,7 @@ impl ServeArgs {
     /// flags. [`Inputs::resolve`] gives the settings; keep them (or these
     /// inputs) to resolve again on a reload.
     pub fn inputs(&self) -> Inputs {
-        Inputs {
-            config: super::config_path(&self.config),
-            flags: self.settings.flags.clone(),
-            purpose: Purpose::Serve,
-        }
+        self.settings.inputs()
     }
 }
 

@@ -1,23 +1,18 @@
 //! `kvreplica sync`: one-shot (or --follow) sync of a replica file.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::shutdown_signal;
-use crate::config::{Inputs, Purpose, SettingArgs, SYNC};
+use crate::config::{Inputs, SettingArgs, SYNC};
 use crate::store::Store;
 use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// TOML config file; flags and environment variables override its keys.
-    /// Only the source, [s3], [gcs], [sync] and [log] keys apply to sync
-    /// [env: KVREPLICA_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// `--config` and every setting `sync` takes, as flags.
     #[command(flatten)]
     pub settings: SettingArgs<SYNC>,
     /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
@@ -28,11 +23,7 @@ pub struct SyncArgs {
 impl SyncArgs {
     /// What the settings are resolved from: the config file and these flags.
     pub fn inputs(&self) -> Inputs {
-        Inputs {
-            config: super::config_path(&self.config),
-            flags: self.settings.flags.clone(),
-            purpose: Purpose::Sync,
-        }
+        self.settings.inputs()
     }
 }
 

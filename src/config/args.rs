@@ -17,12 +17,52 @@ use clap::{value_parser, Arg, ArgAction, ArgMatches, Args, Command, FromArgMatch
 use super::table::{Commands, Kind, Setting, SETTINGS};
 use super::{Flags, LogFormat};
 
-/// The flags of every setting that command `C` ([`super::SYNC`] or
-/// [`super::SERVE`]) takes; flatten it into the command's arguments.
+/// `--config` and the flags of every setting that command `C`
+/// ([`super::SYNC`] or [`super::SERVE`]) takes; flatten it into the
+/// command's arguments.
 #[derive(Clone, Debug, Default)]
 pub struct SettingArgs<const C: Commands> {
+    /// `--config`.
+    pub config: Option<PathBuf>,
     /// The values given.
     pub flags: Flags,
+}
+
+impl<const C: Commands> SettingArgs<C> {
+    /// What the settings are resolved from: the config file (`--config`,
+    /// else `$KVREPLICA_CONFIG`) and these flags, for the command `C`
+    /// stands for. [`super::Inputs::resolve`] gives the settings; keep them
+    /// (or these inputs) to resolve again on a reload.
+    pub fn inputs(&self) -> super::Inputs {
+        super::Inputs {
+            config: super::config_path(self.config.clone()),
+            flags: self.flags.clone(),
+            purpose: match C {
+                super::SYNC => super::Purpose::Sync,
+                _ => super::Purpose::Serve,
+            },
+        }
+    }
+}
+
+/// `--config`, whose help says which keys the command uses.
+fn config_arg(c: Commands) -> Arg {
+    let help = match c {
+        super::SYNC => {
+            "TOML config file; flags and environment variables override its keys. Only the \
+             source, [s3], [gcs], [sync] and [log] keys apply to sync [env: KVREPLICA_CONFIG]"
+        }
+        _ => {
+            "TOML config file (see config/ for examples); flags and environment variables \
+             override its keys [env: KVREPLICA_CONFIG]"
+        }
+    };
+    Arg::new("config")
+        .long("config")
+        .value_name("PATH")
+        .help(help)
+        .action(ArgAction::Set)
+        .value_parser(value_parser!(PathBuf))
 }
 
 /// The settings command `c` takes as flags, in `--help` order.
@@ -78,7 +118,8 @@ impl<const C: Commands> FromArgMatches for SettingArgs<C> {
                 flags.add(key.name, raw.to_string_lossy());
             }
         }
-        Ok(SettingArgs { flags })
+        let config = m.get_one::<PathBuf>("config").cloned();
+        Ok(SettingArgs { config, flags })
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
@@ -89,6 +130,7 @@ impl<const C: Commands> FromArgMatches for SettingArgs<C> {
 
 impl<const C: Commands> Args for SettingArgs<C> {
     fn augment_args(cmd: Command) -> Command {
+        let cmd = cmd.arg(config_arg(C));
         taken(C).into_iter().fold(cmd, |cmd, key| cmd.arg(arg(key)))
     }
 

@@ -399,6 +399,15 @@ pub fn resolve_db(config: Option<&Path>, flag: Option<PathBuf>) -> Result<PathBu
     })
 }
 
+/// `--config` (`flag`), else a non-empty `$KVREPLICA_CONFIG`.
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| {
+        std::env::var_os("KVREPLICA_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// `path` made absolute against the working directory, so that a reload
 /// and a file watcher see the same file whatever happens later.
 fn absolute(path: &Path) -> PathBuf {

@@ -286,17 +286,16 @@ macro_rules! access {
 ///
 /// ```text
 /// /// Help text.
-/// "dotted.name": Kind => field(path.in.settings),
+/// "dotted.name": Kind => field(path.in.settings), [flag "--x" <VALUE> @position in COMMANDS,]
 ///     env ["KVREPLICA_X", "DENOKV_X"] [else FALLBACK],
-///     [flag "--x" <VALUE> @position in COMMANDS,]
 ///     [default "text for --help",] [required "hint",] [reloadable true,]
 /// ```
 macro_rules! settings {
     ($(
         $(#[doc = $doc:literal])*
         $name:literal : $kind:expr => $acc:ident($($accargs:tt)*),
-        env [$($env:literal),*] $(else $fallback:ident)?,
         $(flag $long:literal <$value:ident> @ $pos:literal in $cmds:expr,)?
+        env [$($env:literal),*] $(else $fallback:ident)?,
         $(default $default:literal,)?
         $(required $hint:literal,)?
         $(reloadable $reloadable:literal,)?
@@ -383,136 +382,100 @@ fn admin_token(s: &Settings) -> Option<Value> {
 settings! {
     /// Backup location: s3://bucket/prefix/, gs://bucket/prefix/ or
     /// file:///dir/prefix/
-    "source": Kind::Source => field(source),
+    "source": Kind::Source => field(source), flag "--source" <URL> @1 in RUN,
         env ["KVREPLICA_SOURCE"] else S3_BUCKET_PREFIX,
-        flag "--source" <URL> @1 in RUN,
         required "set `source` in the config file or KVREPLICA_SOURCE (or DENO_KV_S3_BUCKET and \
                   DENO_KV_S3_PREFIX), or pass --source s3://bucket/prefix/, gs://bucket/prefix/ \
                   or file:///dir/",
     /// The replica SQLite file, created if missing
-    "db": Kind::Path => field(db),
+    "db": Kind::Path => field(db), flag "--db" <PATH> @2 in RUN,
         env ["KVREPLICA_DB", "DENO_KV_SQLITE_PATH"],
-        flag "--db" <PATH> @2 in RUN,
-        required "set `db` in the config file or KVREPLICA_DB (or DENO_KV_SQLITE_PATH), or pass --db PATH",
+        required "set `db` in the config file or KVREPLICA_DB (or DENO_KV_SQLITE_PATH), \
+                  or pass --db PATH",
     /// S3-compatible endpoint URL (MinIO, R2, ...)
-    "s3.endpoint": Kind::Text => field(s3.endpoint),
+    "s3.endpoint": Kind::Text => field(s3.endpoint), flag "--s3-endpoint" <URL> @3 in RUN,
         env ["KVREPLICA_S3_ENDPOINT", "DENO_KV_S3_ENDPOINT"],
-        flag "--s3-endpoint" <URL> @3 in RUN,
     /// S3 region
-    "s3.region": Kind::Text => field(s3.region),
-        env ["KVREPLICA_S3_REGION"],
-        flag "--s3-region" <REGION> @4 in RUN,
-        default "$AWS_REGION, else us-east-1",
+    "s3.region": Kind::Text => field(s3.region), flag "--s3-region" <REGION> @4 in RUN,
+        env ["KVREPLICA_S3_REGION"], default "$AWS_REGION, else us-east-1",
     /// Path-style bucket addressing
-    "s3.path_style": Kind::Bool => field(s3.path_style),
-        env ["KVREPLICA_S3_PATH_STYLE"],
-        flag "--s3-path-style" <BOOL> @5 in RUN,
-        default "on with an endpoint, off for AWS",
+    "s3.path_style": Kind::Bool => field(s3.path_style), flag "--s3-path-style" <BOOL> @5 in RUN,
+        env ["KVREPLICA_S3_PATH_STYLE"], default "on with an endpoint, off for AWS",
     /// Static S3 access key id, instead of the AWS credential chain
-    "s3.access_key_id": Kind::Text => get(s3_key_id),
+    "s3.access_key_id": Kind::Text => get(s3_key_id), flag "--s3-access-key-id" <ID> @6 in RUN,
         env ["KVREPLICA_S3_ACCESS_KEY_ID"],
-        flag "--s3-access-key-id" <ID> @6 in RUN,
     /// The secret key of s3.access_key_id (not a flag: command lines are
     /// visible to every local user)
     "s3.secret_access_key": Kind::Secret => get(s3_secret),
         env ["KVREPLICA_S3_SECRET_ACCESS_KEY"],
     /// File holding the secret key of --s3-access-key-id
-    "s3.secret_access_key_file": Kind::FileOf { of: "s3.secret_access_key" } => none(),
+    "s3.secret_access_key_file": Kind::FileOf { of: "s3.secret_access_key" } => none(), flag "--s3-secret-access-key-file" <PATH> @7 in RUN,
         env ["KVREPLICA_S3_SECRET_ACCESS_KEY_FILE"],
-        flag "--s3-secret-access-key-file" <PATH> @7 in RUN,
     /// Service-account JSON key file for gs:// sources. Without it:
     /// $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default
     /// credentials, the GCE/GKE metadata server, else anonymous
-    "gcs.credentials_file": Kind::KeyFile => field(gcs.credentials_file),
+    "gcs.credentials_file": Kind::KeyFile => field(gcs.credentials_file), flag "--gcs-credentials-file" <PATH> @8 in RUN,
         env ["KVREPLICA_GCS_CREDENTIALS_FILE"],
-        flag "--gcs-credentials-file" <PATH> @8 in RUN,
     /// GCS JSON API endpoint, for an emulator (e.g. http://127.0.0.1:4443);
     /// falls back to $STORAGE_EMULATOR_HOST
-    "gcs.endpoint": Kind::Text => field(gcs.endpoint),
+    "gcs.endpoint": Kind::Text => field(gcs.endpoint), flag "--gcs-endpoint" <URL> @9 in RUN,
         env ["KVREPLICA_GCS_ENDPOINT"],
-        flag "--gcs-endpoint" <URL> @9 in RUN,
     /// Time between polls of the bucket when caught up, e.g. 1s, 250ms
-    "sync.poll_interval": Kind::Duration { positive: true } => field(sync.poll_interval),
-        env ["KVREPLICA_POLL_INTERVAL"],
-        flag "--poll-interval" <DURATION> @11 in RUN,
-        reloadable true,
+    "sync.poll_interval": Kind::Duration { positive: true } => field(sync.poll_interval), flag "--poll-interval" <DURATION> @11 in RUN,
+        env ["KVREPLICA_POLL_INTERVAL"], reloadable true,
     /// Leave log objects younger than this (at the start of a poll round)
     /// for a later round, in case an earlier upload is still landing
-    "sync.settle": Kind::Duration { positive: false } => field(sync.settle),
+    "sync.settle": Kind::Duration { positive: false } => field(sync.settle), flag "--settle" <DURATION> @12 in RUN,
         env ["KVREPLICA_SETTLE"],
-        flag "--settle" <DURATION> @12 in RUN,
     /// Downloads in flight at once
-    "sync.fetch_concurrency": Kind::Count { min: 1, max: ANY } => field(sync.fetch_concurrency),
+    "sync.fetch_concurrency": Kind::Count { min: 1, max: ANY } => field(sync.fetch_concurrency), flag "--fetch-concurrency" <N> @13 in RUN,
         env ["KVREPLICA_FETCH_CONCURRENCY"],
-        flag "--fetch-concurrency" <N> @13 in RUN,
     /// Upper bound of downloaded-but-not-yet-applied data, in MiB
-    "sync.max_mib_in_flight": Kind::Count { min: 1, max: MAX_MIB } => field(sync.max_bytes_in_flight as Mib),
+    "sync.max_mib_in_flight": Kind::Count { min: 1, max: MAX_MIB } => field(sync.max_bytes_in_flight as Mib), flag "--max-mib-in-flight" <MIB> @14 in RUN,
         env ["KVREPLICA_MAX_MIB_IN_FLIGHT"],
-        flag "--max-mib-in-flight" <MIB> @14 in RUN,
     /// Objects per listing request, 1 to 1000
-    "sync.page_size": Kind::Count { min: 1, max: MAX_PAGE_SIZE } => field(sync.page_size),
+    "sync.page_size": Kind::Count { min: 1, max: MAX_PAGE_SIZE } => field(sync.page_size), flag "--page-size" <N> @15 in RUN,
         env ["KVREPLICA_PAGE_SIZE"],
-        flag "--page-size" <N> @15 in RUN,
     /// Timeout of each request to the object store
-    "sync.request_timeout": Kind::Duration { positive: true } => field(remote.request_timeout),
+    "sync.request_timeout": Kind::Duration { positive: true } => field(remote.request_timeout), flag "--request-timeout" <DURATION> @10 in RUN,
         env ["KVREPLICA_REQUEST_TIMEOUT"],
-        flag "--request-timeout" <DURATION> @10 in RUN,
     /// Keep at most this many recoverable points
-    "sync.retain_points": Kind::Count { min: 1, max: ANY } => field(sync.retention.max_points),
-        env ["KVREPLICA_RETAIN_POINTS"],
-        flag "--retain-points" <N> @16 in RUN,
-        default "all",
+    "sync.retain_points": Kind::Count { min: 1, max: ANY } => field(sync.retention.max_points), flag "--retain-points" <N> @16 in RUN,
+        env ["KVREPLICA_RETAIN_POINTS"], default "all",
     /// Keep recoverable points at most this old, measured from the newest
     /// commit, e.g. 7d, 12h
-    "sync.retain_for": Kind::Duration { positive: true } => field(sync.retention.max_age),
-        env ["KVREPLICA_RETAIN_FOR"],
-        flag "--retain-for" <DURATION> @17 in RUN,
-        default "forever",
+    "sync.retain_for": Kind::Duration { positive: true } => field(sync.retention.max_age), flag "--retain-for" <DURATION> @17 in RUN,
+        env ["KVREPLICA_RETAIN_FOR"], default "forever",
     /// Address of the KV Connect listener (Deno.openKv("http://HOST:PORT")).
     /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free
     /// port
-    "server.addr": Kind::Addr => field(addr),
+    "server.addr": Kind::Addr => field(addr), flag "--addr" <ADDR> @20 in SERVE,
         env ["KVREPLICA_ADDR"],
-        flag "--addr" <ADDR> @20 in SERVE,
     /// Access token clients must present (at least 12 characters). Repeat
     /// the flag to accept several during a rotation
-    "server.access_tokens": Kind::Tokens => get(access_tokens),
-        env ["KVREPLICA_ACCESS_TOKEN", "DENO_KV_ACCESS_TOKEN"],
-        flag "--access-token" <TOKEN> @21 in SERVE,
-        reloadable true,
+    "server.access_tokens": Kind::Tokens => get(access_tokens), flag "--access-token" <TOKEN> @21 in SERVE,
+        env ["KVREPLICA_ACCESS_TOKEN", "DENO_KV_ACCESS_TOKEN"], reloadable true,
     /// File of access tokens, one per line
-    "server.access_tokens_file": Kind::FileOf { of: "server.access_tokens" } => none(),
-        env ["KVREPLICA_ACCESS_TOKENS_FILE"],
-        flag "--access-tokens-file" <PATH> @22 in SERVE,
-        reloadable true,
+    "server.access_tokens_file": Kind::FileOf { of: "server.access_tokens" } => none(), flag "--access-tokens-file" <PATH> @22 in SERVE,
+        env ["KVREPLICA_ACCESS_TOKENS_FILE"], reloadable true,
     /// Read-only SQLite connections serving KV Connect requests
-    "server.readers": Kind::Count { min: 1, max: ANY } => field(readers),
-        env ["KVREPLICA_READERS"],
-        flag "--readers" <N> @26 in SERVE,
-        default "2 per core, 4 to 32",
+    "server.readers": Kind::Count { min: 1, max: ANY } => field(readers), flag "--readers" <N> @26 in SERVE,
+        env ["KVREPLICA_READERS"], default "2 per core, 4 to 32",
     /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics
-    "admin.addr": Kind::Addr => field(admin_addr),
+    "admin.addr": Kind::Addr => field(admin_addr), flag "--admin-addr" <ADDR> @23 in SERVE,
         env ["KVREPLICA_ADMIN_ADDR"],
-        flag "--admin-addr" <ADDR> @23 in SERVE,
     /// Bearer token of the PITR admin API (at least 12 characters, distinct
     /// from every access token). Without it the /pitr endpoints are off;
     /// health and metrics stay available
-    "admin.token": Kind::Secret => get(admin_token),
-        env ["KVREPLICA_ADMIN_TOKEN"],
-        flag "--admin-token" <TOKEN> @24 in SERVE,
-        reloadable true,
+    "admin.token": Kind::Secret => get(admin_token), flag "--admin-token" <TOKEN> @24 in SERVE,
+        env ["KVREPLICA_ADMIN_TOKEN"], reloadable true,
     /// File holding the admin token
-    "admin.token_file": Kind::FileOf { of: "admin.token" } => none(),
-        env ["KVREPLICA_ADMIN_TOKEN_FILE"],
-        flag "--admin-token-file" <PATH> @25 in SERVE,
-        reloadable true,
+    "admin.token_file": Kind::FileOf { of: "admin.token" } => none(), flag "--admin-token-file" <PATH> @25 in SERVE,
+        env ["KVREPLICA_ADMIN_TOKEN_FILE"], reloadable true,
     /// Log level filter, e.g. info or warn,kvreplica=debug
-    "log.level": Kind::LogLevel => field(log.level),
-        env ["KVREPLICA_LOG_LEVEL", "RUST_LOG"],
-        flag "--log-level" <FILTER> @18 in RUN,
-        reloadable true,
+    "log.level": Kind::LogLevel => field(log.level), flag "--log-level" <FILTER> @18 in RUN,
+        env ["KVREPLICA_LOG_LEVEL", "RUST_LOG"], reloadable true,
     /// Log format: plain or json
-    "log.format": Kind::LogFormat => field(log.format),
+    "log.format": Kind::LogFormat => field(log.format), flag "--log-format" <FORMAT> @19 in RUN,
         env ["KVREPLICA_LOG_FORMAT"],
-        flag "--log-format" <FORMAT> @19 in RUN,
 }
