@@ -138,3 +138,70 @@ impl<const C: Commands> Args for SettingArgs<C> {
         Self::augment_args(cmd)
     }
 }
+
+/// `--db` and `--config` of `kvreplica pitr` (global: every subcommand
+/// takes them), from the table's `db`.
+#[derive(Clone, Debug, Default)]
+pub struct PitrDbArgs {
+    /// `--db`.
+    pub db: Option<PathBuf>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+}
+
+impl PitrDbArgs {
+    /// The replica file: `--db`, else `db`'s variables, else `db` in the
+    /// config file.
+    pub fn resolve(&self) -> Result<PathBuf, super::ConfigError> {
+        let config = super::config_path(self.config.clone());
+        super::resolve_db(config.as_deref(), self.db.clone())
+    }
+}
+
+impl FromArgMatches for PitrDbArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(PitrDbArgs {
+            db: m.get_one::<PathBuf>("db").cloned(),
+            config: m.get_one::<PathBuf>("config").cloned(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for PitrDbArgs {
+    fn augment_args(cmd: Command) -> Command {
+        let db = super::table::setting("db");
+        let path = |name: &'static str, help: String| {
+            Arg::new(name)
+                .long(name)
+                .value_name("PATH")
+                .help(help)
+                .global(true)
+                .action(ArgAction::Set)
+                .value_parser(value_parser!(PathBuf))
+        };
+        let env = db.env_names().join(", else ");
+        cmd.arg(path(
+            "db",
+            format!(
+                "The replica SQLite file [env: {env}; else `{}` in the --config file]",
+                db.name
+            ),
+        ))
+        .arg(path(
+            "config",
+            format!(
+                "TOML config file of the replica, to find `{}` in [env: KVREPLICA_CONFIG]",
+                db.name
+            ),
+        ))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}

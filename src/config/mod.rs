@@ -49,7 +49,7 @@ use crate::source::{self, GcsOptions, RemoteOptions, S3Options, Source, SourceEr
 use crate::sync::SyncOptions;
 
 pub use crate::logging::LogFormat;
-pub use args::SettingArgs;
+pub use args::{PitrDbArgs, SettingArgs};
 pub use layer::Flags;
 pub use resolve::resolve_with;
 pub use restart::RestartOnly;
