@@ -1,6 +1,16 @@
 //! Settings of `kvreplica sync|serve`: one TOML file, environment variables
 //! and command-line flags, merged key by key.
 //!
+//! # One table
+//! Every setting is one entry of `table.rs`: its key, type and checks, its
+//! field in [`Settings`], its variables, flag and help, whether a reload
+//! applies it. The rest is derived from that table: the file walk
+//! (`file.rs`), the environment and flag layers (`layer.rs`), the clap
+//! arguments (`args.rs`), `check-config`'s output (`render.rs`), the list
+//! of changes that need a restart (`restart.rs`) and the README's table
+//! (`readme.rs`, checked by a test). `resolve.rs` adds the rules that span
+//! keys: secrets read from files, the S3 key pair, the two listeners.
+//!
 //! # Precedence
 //! For every key: a flag, else an environment variable, else the config
 //! file, else the default. Within the environment, kvreplica's own
