@@ -20,10 +20,11 @@ use futures::future::{self, Either};
 use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::backup::{Backup, Listed};
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::metrics::{self, METRICS};
 use crate::progress::Progress;
-use crate::source::{Listed, Source, SourceError};
+use crate::source::SourceError;
 use crate::store::pitr::{CheckoutError, CheckoutOutcome, CheckoutTarget, Retention};
 use crate::store::{Store, StoreError, SyncState};
 
@@ -136,7 +137,7 @@ pub struct RoundOutcome {
 
 /// Drives one replica file from one source.
 pub struct Syncer {
-    source: Arc<dyn Source>,
+    source: Arc<Backup>,
     store: Arc<Mutex<Store>>,
     opts: SyncOptions,
     progress: Arc<Progress>,
@@ -167,7 +168,7 @@ impl Syncer {
     /// Binds `store` to `source` (refusing a file built from another
     /// backup) and prepares the engine.
     pub fn new(
-        source: Arc<dyn Source>,
+        source: Arc<Backup>,
         mut store: Store,
         opts: SyncOptions,
     ) -> Result<Self, SyncError> {

@@ -1,7 +1,9 @@
-//! `S3Source` against a real S3-compatible server (s3s-fs, which checks
-//! SigV4), plus small canned HTTP servers for the answers a healthy server
-//! never gives (throttling, 5xx, cut-off bodies, hung connections), and one
-//! round trip of the `kvreplica` binary through S3.
+//! What only the S3 store has: SigV4 keys against a real S3-compatible
+//! server (s3s-fs), small canned HTTP servers for the answers a healthy
+//! server never gives (throttling, 5xx, S3 error codes, cut-off bodies, hung
+//! connections), the shape of a `ListObjectsV2` request, and one round trip
+//! of the `kvreplica` binary through S3. What every store does is in
+//! `object_store.rs`.
 
 #[path = "common/canned.rs"]
 mod canned;
@@ -13,13 +15,15 @@ use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use canned::{http, Answer, Canned};
-use chrono::{DateTime, Utc};
-use kvreplica::format::{FormatError, LogName, SnapshotName};
-use kvreplica::source::s3::{S3Credentials, S3Source};
-use kvreplica::source::{S3Options, Source, SourceError};
+use kvreplica::backup::Backup;
+use kvreplica::format::LogName;
+use kvreplica::source::retry::RetryPolicy;
+use kvreplica::source::s3::{S3Credentials, S3Store};
+use kvreplica::source::{S3Options, SourceError};
 use s3_server::S3Server;
 
 const BUCKET: &str = "kv-backup";
@@ -33,18 +37,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// second.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn source_with(endpoint: &str, bucket: &str, creds: S3Credentials, timeout: Duration) -> S3Source {
-    S3Source::with_credentials(
+/// The backup at `<endpoint>/<bucket>/<PREFIX>`, one attempt per call: these
+/// tests check how single answers are classified.
+fn source_with(endpoint: &str, bucket: &str, creds: S3Credentials, timeout: Duration) -> Backup {
+    let store = S3Store::new(
         bucket.to_string(),
         PREFIX.to_string(),
         &S3Options {
             endpoint: Some(endpoint.to_string()),
             ..S3Options::default()
         },
+        Some(creds),
         timeout,
-        creds,
     )
-    .expect("valid source")
+    .expect("valid source");
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    Backup::new(Arc::new(store), once)
 }
 
 fn creds(server: &S3Server) -> S3Credentials {
@@ -53,10 +64,6 @@ fn creds(server: &S3Server) -> S3Credentials {
         secret_access_key: server.secret_key().to_string(),
         session_token: None,
     }
-}
-
-fn source(server: &S3Server, bucket: &str) -> S3Source {
-    source_with(&server.endpoint(), bucket, creds(server), REQUEST_TIMEOUT)
 }
 
 /// Keys for the canned servers, which check nothing.
@@ -75,180 +82,8 @@ fn log_name(i: u64) -> LogName {
         .expect("valid log name")
 }
 
-fn snapshot_name(seq: u64) -> SnapshotName {
-    format!("0001_{:016x}_{seq:016x}", 7)
-        .parse()
-        .expect("valid snapshot name")
-}
-
 fn log_key(name: &LogName) -> String {
     format!("{PREFIX}logs/{name}.bin")
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_logs_after_a_cursor_page_by_page() {
-    const LOGS: u64 = 25;
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    // Object i holds i % 7 bytes and was written at a distinct, known
-    // millisecond, so sizes and LastModified are checked exactly.
-    let base_ms: u64 = 1_700_000_000_123;
-    let written = |i: u64| UNIX_EPOCH + Duration::from_millis(base_ms + i * 60_001);
-    for i in 0..LOGS {
-        let key = log_key(&log_name(i));
-        server.put(BUCKET, &key, &vec![b'x'; (i % 7) as usize]);
-        server.set_modified(BUCKET, &key, written(i));
-    }
-    // Neighbours that must not be listed: another prefix sharing the
-    // start, and the bucket root.
-    server.put(
-        BUCKET,
-        &format!("{}x/logs/{}.bin", PREFIX.trim_end_matches('/'), log_name(0)),
-        b"",
-    );
-    server.put(BUCKET, &format!("{}.bin", log_name(5)), b"");
-    server.put(
-        BUCKET,
-        &format!("{PREFIX}snapshots/{}.bin", snapshot_name(0)),
-        b"",
-    );
-    let src = source(&server, BUCKET);
-    let all: Vec<LogName> = (0..LOGS).map(log_name).collect();
-
-    // Three pages of 10, each one request after the previous page's last.
-    let mut listed = Vec::new();
-    let mut cursor: Option<LogName> = None;
-    let mut pages = Vec::new();
-    loop {
-        let page = src.list_logs(cursor.as_ref(), 10).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        pages.push(page.len());
-        cursor = Some(page.last().unwrap().name);
-        listed.extend(page);
-        assert!(pages.len() <= 4, "the listing ends");
-    }
-    assert_eq!(pages, [10, 10, 5]);
-    assert_eq!(
-        listed.iter().map(|l| l.name).collect::<Vec<_>>(),
-        all,
-        "every log, in order, nothing from outside the prefix"
-    );
-    for (i, l) in listed.iter().enumerate() {
-        let i = i as u64;
-        assert_eq!(l.size, i % 7, "size of {}", l.name);
-        let expected: DateTime<Utc> = written(i).into();
-        assert_eq!(l.last_modified, expected, "LastModified of {}", l.name);
-    }
-
-    // start-after is exclusive; a limit of one gives one.
-    let page = src.list_logs(Some(&all[0]), 1).await.unwrap();
-    assert_eq!(page.iter().map(|l| l.name).collect::<Vec<_>>(), [all[1]]);
-    assert!(src.list_logs(Some(&all[24]), 10).await.unwrap().is_empty());
-    assert!(src.list_logs(None, 0).await.unwrap().is_empty());
-    // A cursor that names no object starts at the next one.
-    let between: LogName = format!("0001_{:016x}_{:020x}0000_{:020x}0000", 10, 10, 10)
-        .parse()
-        .unwrap();
-    assert!(between > all[9] && between < all[10]);
-    let page = src.list_logs(Some(&between), 2).await.unwrap();
-    assert_eq!(
-        page.iter().map(|l| l.name).collect::<Vec<_>>(),
-        [all[10], all[11]]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_all_snapshot_pages_and_reads_objects() {
-    // s3s-fs honours max-keys and pages at 1000 like S3: three pages.
-    const SNAPSHOTS: u64 = 2001;
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    for seq in 0..SNAPSHOTS {
-        server.put(
-            BUCKET,
-            &format!("{PREFIX}snapshots/{}.bin", snapshot_name(seq)),
-            &seq.to_be_bytes(),
-        );
-    }
-    // A log beside them is not a snapshot.
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    let src = source(&server, BUCKET);
-    let listed = src.list_snapshots().await.unwrap();
-    assert_eq!(listed.len(), SNAPSHOTS as usize);
-    assert!(listed
-        .iter()
-        .enumerate()
-        .all(|(i, l)| l.name == snapshot_name(i as u64) && l.size == 8));
-    assert_eq!(
-        src.get_snapshot(&snapshot_name(2000)).await.unwrap(),
-        2000u64.to_be_bytes()
-    );
-    // An empty range is a 0-byte object, not a missing one.
-    assert_eq!(src.get_log(&log_name(1)).await.unwrap(), b"");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn differential_absent_then_present() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let src = source(&server, BUCKET);
-    assert_eq!(src.read_differential().await.unwrap(), None);
-    server.put(
-        BUCKET,
-        &format!("{PREFIX}differential"),
-        b"0000000200d0000000ff",
-    );
-    assert_eq!(
-        src.read_differential().await.unwrap().as_deref(),
-        Some(&b"0000000200d0000000ff"[..])
-    );
-    assert_eq!(
-        src.identity(),
-        format!("{}/{BUCKET}/{PREFIX}", server.endpoint()),
-        "a custom endpoint is part of the identity"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listed_object_that_is_gone_is_retryable() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let name = log_name(3);
-    server.put(BUCKET, &log_key(&name), b"abc");
-    let src = source(&server, BUCKET);
-    assert_eq!(src.list_logs(None, 10).await.unwrap().len(), 1);
-    assert_eq!(src.get_log(&name).await.unwrap(), b"abc");
-    server.remove(BUCKET, &log_key(&name));
-    let err = src.get_log(&name).await.unwrap_err();
-    let expected = format!("{}/{BUCKET}/{}", server.endpoint(), log_key(&name));
-    assert!(
-        matches!(&err, SourceError::ListedButMissing(o) if *o == expected),
-        "{err:?}"
-    );
-    assert!(err.is_retryable());
-    let err = src.get_snapshot(&snapshot_name(0)).await.unwrap_err();
-    assert!(matches!(err, SourceError::ListedButMissing(_)), "{err:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_missing_bucket_is_named() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let src = source(&server, "no-such-bucket");
-    for err in [
-        src.read_differential().await.unwrap_err(),
-        src.list_snapshots().await.unwrap_err(),
-        src.list_logs(None, 10).await.unwrap_err(),
-    ] {
-        assert!(
-            matches!(&err, SourceError::NoSuchBucket(b) if b == "no-such-bucket"),
-            "{err:?}"
-        );
-        assert!(!err.is_retryable());
-        assert!(err.to_string().contains("no-such-bucket"), "{err}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,37 +129,6 @@ async fn refused_credentials_name_the_key_not_the_secret() {
     assert!(!format!("{err:?}").contains(server.secret_key()));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_invalid_object_name_is_a_format_error() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    server.put(BUCKET, &format!("{PREFIX}logs/not-a-log.bin"), b"");
-    server.put(BUCKET, &format!("{PREFIX}snapshots/0001_zz.bin"), b"");
-    let src = source(&server, BUCKET);
-    let err = src.list_logs(None, 10).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. })
-            if *name == format!("{PREFIX}logs/not-a-log.bin")),
-        "{err:?}"
-    );
-    assert!(!err.is_retryable());
-    let err = src.list_snapshots().await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.contains("0001_zz")),
-        "{err:?}"
-    );
-
-    // Something without `.bin` under logs/ is just as invalid.
-    server.remove(BUCKET, &format!("{PREFIX}logs/not-a-log.bin"));
-    server.put(BUCKET, &format!("{PREFIX}logs/README"), b"hi");
-    let err = src.list_logs(None, 10).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.ends_with("logs/README")),
-        "{err:?}"
-    );
-}
-
 /// Checks that an error has the expected class.
 type Expect = fn(&SourceError) -> bool;
 
@@ -340,7 +144,7 @@ fn s3_error(status: u16, code: &str) -> Answer {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn http_failures_are_classified() {
+async fn s3_http_failures_are_classified() {
     let transient: Expect = |e| matches!(e, SourceError::Transient { .. }) && e.is_retryable();
     let permanent: Expect = |e| matches!(e, SourceError::Permanent { .. }) && !e.is_retryable();
     let denied: Expect = |e| matches!(e, SourceError::AccessDenied { detail, .. } if detail.contains("AKIDCANNEDTEST"));
@@ -457,7 +261,7 @@ async fn list_logs_is_one_request_with_start_after_and_max_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn refused_and_hung_connections_are_transient() {
+async fn s3_refused_and_hung_connections_are_transient() {
     let closed = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         l.local_addr().unwrap()

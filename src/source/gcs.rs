@@ -1,10 +1,11 @@
-//! A backup in a Google Cloud Storage bucket, read natively through the GCS
+//! Objects in a Google Cloud Storage bucket, read natively through the GCS
 //! JSON API (no HMAC keys, no S3-interop endpoint).
 //!
-//! Listing uses `prefix` + `startOffset` + `maxResults` and follows
-//! `pageToken`; objects are downloaded with `alt=media`. Errors are classified
-//! into [`SourceError`] so that the retry wrapper and the sync loop treat GCS
-//! exactly like every other backend.
+//! A listing is one `objects.list` request with `prefix` + `startOffset` +
+//! `maxResults`; objects are downloaded with `alt=media`, and polled by their
+//! generation (one metadata request, no body, while it is unchanged). Errors
+//! are classified into [`SourceError`] so that the retry wrapper and the sync
+//! loop treat GCS exactly like every other backend.
 //!
 //! # Credentials
 //! Tried in the order Google's own clients use, first match wins:
@@ -35,8 +36,10 @@ use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
 use tokio::sync::OnceCell;
 
-use super::{error_chain, name_from_key, GcsOptions, Listed, Source, SourceError};
-use crate::format::{FormatError, LogName, SnapshotName};
+use super::{
+    error_chain, GcsOptions, IfChanged, Listing, ObjectMeta, ObjectStore, ObjectVersion,
+    SourceError,
+};
 
 /// The public GCS endpoint, used when no other endpoint is configured.
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -57,9 +60,9 @@ const CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 /// read by every Google client library.
 const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 
-/// Reads a backup from `gs://<bucket>/<prefix>`.
+/// Reads objects below `gs://<bucket>/<prefix>`.
 #[derive(Debug)]
-pub struct GcsSource {
+pub struct GcsStore {
     /// Bucket name, without `gs://`.
     bucket: String,
     /// Object-name prefix of the backup; empty or ending in `/`.
@@ -164,8 +167,8 @@ fn normalize_endpoint(raw: &str) -> Result<String, SourceError> {
     Ok(url)
 }
 
-impl GcsSource {
-    /// A source for `gs://<bucket>/<prefix>`. Nothing is contacted until the
+impl GcsStore {
+    /// A store for `gs://<bucket>/<prefix>`. Nothing is contacted until the
     /// first call; the endpoint falls back to `STORAGE_EMULATOR_HOST` and the
     /// credentials to `GOOGLE_APPLICATION_CREDENTIALS` (see the module docs).
     pub fn new(
@@ -185,7 +188,7 @@ impl GcsSource {
             env,
             well_known_credentials(),
         );
-        Ok(GcsSource {
+        Ok(GcsStore {
             bucket,
             prefix,
             endpoint,
@@ -350,54 +353,8 @@ impl GcsSource {
         }
     }
 
-    /// Lists `<prefix><folder>/` from `start_offset` (inclusive), skipping
-    /// names `<= skip_through`, until `limit` names are collected or the
-    /// listing ends.
-    async fn list_folder<N>(
-        &self,
-        folder: &str,
-        skip_through: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Listed<N>>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        let list_prefix = format!("{}{folder}/", self.prefix);
-        let mut out = Vec::new();
-        let mut page_token = None;
-        loop {
-            // One more than still wanted: `startOffset` is inclusive, so the
-            // first item may be the start-after key itself.
-            let want = limit.saturating_sub(out.len()).saturating_add(1);
-            let resp = self
-                .list_page(&list_prefix, skip_through.clone(), page_token, want)
-                .await?;
-            for obj in resp.items.unwrap_or_default() {
-                // The folder itself, as the Cloud Console's "create folder"
-                // leaves it, is no backup object.
-                let placeholder = obj.name == list_prefix;
-                let consumed = skip_through.as_ref().is_some_and(|s| obj.name <= *s);
-                if placeholder || consumed {
-                    continue;
-                }
-                if out.len() == limit {
-                    break;
-                }
-                out.push(self.listed(&list_prefix, obj)?);
-            }
-            page_token = resp.next_page_token.filter(|t| !t.is_empty());
-            if out.len() >= limit || page_token.is_none() {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// A listed object as the sync loop needs it.
-    fn listed<N>(&self, list_prefix: &str, obj: Object) -> Result<Listed<N>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        let name = name_from_key(&obj.name, list_prefix)?;
+    /// A listed object, its key relative to the prefix.
+    fn meta(&self, obj: Object) -> ObjectMeta {
         // An object without `updated` is treated as written just now, so a
         // settle window still holds it back rather than letting it through.
         let last_modified = obj
@@ -405,36 +362,31 @@ impl GcsSource {
             .or(obj.time_created)
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond()))
             .unwrap_or_else(Utc::now);
-        Ok(Listed {
-            name,
+        ObjectMeta {
+            key: obj
+                .name
+                .strip_prefix(&self.prefix)
+                .unwrap_or(&obj.name)
+                .to_string(),
             size: u64::try_from(obj.size).unwrap_or(0),
             last_modified,
-        })
-    }
-
-    /// Downloads `<prefix><rel>`; `Ok(None)` on a 404.
-    async fn download(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let conn = self.connected().await?;
-        let key = format!("{}{rel}", self.prefix);
-        let req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: key.clone(),
-            ..GetObjectRequest::default()
-        };
-        match conn.client.download_object(&req, &Range::default()).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) => match self.classify(conn, self.url_of(&key), e) {
-                Classified::NotFound => Ok(None),
-                Classified::Error(e) => Err(e),
-            },
         }
     }
 
-    /// Downloads a listed object: absence is retried, not treated as empty.
-    async fn get_listed(&self, rel: &str) -> Result<Vec<u8>, SourceError> {
-        self.download(rel).await?.ok_or_else(|| {
-            SourceError::ListedButMissing(self.url_of(&format!("{}{rel}", self.prefix)))
-        })
+    fn request(&self, key: &str) -> GetObjectRequest {
+        GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: format!("{}{key}", self.prefix),
+            ..GetObjectRequest::default()
+        }
+    }
+
+    /// A 404 is a missing object; anything else is classified.
+    fn missing_or(&self, conn: &Connected, key: &str, e: GcsError) -> Result<(), SourceError> {
+        match self.classify(conn, self.describe(key), e) {
+            Classified::NotFound => Ok(()),
+            Classified::Error(e) => Err(e),
+        }
     }
 }
 
@@ -491,46 +443,82 @@ fn token_error_is_transient(e: &google_cloud_auth::error::Error) -> bool {
 }
 
 #[async_trait]
-impl Source for GcsSource {
+impl ObjectStore for GcsStore {
     fn identity(&self) -> String {
         format!("gs://{}/{}", self.bucket, self.prefix)
     }
 
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        match self.download("differential").await? {
-            Some(b) => Ok(Some(b)),
-            None => {
-                // A 404 on an object GET does not say whether the bucket
-                // exists; a listing does (and needs only objects.list).
-                let list_prefix = format!("{}differential", self.prefix);
-                self.list_page(&list_prefix, None, None, 1).await?;
-                Ok(None)
-            }
-        }
+    fn describe(&self, key: &str) -> String {
+        self.url_of(&format!("{}{key}", self.prefix))
     }
 
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
-        self.list_folder("snapshots", None, usize::MAX).await
+    fn key_in_store(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
-    async fn list_logs(
+    async fn list(
         &self,
-        start_after: Option<&LogName>,
+        prefix: &str,
+        start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError> {
-        if limit == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Listing, SourceError> {
+        let list_prefix = format!("{}{prefix}", self.prefix);
+        let after = start_after.map(|a| format!("{}{a}", self.prefix));
+        let limit = limit.clamp(1, MAX_PAGE);
+        // One more than wanted: `startOffset` is inclusive, so the first
+        // item may be the start-after key itself.
+        let want = if after.is_some() { limit + 1 } else { limit };
+        let resp = self
+            .list_page(&list_prefix, after.clone(), None, want)
+            .await?;
+        let mut more = resp.next_page_token.is_some_and(|t| !t.is_empty());
+        let mut objects = Vec::new();
+        for obj in resp.items.unwrap_or_default() {
+            if after.as_ref().is_some_and(|a| obj.name <= *a) {
+                continue;
+            }
+            if objects.len() == limit {
+                more = true;
+                break;
+            }
+            objects.push(self.meta(obj));
         }
-        let skip_through = start_after.map(|n| format!("{}logs/{n}.bin", self.prefix));
-        self.list_folder("logs", skip_through, limit).await
+        Ok(Listing { objects, more })
     }
 
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("snapshots/{name}.bin")).await
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let conn = self.connected().await?;
+        match conn
+            .client
+            .download_object(&self.request(key), &Range::default())
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => self.missing_or(conn, key, e).map(|()| None),
+        }
     }
 
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("logs/{name}.bin")).await
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> Result<Option<IfChanged>, SourceError> {
+        let conn = self.connected().await?;
+        // The metadata names the generation without the body. The download
+        // that follows may find a newer one; the version then lags the body,
+        // which only costs one more download at the next poll.
+        let object = match conn.client.get_object(&self.request(key)).await {
+            Ok(o) => o,
+            Err(e) => return self.missing_or(conn, key, e).map(|()| None),
+        };
+        let version = ObjectVersion(object.generation.to_string());
+        if known == Some(&version) {
+            return Ok(Some(IfChanged::Unchanged));
+        }
+        match self.get(key).await? {
+            Some(body) => Ok(Some(IfChanged::Changed { body, version })),
+            None => Ok(None),
+        }
     }
 }
 

@@ -1,13 +1,13 @@
-//! A backup in Amazon S3 or an S3-compatible store (MinIO, Cloudflare R2,
+//! Objects in Amazon S3 or an S3-compatible store (MinIO, Cloudflare R2,
 //! Ceph, a local test server), read with `rust-s3` over `ListObjectsV2` and
 //! `GetObject`.
 //!
-//! Listing uses `prefix` + `start-after` + `max-keys` and follows
-//! continuation tokens; objects are downloaded whole. Every failure is
-//! classified into [`SourceError`] here, so that the retry wrapper
+//! A listing is one request with `prefix` + `start-after` + `max-keys`;
+//! objects are downloaded whole, conditionally with `If-None-Match`. Every
+//! failure is classified into [`SourceError`] here, so that the retry wrapper
 //! ([`super::retry::Retrying`]) and the sync loop treat S3 exactly like every
 //! other backend. Nothing is retried in this module: `rust-s3`'s own retry
-//! loop is switched off (see [`S3Source::new`]).
+//! loop is switched off (see [`S3Store::new`]).
 //!
 //! # Addressing
 //! Without an endpoint the bucket is on AWS, addressed virtual-host style
@@ -42,7 +42,7 @@
 //! which key lacks `s3:ListBucket` / `s3:GetObject`.
 //!
 //! # Identity
-//! [`Source::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
+//! [`ObjectStore::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
 //! (bucket names are global there, so the region is left out) and
 //! `<endpoint>/bucket/prefix/` (e.g. `http://127.0.0.1:9000/kv-backup/p/`)
 //! with a custom endpoint, so that two servers holding a bucket of the same
@@ -55,15 +55,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use s3::creds::error::CredentialsError;
 use s3::creds::Credentials;
 use s3::error::S3Error;
+use s3::request::request_trait::ResponseData;
 use s3::serde_types::{ListBucketResult, Object};
 use s3::{Bucket, Region};
 use tokio::sync::OnceCell;
 
-use super::{error_chain, name_from_key, Listed, S3Options, Source, SourceError};
-use crate::format::{FormatError, LogName, SnapshotName};
+use super::{
+    error_chain, IfChanged, Listing, ObjectMeta, ObjectStore, ObjectVersion, S3Options, SourceError,
+};
 
 /// Most keys one `ListObjectsV2` page returns: the documented maximum of
 /// `max-keys` on AWS (and the default of MinIO and s3s).
@@ -113,7 +116,7 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 /// Static keys, for callers that hold them already (tests, embedding
-/// applications); the CLI uses the credential chain of [`S3Source::new`].
+/// applications); without them [`S3Store::new`] uses the AWS chain.
 #[derive(Clone)]
 pub struct S3Credentials {
     /// The access key id; it is named in access-denied errors.
@@ -146,10 +149,10 @@ enum CredentialPlan {
     Chain,
 }
 
-/// Reads a backup from `s3://<bucket>/<prefix>` on AWS or on a custom
+/// Reads objects below `s3://<bucket>/<prefix>` on AWS or on a custom
 /// endpoint.
 #[derive(Debug)]
-pub struct S3Source {
+pub struct S3Store {
     /// Bucket name, without `s3://`.
     bucket: String,
     /// Key prefix of the backup; empty or ending in `/`.
@@ -161,7 +164,7 @@ pub struct S3Source {
     /// Timeout of every single HTTP request.
     request_timeout: Duration,
     /// `s3://bucket/` or `<endpoint>/bucket/`: how objects are named in
-    /// messages and in [`Source::identity`].
+    /// messages and in [`ObjectStore::identity`].
     base_url: String,
     /// How to obtain credentials.
     credentials: CredentialPlan,
@@ -196,10 +199,11 @@ enum Classified {
     Error(SourceError),
 }
 
-impl S3Source {
-    /// A source for `s3://<bucket>/<prefix>` with credentials from the AWS
-    /// chain (see the module docs). Nothing is contacted until the first
-    /// call; invalid settings (endpoint, region) fail here.
+impl S3Store {
+    /// A store for `s3://<bucket>/<prefix>`, signing with `credentials`, or
+    /// with the AWS chain (see the module docs) when `None`. Nothing is
+    /// contacted until the first call; invalid settings (endpoint, region)
+    /// fail here.
     ///
     /// `rust-s3` retries transient failures by itself by default (one more
     /// attempt after a second); this switches that process-wide setting
@@ -209,26 +213,14 @@ impl S3Source {
         bucket: String,
         prefix: String,
         opts: &S3Options,
+        credentials: Option<S3Credentials>,
         request_timeout: Duration,
-    ) -> Result<S3Source, SourceError> {
-        Self::build(bucket, prefix, opts, request_timeout, CredentialPlan::Chain)
-    }
-
-    /// Like [`S3Source::new`], with the given keys instead of the chain.
-    pub fn with_credentials(
-        bucket: String,
-        prefix: String,
-        opts: &S3Options,
-        request_timeout: Duration,
-        credentials: S3Credentials,
-    ) -> Result<S3Source, SourceError> {
-        Self::build(
-            bucket,
-            prefix,
-            opts,
-            request_timeout,
-            CredentialPlan::Static(credentials),
-        )
+    ) -> Result<S3Store, SourceError> {
+        let credentials = match credentials {
+            Some(c) => CredentialPlan::Static(c),
+            None => CredentialPlan::Chain,
+        };
+        Self::build(bucket, prefix, opts, request_timeout, credentials)
     }
 
     fn build(
@@ -237,7 +229,7 @@ impl S3Source {
         opts: &S3Options,
         request_timeout: Duration,
         credentials: CredentialPlan,
-    ) -> Result<S3Source, SourceError> {
+    ) -> Result<S3Store, SourceError> {
         s3::set_retries(0);
         if bucket.is_empty() {
             return Err(SourceError::Config("missing S3 bucket name".into()));
@@ -267,7 +259,7 @@ impl S3Source {
             Some(ep) => format!("{ep}/{bucket}/"),
             None => format!("s3://{bucket}/"),
         };
-        Ok(S3Source {
+        Ok(S3Store {
             bucket,
             prefix,
             region,
@@ -440,143 +432,136 @@ impl S3Source {
         }
     }
 
-    /// A listed object as the sync loop needs it; `None` for a folder
-    /// placeholder (the console's "create folder" leaves `logs/` as an
-    /// empty object), which is no backup object.
-    fn listed<N>(&self, list_prefix: &str, obj: &Object) -> Result<Option<Listed<N>>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        if obj.key == list_prefix {
-            return Ok(None);
-        }
-        // The parser names the bad stem; the operator needs the whole key.
-        let name = name_from_key(&obj.key, list_prefix).map_err(|e| match e {
-            SourceError::Format(FormatError::BadName { reason, .. }) => {
-                SourceError::Format(FormatError::BadName {
-                    name: obj.key.clone(),
-                    reason,
-                })
-            }
-            other => other,
-        })?;
+    /// A listed object, its key relative to the prefix.
+    fn meta(&self, obj: &Object) -> Result<ObjectMeta, SourceError> {
         let last_modified =
             parse_last_modified(&obj.last_modified).ok_or_else(|| SourceError::Permanent {
                 what: self.url_of(&obj.key),
                 detail: format!("unparsable LastModified {:?}", obj.last_modified),
             })?;
-        Ok(Some(Listed {
-            name,
+        Ok(ObjectMeta {
+            key: obj
+                .key
+                .strip_prefix(&self.prefix)
+                .unwrap_or(&obj.key)
+                .to_string(),
             size: obj.size,
             last_modified,
-        }))
+        })
     }
 
-    /// Downloads `<prefix><rel>`; `Ok(None)` on a 404 (`NoSuchKey`).
-    async fn download(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    /// One `GetObject` of `<prefix><key>` with `headers` added: `Ok(None)`
+    /// on a 404 (`NoSuchKey`), `Ok(Some(None))` on a 304 (not modified).
+    async fn fetch(
+        &self,
+        key: &str,
+        headers: Option<HeaderMap>,
+    ) -> Result<Option<Option<ResponseData>>, SourceError> {
         let conn = self.connected().await?;
-        let key = format!("{}{rel}", self.prefix);
-        match conn.bucket.get_object(&key).await {
-            Ok(resp) => Ok(Some(resp.to_vec())),
-            Err(e) => match self.classify(conn, self.url_of(&key), e, true) {
+        let full = format!("{}{key}", self.prefix);
+        let res = match headers {
+            Some(h) => match conn.bucket.with_extra_headers(h) {
+                Ok(b) => b.get_object(&full).await,
+                Err(e) => Err(e),
+            },
+            None => conn.bucket.get_object(&full).await,
+        };
+        match res {
+            Ok(resp) => Ok(Some(Some(resp))),
+            Err(S3Error::HttpFailWithBody(304, _)) => Ok(Some(None)),
+            Err(e) => match self.classify(conn, self.url_of(&full), e, true) {
                 Classified::NotFound => Ok(None),
                 Classified::Error(e) => Err(e),
             },
         }
     }
-
-    /// Downloads a listed object: absence is retried, not treated as empty.
-    async fn get_listed(&self, rel: &str) -> Result<Vec<u8>, SourceError> {
-        self.download(rel).await?.ok_or_else(|| {
-            SourceError::ListedButMissing(self.url_of(&format!("{}{rel}", self.prefix)))
-        })
-    }
 }
 
 #[async_trait]
-impl Source for S3Source {
+impl ObjectStore for S3Store {
     fn identity(&self) -> String {
         self.url_of(&self.prefix)
     }
 
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        match self.download("differential").await? {
-            Some(b) => Ok(Some(b)),
-            None => {
-                // Not every server says NoSuchBucket on an object GET (s3s
-                // says NoSuchKey); a listing tells whether the bucket exists.
-                let list_prefix = format!("{}differential", self.prefix);
-                self.list_page(&list_prefix, None, None, 1).await?;
-                Ok(None)
-            }
-        }
+    fn describe(&self, key: &str) -> String {
+        self.url_of(&format!("{}{key}", self.prefix))
     }
 
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
-        let list_prefix = format!("{}snapshots/", self.prefix);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .list_page(&list_prefix, None, token.clone(), MAX_PAGE)
-                .await?;
-            for obj in &page.contents {
-                out.extend(self.listed(&list_prefix, obj)?);
-            }
-            if !page.is_truncated {
-                return Ok(out);
-            }
-            let next = page.next_continuation_token.filter(|t| !t.is_empty());
-            match next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                // A truncated page without a new token would loop forever
-                // (or silently drop the rest).
-                _ => {
-                    return Err(SourceError::Permanent {
-                        what: self.url_of(&list_prefix),
-                        detail: "the store said the listing is truncated but gave no new \
-                                 continuation token"
-                            .into(),
-                    })
-                }
-            }
-        }
+    fn key_in_store(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
-    async fn list_logs(
+    async fn list(
         &self,
-        start_after: Option<&LogName>,
+        prefix: &str,
+        start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let list_prefix = format!("{}logs/", self.prefix);
-        let after = start_after.map(|n| format!("{list_prefix}{n}.bin"));
+    ) -> Result<Listing, SourceError> {
+        let list_prefix = format!("{}{prefix}", self.prefix);
+        let after = start_after.map(|a| format!("{}{a}", self.prefix));
         let page = self
             .list_page(&list_prefix, after.clone(), None, limit)
             .await?;
-        let mut out = Vec::new();
+        let mut objects = Vec::new();
         for obj in &page.contents {
             // start-after is exclusive; a server that disagrees must not
-            // make us apply an object twice.
+            // make us read an object twice.
             if after.as_ref().is_some_and(|a| obj.key <= *a) {
                 continue;
             }
-            if out.len() == limit {
-                break;
-            }
-            out.extend(self.listed(&list_prefix, obj)?);
+            objects.push(self.meta(obj)?);
         }
-        Ok(out)
+        Ok(Listing {
+            objects,
+            more: page.is_truncated,
+        })
     }
 
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("snapshots/{name}.bin")).await
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self
+            .fetch(key, None)
+            .await?
+            .map(|resp| resp.map(|r| r.to_vec()).unwrap_or_default()))
     }
 
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("logs/{name}.bin")).await
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> Result<Option<IfChanged>, SourceError> {
+        let headers = match known {
+            Some(ObjectVersion(etag)) if !etag.is_empty() => {
+                let mut h = HeaderMap::new();
+                let value = HeaderValue::from_str(etag).map_err(|_| SourceError::Permanent {
+                    what: self.describe(key),
+                    detail: format!("unusable ETag {etag:?}"),
+                })?;
+                h.insert(IF_NONE_MATCH, value);
+                Some(h)
+            }
+            _ => None,
+        };
+        let Some(answer) = self.fetch(key, headers).await? else {
+            return Ok(None);
+        };
+        let Some(resp) = answer else {
+            return Ok(Some(IfChanged::Unchanged));
+        };
+        let headers = resp.headers();
+        let etag = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let version = ObjectVersion(etag);
+        // A server that ignores If-None-Match still sends the ETag.
+        if !version.0.is_empty() && known == Some(&version) {
+            return Ok(Some(IfChanged::Unchanged));
+        }
+        Ok(Some(IfChanged::Changed {
+            body: resp.to_vec(),
+            version,
+        }))
     }
 }
 
@@ -850,39 +835,42 @@ mod tests {
 
     #[test]
     fn addressing_and_identity() {
-        let aws = S3Source::new(
+        let aws = S3Store::new(
             "b".into(),
             "p/".into(),
             &S3Options {
                 region: Some("eu-west-1".into()),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(!aws.path_style);
         assert_eq!(aws.identity(), "s3://b/p/");
-        let dotted = S3Source::new(
+        let dotted = S3Store::new(
             "a.b".into(),
             "".into(),
             &S3Options::default(),
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(dotted.path_style);
-        let local = S3Source::new(
+        let local = S3Store::new(
             "b".into(),
             "p/".into(),
             &S3Options {
                 endpoint: Some("http://127.0.0.1:9000/".into()),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(local.path_style);
         assert_eq!(local.identity(), "http://127.0.0.1:9000/b/p/");
-        let forced = S3Source::new(
+        let forced = S3Store::new(
             "b".into(),
             "".into(),
             &S3Options {
@@ -890,6 +878,7 @@ mod tests {
                 path_style: Some(false),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();

@@ -10,6 +10,8 @@
 //! against the round start, not on back-dated objects.
 #![allow(dead_code)]
 
+// A test that starts both servers loads this twice; it is one function.
+#[allow(clippy::duplicate_mod)]
 #[path = "tools.rs"]
 mod tools;
 

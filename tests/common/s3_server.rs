@@ -16,6 +16,8 @@
 //! no other test module but `tools.rs`.
 #![allow(dead_code)]
 
+// A test that starts both servers loads this twice; it is one function.
+#[allow(clippy::duplicate_mod)]
 #[path = "tools.rs"]
 mod tools;
 

@@ -1,0 +1,93 @@
+//! An [`ObjectStore`] that fails on purpose: it wraps a real store and
+//! answers the calls a script names with an error instead, so tests can
+//! prove what the retry wrapper does with each kind of failure without a
+//! network in between (the proxy in `fault_proxy.rs` covers the wire).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use kvreplica::source::{IfChanged, Listing, ObjectStore, ObjectVersion, SourceError};
+
+/// Wraps `inner`; each call first takes the next scripted error, if any.
+#[derive(Debug)]
+pub struct FaultStore {
+    inner: Arc<dyn ObjectStore>,
+    script: Mutex<VecDeque<SourceError>>,
+    /// Calls made, failed ones included.
+    pub calls: AtomicU32,
+}
+
+impl FaultStore {
+    /// A store whose next calls fail with `faults`, in order, then pass.
+    pub fn new(inner: Arc<dyn ObjectStore>, faults: Vec<SourceError>) -> Arc<Self> {
+        Arc::new(FaultStore {
+            inner,
+            script: Mutex::new(faults.into()),
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    /// A transient failure, as a 503 would be classified.
+    pub fn transient() -> SourceError {
+        SourceError::Transient {
+            what: "fault".into(),
+            detail: "HTTP 503 injected".into(),
+        }
+    }
+
+    /// A permanent failure, as a 403 would be classified.
+    pub fn denied() -> SourceError {
+        SourceError::AccessDenied {
+            what: "fault".into(),
+            detail: "HTTP 403 injected".into(),
+        }
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn next_fault(&self) -> Result<(), SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.script.lock().unwrap().pop_front() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultStore {
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+    fn key_in_store(&self, key: &str) -> String {
+        self.inner.key_in_store(key)
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, SourceError> {
+        self.next_fault()?;
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        self.next_fault()?;
+        self.inner.get(key).await
+    }
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> Result<Option<IfChanged>, SourceError> {
+        self.next_fault()?;
+        self.inner.get_if_changed(key, known).await
+    }
+}
