@@ -69,7 +69,7 @@ impl Backup {
     /// A stable description of the bucket and prefix, stored in the replica
     /// so that a file built from one backup is never synced from another.
     pub fn identity(&self) -> String {
-        self.store.identity()
+        self.store.naming().identity.clone()
     }
 
     /// Reads `<prefix>differential`; `None` while it does not exist yet.
@@ -180,7 +180,7 @@ impl Backup {
                 Some(last) => cursor = Some(last),
                 None if whole => {
                     return Err(SourceError::Permanent {
-                        what: self.store.describe(folder),
+                        what: self.store.naming().describe(folder),
                         detail: "the store said the listing is truncated but listed nothing \
                                  to continue after"
                             .into(),
@@ -198,7 +198,7 @@ impl Backup {
     {
         // The parser names the bad stem; the operator needs the whole key.
         let bad = |reason: String| FormatError::BadName {
-            name: self.store.key_in_store(&obj.key),
+            name: self.store.naming().key_in_store(&obj.key),
             reason,
         };
         let stem = obj

@@ -475,7 +475,7 @@ async fn an_invalid_object_name_is_a_format_error<R: Rig>() {
     let err = src.list_logs(None, 10).await.unwrap_err();
     assert!(
         matches!(&err, SourceError::Format(FormatError::BadName { name, .. })
-            if *name == store.key_in_store("logs/not-a-log.bin") && name.contains("not-a-log")),
+            if *name == store.naming().key_in_store("logs/not-a-log.bin") && name.contains("not-a-log")),
         "{err:?}"
     );
     assert!(!err.is_retryable());

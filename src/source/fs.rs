@@ -9,18 +9,28 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{IfChanged, Listing, ObjectMeta, ObjectStore, ObjectVersion, SourceError};
+use super::{
+    IfChanged, Listing, Naming, ObjectMeta, ObjectStore, ObjectVersion, SourceError, StoreResult,
+};
 
 /// Reads objects from a directory.
 #[derive(Debug)]
 pub struct DirStore {
     /// The directory that plays the role of `<bucket>/<prefix>`.
     root: PathBuf,
+    /// `file://<root>`; objects are named by their paths.
+    naming: Naming,
 }
 
 impl DirStore {
     pub fn new(root: PathBuf) -> Self {
-        DirStore { root }
+        let path = root.display().to_string();
+        let naming = Naming {
+            identity: format!("file://{path}"),
+            url_base: format!("{}/", path.trim_end_matches('/')),
+            key_prefix: String::new(),
+        };
+        DirStore { root, naming }
     }
 
     fn err(&self, path: &Path, e: std::io::Error) -> SourceError {
@@ -108,35 +118,18 @@ impl DirStore {
 
 #[async_trait]
 impl ObjectStore for DirStore {
-    fn identity(&self) -> String {
-        format!("file://{}", self.root.display())
-    }
-
-    fn describe(&self, key: &str) -> String {
-        self.root.join(key).display().to_string()
-    }
-
-    fn key_in_store(&self, key: &str) -> String {
-        key.to_string()
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
         let mut rest = self
             .list_all(prefix)
             .await?
             .into_iter()
-            .filter(|o| start_after.is_none_or(|a| o.key.as_str() > a));
+            .filter(|o| after.is_none_or(|a| o.key.as_str() > a));
         let objects: Vec<ObjectMeta> = rest.by_ref().take(limit.max(1)).collect();
         let more = rest.next().is_some();
         Ok(Listing { objects, more })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         let path = self.root.join(key);
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(b)),
@@ -149,7 +142,7 @@ impl ObjectStore for DirStore {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError> {
+    ) -> StoreResult<Option<IfChanged>> {
         let path = self.root.join(key);
         let version = match tokio::fs::metadata(&path).await {
             Ok(meta) => Self::version_of(&meta),
@@ -163,5 +156,9 @@ impl ObjectStore for DirStore {
             .get(key)
             .await?
             .map(|body| IfChanged::Changed { body, version }))
+    }
+
+    fn naming(&self) -> &Naming {
+        &self.naming
     }
 }

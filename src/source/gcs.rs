@@ -31,14 +31,14 @@ use gcloud_storage::client::google_cloud_auth;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
-use gcloud_storage::http::objects::list::{ListObjectsRequest, ListObjectsResponse};
+use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
-use tokio::sync::OnceCell;
 
+use super::connection::{status_is_transient, Classified, Connected, LazyClient};
 use super::{
-    error_chain, GcsOptions, IfChanged, Listing, ObjectMeta, ObjectStore, ObjectVersion,
-    SourceError,
+    error_chain, GcsOptions, IfChanged, Listing, Naming, ObjectMeta, ObjectStore, ObjectVersion,
+    SourceError, StoreResult,
 };
 
 /// The public GCS endpoint, used when no other endpoint is configured.
@@ -65,34 +65,18 @@ const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 pub struct GcsStore {
     /// Bucket name, without `gs://`.
     bucket: String,
-    /// Object-name prefix of the backup; empty or ending in `/`.
-    prefix: String,
+    /// Below `gs://bucket/`, with the backup's object-name prefix (empty or
+    /// ending in `/`).
+    naming: Naming,
     /// Base URL of the JSON API (the public endpoint or an emulator).
     endpoint: String,
     /// How the client will authenticate, decided without I/O.
     auth: AuthPlan,
     /// Timeout of every single HTTP request to GCS.
     request_timeout: Duration,
-    /// The client, built on first use: fetching the first token is network
-    /// I/O, which belongs in the async calls (and is retried like them).
-    client: OnceCell<Connected>,
-}
-
-/// A ready client and the identity it authenticates as.
-struct Connected {
-    /// The JSON-API client (cheap to clone, shares one connection pool).
-    client: Client,
-    /// Who the requests are made as, for access-denied messages.
-    identity: String,
-}
-
-impl std::fmt::Debug for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The client holds credentials and has no `Debug` of its own.
-        f.debug_struct("Connected")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
+    /// The JSON-API client (cheap to clone, shares one connection pool),
+    /// built on first use, and the account it acts as.
+    client: LazyClient<Client>,
 }
 
 /// The credential source chosen from the options and environment.
@@ -189,26 +173,21 @@ impl GcsStore {
             well_known_credentials(),
         );
         Ok(GcsStore {
+            naming: Naming::in_bucket(&format!("gs://{bucket}/"), &prefix),
             bucket,
-            prefix,
             endpoint,
             auth,
             request_timeout,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         })
     }
 
-    /// `gs://bucket/key`, how objects are named in messages.
-    fn url_of(&self, key: &str) -> String {
-        format!("gs://{}/{key}", self.bucket)
-    }
-
     /// The client, built (and authenticated) on first use.
-    async fn connected(&self) -> Result<&Connected, SourceError> {
-        self.client.get_or_try_init(|| self.connect()).await
+    async fn connected(&self) -> Result<&Connected<Client>, SourceError> {
+        self.client.get(|| self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Connected, SourceError> {
+    async fn connect(&self) -> Result<Connected<Client>, SourceError> {
         let http = reqwest::Client::builder()
             .timeout(self.request_timeout)
             .build()
@@ -274,7 +253,7 @@ impl GcsStore {
 
     /// Classifies a failure to obtain an access token.
     fn auth_error(&self, identity: &str, e: google_cloud_auth::error::Error) -> SourceError {
-        let what = format!("gs://{}/{}", self.bucket, self.prefix);
+        let what = self.naming.identity.clone();
         let detail = format!("obtaining a token for {identity}: {e}");
         if token_error_is_transient(&e) {
             SourceError::Transient { what, detail }
@@ -285,7 +264,7 @@ impl GcsStore {
 
     /// Classifies a failed request about `what`; a 404 is left to the
     /// caller, which knows whether it means "no object" or "no bucket".
-    fn classify(&self, conn: &Connected, what: String, e: GcsError) -> Classified {
+    fn classify(&self, conn: &Connected<Client>, what: String, e: GcsError) -> Classified {
         let (status, detail) = match &e {
             GcsError::Response(r) => (Some(r.code), r.to_string()),
             GcsError::HttpClient(re) | GcsError::RawResponse(re, _) => {
@@ -327,32 +306,6 @@ impl GcsStore {
         })
     }
 
-    /// One `objects.list` request.
-    async fn list_page(
-        &self,
-        list_prefix: &str,
-        start_offset: Option<String>,
-        page_token: Option<String>,
-        max_results: usize,
-    ) -> Result<ListObjectsResponse, SourceError> {
-        let conn = self.connected().await?;
-        let req = ListObjectsRequest {
-            bucket: self.bucket.clone(),
-            prefix: Some(list_prefix.to_string()),
-            start_offset,
-            page_token,
-            max_results: Some(max_results.clamp(1, MAX_PAGE) as i32),
-            ..ListObjectsRequest::default()
-        };
-        match conn.client.list_objects(&req).await {
-            Ok(resp) => Ok(resp),
-            Err(e) => match self.classify(conn, self.url_of(list_prefix), e) {
-                Classified::NotFound => Err(SourceError::NoSuchBucket(self.bucket.clone())),
-                Classified::Error(e) => Err(e),
-            },
-        }
-    }
-
     /// A listed object, its key relative to the prefix.
     fn meta(&self, obj: Object) -> ObjectMeta {
         // An object without `updated` is treated as written just now, so a
@@ -363,11 +316,7 @@ impl GcsStore {
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond()))
             .unwrap_or_else(Utc::now);
         ObjectMeta {
-            key: obj
-                .name
-                .strip_prefix(&self.prefix)
-                .unwrap_or(&obj.name)
-                .to_string(),
+            key: self.naming.relative(&obj.name).to_string(),
             size: u64::try_from(obj.size).unwrap_or(0),
             last_modified,
         }
@@ -376,31 +325,21 @@ impl GcsStore {
     fn request(&self, key: &str) -> GetObjectRequest {
         GetObjectRequest {
             bucket: self.bucket.clone(),
-            object: format!("{}{key}", self.prefix),
+            object: self.naming.key_in_store(key),
             ..GetObjectRequest::default()
         }
     }
 
-    /// A 404 is a missing object; anything else is classified.
-    fn missing_or(&self, conn: &Connected, key: &str, e: GcsError) -> Result<(), SourceError> {
-        match self.classify(conn, self.describe(key), e) {
-            Classified::NotFound => Ok(()),
-            Classified::Error(e) => Err(e),
-        }
+    /// A failed object request: `None` for a missing object.
+    fn missing_or<T>(
+        &self,
+        conn: &Connected<Client>,
+        key: &str,
+        e: GcsError,
+    ) -> Result<Option<T>, SourceError> {
+        self.classify(conn, self.naming.describe(key), e)
+            .missing_object()
     }
-}
-
-/// Outcome of classifying a failed request.
-enum Classified {
-    /// A 404: missing object or missing bucket, depending on the call.
-    NotFound,
-    /// Any other failure, already classified.
-    Error(SourceError),
-}
-
-/// 408, 429 and 5xx are worth retrying, as GCS's retry strategy documents.
-fn status_is_transient(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
 }
 
 /// Timeouts and broken connections (no HTTP status at all) are transient.
@@ -444,39 +383,31 @@ fn token_error_is_transient(e: &google_cloud_auth::error::Error) -> bool {
 
 #[async_trait]
 impl ObjectStore for GcsStore {
-    fn identity(&self) -> String {
-        format!("gs://{}/{}", self.bucket, self.prefix)
-    }
-
-    fn describe(&self, key: &str) -> String {
-        self.url_of(&format!("{}{key}", self.prefix))
-    }
-
-    fn key_in_store(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
-        let list_prefix = format!("{}{prefix}", self.prefix);
-        let after = start_after.map(|a| format!("{}{a}", self.prefix));
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
+        let start_offset = after.map(|a| self.naming.key_in_store(a));
         let limit = limit.clamp(1, MAX_PAGE);
         // One more than wanted: `startOffset` is inclusive, so the first
         // item may be the start-after key itself.
-        let want = if after.is_some() { limit + 1 } else { limit };
-        let resp = self
-            .list_page(&list_prefix, after.clone(), None, want)
-            .await?;
+        let want = limit + usize::from(after.is_some());
+        let conn = self.connected().await?;
+        let req = ListObjectsRequest {
+            bucket: self.bucket.clone(),
+            prefix: Some(self.naming.key_in_store(prefix)),
+            start_offset: start_offset.clone(),
+            max_results: Some(want.min(MAX_PAGE) as i32),
+            ..ListObjectsRequest::default()
+        };
+        let resp = match conn.client.list_objects(&req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let what = self.naming.describe(prefix);
+                return self.classify(conn, what, e).missing_bucket(&self.bucket);
+            }
+        };
         let mut more = resp.next_page_token.is_some_and(|t| !t.is_empty());
         let mut objects = Vec::new();
-        for obj in resp.items.unwrap_or_default() {
-            if after.as_ref().is_some_and(|a| obj.name <= *a) {
-                continue;
-            }
+        let items = resp.items.unwrap_or_default().into_iter();
+        for obj in items.filter(|o| start_offset.as_ref().is_none_or(|a| o.name > *a)) {
             if objects.len() == limit {
                 more = true;
                 break;
@@ -486,7 +417,7 @@ impl ObjectStore for GcsStore {
         Ok(Listing { objects, more })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         let conn = self.connected().await?;
         match conn
             .client
@@ -494,7 +425,7 @@ impl ObjectStore for GcsStore {
             .await
         {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) => self.missing_or(conn, key, e).map(|()| None),
+            Err(e) => self.missing_or(conn, key, e),
         }
     }
 
@@ -502,14 +433,14 @@ impl ObjectStore for GcsStore {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError> {
+    ) -> StoreResult<Option<IfChanged>> {
         let conn = self.connected().await?;
         // The metadata names the generation without the body. The download
         // that follows may find a newer one; the version then lags the body,
         // which only costs one more download at the next poll.
         let object = match conn.client.get_object(&self.request(key)).await {
             Ok(o) => o,
-            Err(e) => return self.missing_or(conn, key, e).map(|()| None),
+            Err(e) => return self.missing_or(conn, key, e),
         };
         let version = ObjectVersion(object.generation.to_string());
         if known == Some(&version) {
@@ -519,6 +450,10 @@ impl ObjectStore for GcsStore {
             Some(body) => Ok(Some(IfChanged::Changed { body, version })),
             None => Ok(None),
         }
+    }
+
+    fn naming(&self) -> &Naming {
+        &self.naming
     }
 }
 
@@ -569,25 +504,16 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            normalize_endpoint("127.0.0.1:4443").unwrap(),
-            "http://127.0.0.1:4443"
-        );
-        assert_eq!(
-            normalize_endpoint("https://storage.example/").unwrap(),
-            "https://storage.example"
-        );
-        assert!(normalize_endpoint("ftp://x").is_err());
-        assert!(normalize_endpoint("").is_err());
-    }
-
-    #[test]
-    fn transient_statuses() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(status_is_transient(s), "{s}");
+        // `host:port` is the `STORAGE_EMULATOR_HOST` convention: plain HTTP.
+        let good = [
+            ("127.0.0.1:4443", "http://127.0.0.1:4443"),
+            ("https://storage.example/", "https://storage.example"),
+        ];
+        for (raw, want) in good {
+            assert_eq!(normalize_endpoint(raw).unwrap(), want, "{raw}");
         }
-        for s in [400, 401, 403, 404, 412] {
-            assert!(!status_is_transient(s), "{s}");
+        for bad in ["ftp://x", ""] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
         }
     }
 }

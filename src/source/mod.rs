@@ -9,6 +9,7 @@
 //! Backends classify their own errors ([`SourceError::is_retryable`]) so
 //! retry decisions never depend on string matching.
 
+mod connection;
 pub mod fs;
 pub mod gcs;
 pub mod retry;
@@ -104,6 +105,54 @@ pub enum IfChanged {
     },
 }
 
+/// The answer of every store call.
+pub type StoreResult<T> = Result<T, SourceError>;
+
+/// How a store names itself and its objects, built once from its settings
+/// so that the identity, messages and listed names always agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Naming {
+    /// A stable description of the bucket and prefix (or directory), stored
+    /// in replica files so that a file built from one backup is never synced
+    /// from another: its value must never change for the same settings.
+    pub identity: String,
+    /// Put before a key to name the object in messages (a URL or a path),
+    /// so that an operator can find it.
+    pub url_base: String,
+    /// Put before a key to spell it as the store's own listing does.
+    pub key_prefix: String,
+}
+
+impl Naming {
+    /// The names of a bucket's objects below `prefix`, where `bucket_url`
+    /// (`s3://b/`, `http://host:9000/b/`, `gs://b/`) names the bucket: the
+    /// identity is the URL of the prefix.
+    pub(crate) fn in_bucket(bucket_url: &str, prefix: &str) -> Naming {
+        let url = format!("{bucket_url}{prefix}");
+        Naming {
+            identity: url.clone(),
+            url_base: url,
+            key_prefix: prefix.to_string(),
+        }
+    }
+
+    /// How `key` is named in messages.
+    pub fn describe(&self, key: &str) -> String {
+        format!("{}{key}", self.url_base)
+    }
+
+    /// `key` as the store's listing spells it (the prefix prepended), for
+    /// requests and for errors that quote a listed name.
+    pub fn key_in_store(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    /// A key as the store lists it, made relative to the prefix again.
+    pub(crate) fn relative<'a>(&self, listed: &'a str) -> &'a str {
+        listed.strip_prefix(&self.key_prefix).unwrap_or(listed)
+    }
+}
+
 /// A read-only object store rooted at one backup (bucket + prefix, or a
 /// directory). Keys are relative to that root; the store adds its prefix.
 ///
@@ -113,31 +162,16 @@ pub enum IfChanged {
 /// [`crate::backup`]'s job, so the layout is spelled once).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + fmt::Debug {
-    /// A stable description of the bucket and prefix, stored in replica
-    /// files so that a file built from one backup is never synced from
-    /// another: its value must never change for the same settings.
-    fn identity(&self) -> String;
-
-    /// How `key` is named in messages (a URL or a path), so that an
-    /// operator can find the object.
-    fn describe(&self, key: &str) -> String;
-
-    /// `key` as the store's own listing spells it (the prefix prepended), for
-    /// errors that quote a listed name.
-    fn key_in_store(&self, key: &str) -> String;
+    /// The store's identity and how it names objects.
+    fn naming(&self) -> &Naming;
 
     /// Lists up to `limit` (at least one, at most the store's page size)
-    /// keys that start with `prefix` and sort after `start_after`, in key
-    /// order: one request.
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError>;
+    /// keys that start with `prefix` and sort after `after`, in key order:
+    /// one request.
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing>;
 
     /// Fetches an object whole; `None` when it does not exist.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError>;
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
 
     /// Fetches an object unless its version is still `known`; `None` when it
     /// does not exist. "Unchanged" costs no body transfer, so the object can
@@ -146,7 +180,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError>;
+    ) -> StoreResult<Option<IfChanged>>;
 }
 
 /// Settings that apply to S3-compatible stores.

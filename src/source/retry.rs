@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use super::{IfChanged, Listing, ObjectStore, ObjectVersion, SourceError};
+use super::{IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult};
 
 /// How transient failures are retried.
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ impl Retrying {
                 self.inner
                     .get(key)
                     .await?
-                    .ok_or_else(|| SourceError::ListedButMissing(self.inner.describe(key)))
+                    .ok_or_else(|| SourceError::ListedButMissing(self.naming().describe(key)))
             })
             .await
     }
@@ -105,28 +105,17 @@ impl Retrying {
 
 #[async_trait]
 impl ObjectStore for Retrying {
-    fn identity(&self) -> String {
-        self.inner.identity()
+    fn naming(&self) -> &Naming {
+        self.inner.naming()
     }
-    fn describe(&self, key: &str) -> String {
-        self.inner.describe(key)
-    }
-    fn key_in_store(&self, key: &str) -> String {
-        self.inner.key_in_store(key)
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
         self.policy
             .run(&format!("listing {prefix}"), || {
-                self.inner.list(prefix, start_after, limit)
+                self.inner.list(prefix, after, limit)
             })
             .await
     }
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         self.policy
             .run(&format!("fetching {key}"), || self.inner.get(key))
             .await
@@ -135,7 +124,7 @@ impl ObjectStore for Retrying {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError> {
+    ) -> StoreResult<Option<IfChanged>> {
         self.policy
             .run(&format!("polling {key}"), || {
                 self.inner.get_if_changed(key, known)

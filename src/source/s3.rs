@@ -42,7 +42,7 @@
 //! which key lacks `s3:ListBucket` / `s3:GetObject`.
 //!
 //! # Identity
-//! [`ObjectStore::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
+//! [`Naming::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
 //! (bucket names are global there, so the region is left out) and
 //! `<endpoint>/bucket/prefix/` (e.g. `http://127.0.0.1:9000/kv-backup/p/`)
 //! with a custom endpoint, so that two servers holding a bucket of the same
@@ -60,12 +60,13 @@ use s3::creds::error::CredentialsError;
 use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::request::request_trait::ResponseData;
-use s3::serde_types::{ListBucketResult, Object};
+use s3::serde_types::Object;
 use s3::{Bucket, Region};
-use tokio::sync::OnceCell;
 
+use super::connection::{status_is_transient, Classified, Connected, LazyClient};
 use super::{
-    error_chain, IfChanged, Listing, ObjectMeta, ObjectStore, ObjectVersion, S3Options, SourceError,
+    error_chain, IfChanged, Listing, Naming, ObjectMeta, ObjectStore, ObjectVersion, S3Options,
+    SourceError, StoreResult,
 };
 
 /// Most keys one `ListObjectsV2` page returns: the documented maximum of
@@ -155,48 +156,20 @@ enum CredentialPlan {
 pub struct S3Store {
     /// Bucket name, without `s3://`.
     bucket: String,
-    /// Key prefix of the backup; empty or ending in `/`.
-    prefix: String,
     /// AWS region or custom endpoint (with the region name to sign with).
     region: Region,
     /// Path-style (`host/bucket/key`) rather than virtual-host addressing.
     path_style: bool,
     /// Timeout of every single HTTP request.
     request_timeout: Duration,
-    /// `s3://bucket/` or `<endpoint>/bucket/`: how objects are named in
-    /// messages and in [`ObjectStore::identity`].
-    base_url: String,
+    /// Below `s3://bucket/` or `<endpoint>/bucket/`, with the backup's key
+    /// prefix (empty or ending in `/`).
+    naming: Naming,
     /// How to obtain credentials.
     credentials: CredentialPlan,
-    /// The client, built on first use: resolving credentials may be network
-    /// I/O, which belongs in the async calls (and is retried like them).
-    client: OnceCell<Connected>,
-}
-
-/// A ready bucket handle and the identity it signs as.
-struct Connected {
-    /// rust-s3's bucket handle (holds the HTTP client and credentials).
-    bucket: Box<Bucket>,
-    /// `access key id AKIA… from …`, for access-denied messages.
-    identity: String,
-}
-
-impl std::fmt::Debug for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The bucket holds the secret key; show only who signs.
-        f.debug_struct("Connected")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Outcome of classifying a failed request.
-enum Classified {
-    /// A 404 that is not `NoSuchBucket`: a missing object (or, for a
-    /// listing, a bucket that is not there), depending on the call.
-    NotFound,
-    /// Any other failure, already classified.
-    Error(SourceError),
+    /// rust-s3's bucket handle (HTTP client and credentials), built on
+    /// first use, and the key id it signs as.
+    client: LazyClient<Box<Bucket>>,
 }
 
 impl S3Store {
@@ -255,34 +228,28 @@ impl S3Store {
         let path_style = opts
             .path_style
             .unwrap_or(endpoint.is_some() || bucket.contains('.'));
-        let base_url = match &endpoint {
+        let bucket_url = match &endpoint {
             Some(ep) => format!("{ep}/{bucket}/"),
             None => format!("s3://{bucket}/"),
         };
         Ok(S3Store {
+            naming: Naming::in_bucket(&bucket_url, &prefix),
             bucket,
-            prefix,
             region,
             path_style,
             request_timeout,
-            base_url,
             credentials,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         })
     }
 
-    /// How an object (or listing prefix) is named in messages.
-    fn url_of(&self, key: &str) -> String {
-        format!("{}{key}", self.base_url)
-    }
-
     /// The bucket handle, built (and its credentials resolved) on first use.
-    async fn connected(&self) -> Result<&Connected, SourceError> {
-        self.client.get_or_try_init(|| self.connect()).await
+    async fn connected(&self) -> Result<&Connected<Box<Bucket>>, SourceError> {
+        self.client.get(|| self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Connected, SourceError> {
-        let what = self.url_of(&self.prefix);
+    async fn connect(&self) -> Result<Connected<Box<Bucket>>, SourceError> {
+        let what = self.naming.identity.clone();
         let (creds, identity) = match &self.credentials {
             CredentialPlan::Static(c) => {
                 let creds = Credentials::new(
@@ -331,12 +298,21 @@ impl S3Store {
         }
         bucket.set_request_timeout(Some(self.request_timeout));
         tracing::debug!(source = %what, %identity, path_style = self.path_style, "S3 client ready");
-        Ok(Connected { bucket, identity })
+        Ok(Connected {
+            client: bucket,
+            identity,
+        })
     }
 
     /// Classifies a failed request about `what`; a 404 other than
     /// `NoSuchBucket` is left to the caller.
-    fn classify(&self, conn: &Connected, what: String, e: S3Error, is_get: bool) -> Classified {
+    fn classify(
+        &self,
+        conn: &Connected<Box<Bucket>>,
+        what: String,
+        e: S3Error,
+        is_get: bool,
+    ) -> Classified {
         let err = match e {
             S3Error::HttpFailWithBody(status, body) => {
                 let code = xml_text(&body, "Code");
@@ -403,48 +379,16 @@ impl S3Store {
         Classified::Error(err)
     }
 
-    /// One `ListObjectsV2` request below `list_prefix`.
-    async fn list_page(
-        &self,
-        list_prefix: &str,
-        start_after: Option<String>,
-        continuation_token: Option<String>,
-        max_keys: usize,
-    ) -> Result<ListBucketResult, SourceError> {
-        let conn = self.connected().await?;
-        match conn
-            .bucket
-            .list_page(
-                list_prefix.to_string(),
-                None,
-                continuation_token,
-                start_after,
-                Some(max_keys.clamp(1, MAX_PAGE)),
-            )
-            .await
-        {
-            Ok((page, _status)) => Ok(page),
-            Err(e) => match self.classify(conn, self.url_of(list_prefix), e, false) {
-                // A listing names no object: a 404 can only be the bucket.
-                Classified::NotFound => Err(SourceError::NoSuchBucket(self.bucket.clone())),
-                Classified::Error(e) => Err(e),
-            },
-        }
-    }
-
     /// A listed object, its key relative to the prefix.
     fn meta(&self, obj: &Object) -> Result<ObjectMeta, SourceError> {
+        let key = self.naming.relative(&obj.key);
         let last_modified =
             parse_last_modified(&obj.last_modified).ok_or_else(|| SourceError::Permanent {
-                what: self.url_of(&obj.key),
+                what: self.naming.describe(key),
                 detail: format!("unparsable LastModified {:?}", obj.last_modified),
             })?;
         Ok(ObjectMeta {
-            key: obj
-                .key
-                .strip_prefix(&self.prefix)
-                .unwrap_or(&obj.key)
-                .to_string(),
+            key: key.to_string(),
             size: obj.size,
             last_modified,
         })
@@ -458,57 +402,49 @@ impl S3Store {
         headers: Option<HeaderMap>,
     ) -> Result<Option<Option<ResponseData>>, SourceError> {
         let conn = self.connected().await?;
-        let full = format!("{}{key}", self.prefix);
+        let full = self.naming.key_in_store(key);
         let res = match headers {
-            Some(h) => match conn.bucket.with_extra_headers(h) {
+            Some(h) => match conn.client.with_extra_headers(h) {
                 Ok(b) => b.get_object(&full).await,
                 Err(e) => Err(e),
             },
-            None => conn.bucket.get_object(&full).await,
+            None => conn.client.get_object(&full).await,
         };
         match res {
             Ok(resp) => Ok(Some(Some(resp))),
             Err(S3Error::HttpFailWithBody(304, _)) => Ok(Some(None)),
-            Err(e) => match self.classify(conn, self.url_of(&full), e, true) {
-                Classified::NotFound => Ok(None),
-                Classified::Error(e) => Err(e),
-            },
+            Err(e) => self
+                .classify(conn, self.naming.describe(key), e, true)
+                .missing_object(),
         }
     }
 }
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    fn identity(&self) -> String {
-        self.url_of(&self.prefix)
-    }
-
-    fn describe(&self, key: &str) -> String {
-        self.url_of(&format!("{}{key}", self.prefix))
-    }
-
-    fn key_in_store(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
-        let list_prefix = format!("{}{prefix}", self.prefix);
-        let after = start_after.map(|a| format!("{}{a}", self.prefix));
-        let page = self
-            .list_page(&list_prefix, after.clone(), None, limit)
-            .await?;
-        let mut objects = Vec::new();
-        for obj in &page.contents {
-            // start-after is exclusive; a server that disagrees must not
-            // make us read an object twice.
-            if after.as_ref().is_some_and(|a| obj.key <= *a) {
-                continue;
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
+        let conn = self.connected().await?;
+        let start_after = after.map(|a| self.naming.key_in_store(a));
+        let max_keys = Some(limit.clamp(1, MAX_PAGE));
+        let list_prefix = self.naming.key_in_store(prefix);
+        let answer = conn
+            .client
+            .list_page(list_prefix, None, None, start_after.clone(), max_keys)
+            .await;
+        let page = match answer {
+            Ok((page, _status)) => page,
+            Err(e) => {
+                let what = self.naming.describe(prefix);
+                return self
+                    .classify(conn, what, e, false)
+                    .missing_bucket(&self.bucket);
             }
+        };
+        let mut objects = Vec::new();
+        // start-after is exclusive; a server that disagrees must not make us
+        // read an object twice.
+        let fresh = |o: &&Object| start_after.as_ref().is_none_or(|a| o.key > *a);
+        for obj in page.contents.iter().filter(fresh) {
             objects.push(self.meta(obj)?);
         }
         Ok(Listing {
@@ -517,7 +453,7 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         Ok(self
             .fetch(key, None)
             .await?
@@ -528,12 +464,12 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError> {
+    ) -> StoreResult<Option<IfChanged>> {
         let headers = match known {
             Some(ObjectVersion(etag)) if !etag.is_empty() => {
                 let mut h = HeaderMap::new();
                 let value = HeaderValue::from_str(etag).map_err(|_| SourceError::Permanent {
-                    what: self.describe(key),
+                    what: self.naming.describe(key),
                     detail: format!("unusable ETag {etag:?}"),
                 })?;
                 h.insert(IF_NONE_MATCH, value);
@@ -562,6 +498,10 @@ impl ObjectStore for S3Store {
             body: resp.to_vec(),
             version,
         }))
+    }
+
+    fn naming(&self) -> &Naming {
+        &self.naming
     }
 }
 
@@ -741,11 +681,6 @@ fn credentials_from_chain(what: &str) -> Result<(Credentials, String), SourceErr
     ))
 }
 
-/// 408, 429 and 5xx are worth retrying, as AWS's retry guidance documents.
-fn status_is_transient(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
-}
-
 /// The text of the first `<tag>…</tag>` in an S3 XML error body.
 fn xml_text(body: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
@@ -847,7 +782,7 @@ mod tests {
         )
         .unwrap();
         assert!(!aws.path_style);
-        assert_eq!(aws.identity(), "s3://b/p/");
+        assert_eq!(aws.naming().identity, "s3://b/p/");
         let dotted = S3Store::new(
             "a.b".into(),
             "".into(),
@@ -869,7 +804,7 @@ mod tests {
         )
         .unwrap();
         assert!(local.path_style);
-        assert_eq!(local.identity(), "http://127.0.0.1:9000/b/p/");
+        assert_eq!(local.naming().identity, "http://127.0.0.1:9000/b/p/");
         let forced = S3Store::new(
             "b".into(),
             "".into(),

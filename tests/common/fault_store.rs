@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use kvreplica::source::{IfChanged, Listing, ObjectStore, ObjectVersion, SourceError};
+use kvreplica::source::{
+    IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult,
+};
 
 /// Wraps `inner`; each call first takes the next scripted error, if any.
 #[derive(Debug)]
@@ -60,25 +62,14 @@ impl FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    fn identity(&self) -> String {
-        self.inner.identity()
+    fn naming(&self) -> &Naming {
+        self.inner.naming()
     }
-    fn describe(&self, key: &str) -> String {
-        self.inner.describe(key)
-    }
-    fn key_in_store(&self, key: &str) -> String {
-        self.inner.key_in_store(key)
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
         self.next_fault()?;
-        self.inner.list(prefix, start_after, limit).await
+        self.inner.list(prefix, after, limit).await
     }
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         self.next_fault()?;
         self.inner.get(key).await
     }
@@ -86,7 +77,7 @@ impl ObjectStore for FaultStore {
         &self,
         key: &str,
         known: Option<&ObjectVersion>,
-    ) -> Result<Option<IfChanged>, SourceError> {
+    ) -> StoreResult<Option<IfChanged>> {
         self.next_fault()?;
         self.inner.get_if_changed(key, known).await
     }
