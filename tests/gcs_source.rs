@@ -19,7 +19,7 @@ use kvreplica::backup::Backup;
 use kvreplica::format::LogName;
 use kvreplica::source::gcs::GcsStore;
 use kvreplica::source::retry::RetryPolicy;
-use kvreplica::source::{GcsOptions, SourceError};
+use kvreplica::source::{GcsOptions, IfChanged, ObjectVersion, SourceError};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -115,6 +115,54 @@ async fn gcs_http_failures_are_classified() {
         let err = src.get_log(&log_name(1)).await.unwrap_err();
         assert!(expected(&err), "{label}: {err:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn differential_is_polled_by_generation() {
+    let name = format!("{PREFIX}differential");
+    let metadata = serde_json::json!({
+        "kind": "storage#object",
+        "id": format!("{BUCKET}/{name}/7"),
+        "selfLink": "http://x/self",
+        "mediaLink": "http://x/media",
+        "name": name,
+        "bucket": BUCKET,
+        "generation": "7",
+        "metageneration": "1",
+        "size": "20",
+    })
+    .to_string();
+    let server = Canned::start(move |req| {
+        if req.line.contains("alt=media") {
+            canned::http(200, "application/octet-stream", "0000000200d0000000ff")
+        } else {
+            raw(Some((200, metadata.clone())))
+        }
+    });
+    let src = source_at(&server.url(), BUCKET, GcsOptions::default());
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(None).await.unwrap()
+    else {
+        panic!("a first read returns the body");
+    };
+    assert_eq!(body, b"0000000200d0000000ff");
+    assert_eq!(version, ObjectVersion("7".into()), "the generation");
+    assert_eq!(
+        server.requests.lock().unwrap().len(),
+        2,
+        "metadata, then media"
+    );
+    assert_eq!(
+        src.differential_if_changed(Some(&version)).await.unwrap(),
+        Some(IfChanged::Unchanged)
+    );
+    let requests = server.requests.lock().unwrap();
+    assert_eq!(requests.len(), 3, "an unchanged object costs one request");
+    assert!(
+        !requests[2].line.contains("alt=media"),
+        "and no body: {}",
+        requests[2].line
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

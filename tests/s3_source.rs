@@ -23,7 +23,7 @@ use kvreplica::backup::Backup;
 use kvreplica::format::LogName;
 use kvreplica::source::retry::RetryPolicy;
 use kvreplica::source::s3::{S3Credentials, S3Store};
-use kvreplica::source::{S3Options, SourceError};
+use kvreplica::source::{IfChanged, ObjectVersion, S3Options, SourceError};
 use s3_server::S3Server;
 
 const BUCKET: &str = "kv-backup";
@@ -258,6 +258,88 @@ async fn list_logs_is_one_request_with_start_after_and_max_keys() {
         "{line}"
     );
     assert!(!query.contains_key("continuation-token"), "{line}");
+}
+
+/// A raw answer to a `GetObject`: a body with its ETag, or a 304.
+fn with_etag(status: u16, etag: &str, body: &str) -> Answer {
+    Some(format!(
+        "HTTP/1.1 {status} X\r\nETag: {etag}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn differential_is_polled_with_if_none_match() {
+    // The first read gets the body and its ETag; the next, sent with
+    // If-None-Match, is answered 304 without a body; then the object changes.
+    let answers = std::sync::Mutex::new(
+        vec![
+            with_etag(200, "\"v1\"", "0000000200d0000000ff"),
+            with_etag(304, "\"v1\"", ""),
+            with_etag(200, "\"v2\"", "0000000300d0000000ff"),
+        ]
+        .into_iter(),
+    );
+    let server = Canned::start(move |_| answers.lock().unwrap().next().flatten());
+    let src = source_with(&server.url(), BUCKET, test_creds(), REQUEST_TIMEOUT);
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(None).await.unwrap()
+    else {
+        panic!("a first read returns the body");
+    };
+    assert_eq!(body, b"0000000200d0000000ff");
+    assert_eq!(version, ObjectVersion("\"v1\"".into()), "the ETag");
+    assert_eq!(
+        src.differential_if_changed(Some(&version)).await.unwrap(),
+        Some(IfChanged::Unchanged),
+        "a 304 is no change"
+    );
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(Some(&version)).await.unwrap()
+    else {
+        panic!("a new ETag is a change");
+    };
+    assert_eq!(body, b"0000000300d0000000ff");
+    assert_eq!(version, ObjectVersion("\"v2\"".into()));
+    let lines: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.line.clone())
+        .collect();
+    assert_eq!(lines.len(), 3, "one GET per poll: {lines:?}");
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("GET /{BUCKET}/{PREFIX}differential ")),
+            "{line}"
+        );
+    }
+
+    // The poll carries the known ETag, signed like every header.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let head = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let answer = with_etag(304, "\"v2\"", "").unwrap();
+        std::io::Write::write_all(&mut conn, answer.as_bytes()).unwrap();
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    });
+    let src = source_with(&url, BUCKET, test_creds(), REQUEST_TIMEOUT);
+    let known = ObjectVersion("\"v2\"".into());
+    assert_eq!(
+        src.differential_if_changed(Some(&known)).await.unwrap(),
+        Some(IfChanged::Unchanged)
+    );
+    let head = head.join().unwrap();
+    assert!(head.contains("\r\nif-none-match: \"v2\"\r\n"), "{head}");
+    assert!(head.contains("if-none-match;"), "signed: {head}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
