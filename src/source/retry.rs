@@ -91,7 +91,7 @@ impl Retrying {
     /// Fetches an object that a listing named. Its absence is retried, not
     /// treated as empty: eventually consistent stores list an object a
     /// moment before they serve it.
-    pub async fn get_listed(&self, key: &str) -> Result<Vec<u8>, SourceError> {
+    pub(crate) async fn get_listed(&self, key: &str) -> Result<Vec<u8>, SourceError> {
         self.policy
             .run(&format!("fetching {key}"), || async {
                 self.inner

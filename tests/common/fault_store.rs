@@ -18,7 +18,7 @@ pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     script: Mutex<VecDeque<SourceError>>,
     /// Calls made, failed ones included.
-    pub calls: AtomicU32,
+    calls: AtomicU32,
 }
 
 impl FaultStore {
