@@ -7,6 +7,8 @@
 mod canned;
 #[path = "common/gcs_server.rs"]
 mod gcs_server;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -18,8 +20,8 @@ use gcs_server::GcsServer;
 use kvreplica::backup::Backup;
 use kvreplica::format::LogName;
 use kvreplica::source::gcs::GcsStore;
-use kvreplica::source::retry::RetryPolicy;
 use kvreplica::source::{GcsOptions, IfChanged, ObjectVersion, SourceError};
+use stores::{log_name, single_attempt};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -45,18 +47,7 @@ fn source_timed(endpoint: &str, bucket: &str, opts: GcsOptions, timeout: Duratio
         timeout,
     )
     .expect("valid source");
-    let once = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    Backup::new(Arc::new(store), once)
-}
-
-/// The i-th of a run of consecutive, valid format-1 log names.
-fn log_name(i: u64) -> LogName {
-    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
-        .parse()
-        .expect("valid log name")
+    single_attempt(Arc::new(store))
 }
 
 fn log_key(name: &LogName) -> String {

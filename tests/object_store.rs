@@ -7,28 +7,28 @@
 //! What only one backend has (SigV4 keys, GCS credentials, endpoint
 //! parsing, answers only a broken server gives) is in `s3_source.rs` and
 //! `gcs_source.rs`; the retry wrapper is proven here against a
-//! fault-injecting store (`common/fault_store.rs`).
+//! fault-injecting store (`common/stores.rs`).
 
-#[path = "common/fault_store.rs"]
-mod fault_store;
 #[path = "common/gcs_server.rs"]
 mod gcs_server;
 #[path = "common/s3_server.rs"]
 mod s3_server;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
-use fault_store::FaultStore;
 use kvreplica::backup::{log_key as rel_log_key, snapshot_key, Backup};
-use kvreplica::format::{FormatError, LogName, SnapshotName};
+use kvreplica::format::{FormatError, LogName};
 use kvreplica::source::fs::DirStore;
 use kvreplica::source::gcs::GcsStore;
 use kvreplica::source::retry::RetryPolicy;
 use kvreplica::source::s3::{S3Credentials, S3Store};
 use kvreplica::source::{GcsOptions, IfChanged, ObjectStore, S3Options, SourceError};
+use stores::{log_name, single_attempt, snapshot_name, FaultStore};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -36,15 +36,6 @@ const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
 /// Timeout of each request in these tests: far above what the local
 /// servers need, far below what would make a hung test noticeable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One attempt per call: these tests check what a store answers, not
-/// what retrying makes of it.
-fn no_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    }
-}
 
 /// A backend with a bucket (or directory) the test can write into.
 trait Rig: Sized {
@@ -69,7 +60,7 @@ trait Rig: Sized {
     fn is_missing_bucket(&self, err: &SourceError, bucket: &str) -> bool;
 
     fn backup(&self, bucket: &str) -> Backup {
-        Backup::new(self.store(bucket), no_retry())
+        single_attempt(self.store(bucket))
     }
 }
 
@@ -216,19 +207,6 @@ impl Rig for Gcs {
     fn is_missing_bucket(&self, err: &SourceError, bucket: &str) -> bool {
         matches!(err, SourceError::NoSuchBucket(b) if b == bucket)
     }
-}
-
-/// The i-th of a run of consecutive, valid format-1 log names.
-fn log_name(i: u64) -> LogName {
-    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
-        .parse()
-        .expect("valid log name")
-}
-
-fn snapshot_name(seq: u64) -> SnapshotName {
-    format!("0001_{:016x}_{seq:016x}", 7)
-        .parse()
-        .expect("valid snapshot name")
 }
 
 fn log_key(name: &LogName) -> String {

@@ -9,6 +9,8 @@
 mod canned;
 #[path = "common/s3_server.rs"]
 mod s3_server;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -21,10 +23,10 @@ use std::time::{Duration, Instant};
 use canned::{http, Answer, Canned};
 use kvreplica::backup::Backup;
 use kvreplica::format::LogName;
-use kvreplica::source::retry::RetryPolicy;
 use kvreplica::source::s3::{S3Credentials, S3Store};
 use kvreplica::source::{IfChanged, ObjectVersion, S3Options, SourceError};
 use s3_server::S3Server;
+use stores::{log_name, single_attempt};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -51,11 +53,7 @@ fn source_with(endpoint: &str, bucket: &str, creds: S3Credentials, timeout: Dura
         timeout,
     )
     .expect("valid source");
-    let once = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    Backup::new(Arc::new(store), once)
+    single_attempt(Arc::new(store))
 }
 
 fn creds(server: &S3Server) -> S3Credentials {
@@ -73,13 +71,6 @@ fn test_creds() -> S3Credentials {
         secret_access_key: "canned-secret-never-shown".into(),
         session_token: None,
     }
-}
-
-/// The i-th of a run of consecutive, valid format-1 log names.
-fn log_name(i: u64) -> LogName {
-    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
-        .parse()
-        .expect("valid log name")
 }
 
 fn log_key(name: &LogName) -> String {

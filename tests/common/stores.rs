@@ -1,16 +1,46 @@
-//! An [`ObjectStore`] that fails on purpose: it wraps a real store and
-//! answers the calls a script names with an error instead, so tests can
-//! prove what the retry wrapper does with each kind of failure without a
-//! network in between (the proxy in `fault_proxy.rs` covers the wire).
+//! What the store tests share: object names, a reader that makes one
+//! attempt per call, and [`FaultStore`], an [`ObjectStore`] that fails on
+//! purpose: it wraps a real store and answers the calls a script names with
+//! an error instead, so tests can prove what the retry wrapper does with
+//! each kind of failure without a network in between (the proxy in
+//! `fault_proxy.rs` covers the wire).
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use kvreplica::backup::Backup;
+use kvreplica::format::{LogName, SnapshotName};
+use kvreplica::source::retry::RetryPolicy;
 use kvreplica::source::{
     IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult,
 };
+
+/// The i-th of a run of consecutive, valid format-1 log names.
+pub fn log_name(i: u64) -> LogName {
+    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
+        .parse()
+        .expect("valid log name")
+}
+
+/// The snapshot range `seq` of one valid format-1 snapshot.
+pub fn snapshot_name(seq: u64) -> SnapshotName {
+    format!("0001_{:016x}_{seq:016x}", 7)
+        .parse()
+        .expect("valid snapshot name")
+}
+
+/// The backup `store` holds, read with one attempt per call: for tests of
+/// what a store answers, not of what retrying makes of it.
+pub fn single_attempt(store: Arc<dyn ObjectStore>) -> Backup {
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    Backup::new(store, once)
+}
 
 /// Wraps `inner`; each call first takes the next scripted error, if any.
 #[derive(Debug)]
