@@ -211,7 +211,8 @@ fn fmt_head(f: &mut fmt::Formatter<'_>, format: u16, monoseq: u64) -> fmt::Resul
 }
 
 /// Name of a snapshot range object, without the folder and the suffix
-/// ([`crate::backup::snapshot_key`] adds them). Ordering is the order ranges are applied in.
+/// ([`crate::backup::snapshot_key`] adds them). Ordering is the order ranges
+/// are applied in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SnapshotName {
     pub format: u16,
@@ -247,7 +248,8 @@ impl fmt::Display for SnapshotName {
 }
 
 /// Name of a mutation-log object, without the folder and the suffix
-/// ([`crate::backup::log_key`] adds them). It names the first and last stamps the object holds.
+/// ([`crate::backup::log_key`] adds them). It names the first and last
+/// stamps the object holds.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct LogName {
     pub format: u16,
