@@ -4,6 +4,7 @@
 //! # Layout
 //! Data flows one way: source → format → sync → store → server/admin.
 //! - [`source`]: where backups are read from (directory, S3), with retries.
+//! - [`backup`]: the bucket layout (`differential`, `snapshots/`, `logs/`).
 //! - [`format`]: object names, versionstamps and the protobuf payloads.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, sync cursor and source binding.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod checkout;
 pub mod cli;
 pub mod config;
