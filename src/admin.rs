@@ -18,7 +18,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::format::Versionstamp;
-use crate::store::pitr::{CheckoutError, CheckoutTarget, HistoryView, Point};
+use crate::metrics::lag_seconds;
+use crate::store::pitr::{self, CheckoutError, CheckoutTarget, HistoryView, Point};
 use crate::store::{self, StoreError};
 use crate::sync::Syncer;
 
@@ -28,12 +29,6 @@ pub const MAX_BODY_BYTES: u64 = 4096;
 /// Default and largest page of `GET /pitr/points`.
 pub const DEFAULT_POINTS_PAGE: usize = 100;
 pub const MAX_POINTS_PAGE: usize = 10_000;
-/// `/readyz` fails when the bucket has not answered for this many poll
-/// intervals: a few missed rounds are normal retries, more is an outage.
-pub const READY_POLL_INTERVALS: u32 = 10;
-/// ... but never for less than this, so fast polling does not flap on a
-/// few slow requests (each is retried with backoff inside a round).
-pub const READY_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 pub use crate::auth::Tokens;
 use crate::server::Limits;
 
@@ -145,15 +140,12 @@ fn point_json(p: &Point) -> serde_json::Value {
 }
 
 fn parse_time(s: &str, what: &str) -> Result<DateTime<Utc>, AdminError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
+    pitr::parse_time(s)
         .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?} is not an RFC 3339 time ({e})")))
 }
 
 fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
-    s.to_ascii_lowercase()
-        .parse::<Versionstamp>()
-        .map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
+    pitr::parse_versionstamp(s).map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,10 +240,10 @@ async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
         "points_behind": pos.points_behind,
         "points_total": pos.points_total,
         // How far the visible state is behind the newest fetched commit.
-        "behind_latest_seconds": pos.visible_ts_ms.map(|v| (pos.latest.ts_ms - v).max(0) as f64 / 1000.0),
+        "behind_latest_seconds": pos.visible_ts_ms.map(|v| lag_seconds(v, pos.latest.ts_ms)),
         // Age of the newest fetched commit: the replication lag when the
         // source database is busy.
-        "sync_lag_seconds": (now_ms - pos.latest.ts_ms).max(0) as f64 / 1000.0,
+        "sync_lag_seconds": lag_seconds(pos.latest.ts_ms, now_ms),
     }))
     .into_response())
 }
@@ -259,7 +251,7 @@ async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
 async fn checkout(ctx: &Arc<AdminContext>, body: &Bytes) -> Result<Response, AdminError> {
     let b: CheckoutBody = serde_json::from_slice(body)
         .map_err(|e| AdminError::BadRequest(format!("body is not the expected JSON: {e}")))?;
-    let out = ctx.syncer.checkout(b.target()?).await?;
+    let out = crate::checkout::checkout(&ctx.syncer, b.target()?).await?;
     tracing::info!(
         from = %out.from,
         to = %out.to.versionstamp,
@@ -277,35 +269,14 @@ async fn checkout(ctx: &Arc<AdminContext>, body: &Bytes) -> Result<Response, Adm
     .into_response())
 }
 
-/// Readiness: the initial snapshot is complete and the bucket answered a
-/// listing recently (within [`READY_POLL_INTERVALS`] poll intervals, and at
-/// least [`READY_MIN_WINDOW`]).
+/// Readiness, as [`crate::health::Health::readiness`] judges it.
 fn readyz(ctx: &Arc<AdminContext>) -> Response {
-    let state = ctx.syncer.state();
-    let window = (ctx.syncer.poll_interval() * READY_POLL_INTERVALS).max(READY_MIN_WINDOW);
-    let last = ctx.syncer.last_successful_round();
-    let fresh = last.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() <= window);
-    let (ready, reason) = match (state.initial_complete(), fresh) {
-        (false, _) => (false, "initial snapshot in progress".to_string()),
-        (true, false) => (
-            false,
-            format!(
-                "no successful poll of the bucket for more than {}s (last: {}){}",
-                window.as_secs(),
-                last.map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "never".into()),
-                ctx.syncer
-                    .last_error()
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        (true, true) => (true, "ok".to_string()),
-    };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (ready, reason, status) = match ctx.syncer.health().readiness(
+        ctx.syncer.state().initial_complete(),
+        ctx.syncer.poll_interval(),
+    ) {
+        Ok(()) => (true, "ok".to_string(), StatusCode::OK),
+        Err(reason) => (false, reason, StatusCode::SERVICE_UNAVAILABLE),
     };
     warp::reply::with_status(
         warp::reply::json(&json!({"ready": ready, "reason": reason})),

@@ -4,10 +4,13 @@
 //! # Layout
 //! Data flows one way: source → format → sync → store → server/admin.
 //! - [`source`]: where backups are read from (directory, S3), with retries.
+//! - [`backup`]: the bucket layout (`differential`, `snapshots/`, `logs/`).
 //! - [`format`]: object names, versionstamps and the protobuf payloads.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, sync cursor and source binding.
 //! - [`sync`]: the engine that loads the initial snapshot and applies logs.
+//! - [`health`]: the engine's liveness, read by readiness and the watchdog.
+//! - [`checkout`]: point-in-time checkout of a replica the engine runs on.
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`).
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
@@ -19,9 +22,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

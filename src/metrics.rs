@@ -12,6 +12,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::format::Versionstamp;
+use crate::store::pitr::CheckoutOutcome;
+use crate::store::{ApplyOutcome, SyncState};
+
 /// All of kvreplica's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -197,8 +201,7 @@ impl Metrics {
     /// commit is old, and nothing tells the replica whether newer ones exist.
     pub fn lag_seconds(&self) -> Option<f64> {
         let latest = self.latest_commit_ms.get();
-        (latest > 0)
-            .then(|| (chrono::Utc::now().timestamp_millis() - latest).max(0) as f64 / 1000.0)
+        (latest > 0).then(|| lag_seconds(latest, chrono::Utc::now().timestamp_millis()))
     }
 
     /// The Prometheus text exposition of every metric, plus the replica
@@ -233,6 +236,72 @@ impl Metrics {
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Seconds from the commit time `commit_ms` to `now_ms` (epoch ms), never
+/// negative (clocks differ between Deploy and here): the one definition of
+/// replication lag, shared by `/metrics`, the admin API and the status line.
+pub fn lag_seconds(commit_ms: i64, now_ms: i64) -> f64 {
+    (now_ms - commit_ms).max(0) as f64 / 1000.0
+}
+
+/// A replica file was opened by the engine: its gauges start from what the
+/// file holds.
+pub fn opened(state: &SyncState) {
+    METRICS
+        .initial_complete
+        .set(state.initial_complete() as i64);
+    METRICS.pinned.set(state.pinned as i64);
+    if let Some(v) = state.visible() {
+        METRICS.visible_version.set(v.version() as i64);
+    }
+}
+
+/// The initial snapshot became complete.
+pub fn initial_complete() {
+    METRICS.initial_complete.set(1);
+}
+
+/// A poll round began.
+pub fn poll_round() {
+    METRICS.poll_rounds.inc();
+}
+
+/// `behind` log objects are listed but not consumed yet.
+pub fn objects_behind(behind: usize) {
+    METRICS.objects_behind.set(behind as i64);
+}
+
+/// An apply transaction began: it is timed until the returned timer is
+/// dropped, failed or not.
+pub fn apply_started() -> prometheus::HistogramTimer {
+    METRICS.apply_seconds.start_timer()
+}
+
+/// A transaction of `objects` log objects (`bytes` long, `mutations`
+/// entries) was committed, with `outcome`.
+pub fn logs_applied(objects: u64, bytes: u64, mutations: u64, outcome: &ApplyOutcome) {
+    applied("log", objects, bytes);
+    METRICS.mutations_applied.inc_by(mutations);
+    if let Some((vs, ts)) = outcome.latest {
+        METRICS.latest_version.set(vs.version() as i64);
+        METRICS.latest_commit_ms.set(ts);
+        if outcome.visible == Some(vs) {
+            visible(vs, ts);
+        }
+    }
+}
+
+/// A checkout moved the visible state.
+pub fn checkout(out: &CheckoutOutcome) {
+    METRICS.checkouts.inc();
+    METRICS.pinned.set(out.pinned as i64);
+    visible(out.to.versionstamp, out.to.ts_ms);
+}
+
+fn visible(vs: Versionstamp, ts_ms: i64) {
+    METRICS.visible_version.set(vs.version() as i64);
+    METRICS.visible_commit_ms.set(ts_ms);
+}
 
 /// A sync or server error happened; `kind` is a short stable label.
 pub fn error(kind: &str) {

@@ -29,6 +29,29 @@ impl Progress {
         Arc::new(Progress::default())
     }
 
+    /// An object of `bytes` bytes was downloaded.
+    pub(crate) fn fetched(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// The initial snapshot has `total` ranges, `loaded` of them stored.
+    pub(crate) fn ranges(&self, total: u64, loaded: u64) {
+        self.ranges_total.store(total, Relaxed);
+        self.ranges_loaded.store(loaded, Relaxed);
+    }
+
+    /// One snapshot range of `keys` keys was stored.
+    pub(crate) fn range_loaded(&self, keys: u64) {
+        self.ranges_loaded.fetch_add(1, Relaxed);
+        self.snapshot_keys.fetch_add(keys, Relaxed);
+    }
+
+    /// `objects` log objects holding `mutations` entries were stored.
+    pub(crate) fn logs_applied(&self, objects: u64, mutations: u64) {
+        self.log_objects.fetch_add(objects, Relaxed);
+        self.mutations.fetch_add(mutations, Relaxed);
+    }
+
     fn line(&self, elapsed: Duration) -> String {
         let bytes = self.bytes.load(Relaxed);
         let secs = elapsed.as_secs_f64().max(0.001);

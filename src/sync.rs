@@ -12,6 +12,7 @@
 //! memory stays flat whatever the bucket size. Downloads keep running while
 //! a transaction is being written (see [`overlapped`]).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +21,13 @@ use futures::future::{self, Either};
 use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::backup::{Backup, Listed};
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
-use crate::metrics::{self, METRICS};
+use crate::health::Health;
+use crate::metrics;
 use crate::progress::Progress;
-use crate::source::{Listed, Source, SourceError};
-use crate::store::pitr::{CheckoutError, CheckoutOutcome, CheckoutTarget, Retention};
+use crate::source::SourceError;
+use crate::store::pitr::Retention;
 use crate::store::{Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
@@ -136,7 +139,7 @@ pub struct RoundOutcome {
 
 /// Drives one replica file from one source.
 pub struct Syncer {
-    source: Arc<dyn Source>,
+    source: Arc<Backup>,
     store: Arc<Mutex<Store>>,
     opts: SyncOptions,
     progress: Arc<Progress>,
@@ -148,38 +151,24 @@ pub struct Syncer {
     /// the state (readiness, status lines, the next round) never wait for
     /// the store lock, which an apply transaction holds for its duration.
     state: Mutex<SyncState>,
-    /// Why the last round failed, until a round succeeds: readiness says it.
-    last_error: Mutex<Option<String>>,
-    /// When the last poll round succeeded (epoch ms; 0 = never): readiness.
-    last_ok_round_ms: std::sync::atomic::AtomicI64,
+    /// What readiness and the watchdog read; the loop reports to it.
+    health: Health,
     /// The poll interval in ms; atomic so a config reload can change it
     /// while the loop runs.
-    poll_interval_ms: std::sync::atomic::AtomicU64,
-    /// When the engine last made progress or finished a step, failed or
-    /// not (epoch ms): the watchdog's proof that the loop is not stuck.
-    alive_ms: std::sync::atomic::AtomicI64,
-    /// The last round listed the bucket to its end (see
-    /// [`RoundOutcome::listed_to_end`]).
-    listed_to_end: std::sync::atomic::AtomicBool,
+    poll_interval_ms: AtomicU64,
 }
 
 impl Syncer {
     /// Binds `store` to `source` (refusing a file built from another
     /// backup) and prepares the engine.
     pub fn new(
-        source: Arc<dyn Source>,
+        source: Arc<Backup>,
         mut store: Store,
         opts: SyncOptions,
     ) -> Result<Self, SyncError> {
         store.bind_source(&source.identity())?;
         let visible = watch::Sender::new(store.state().visible());
-        METRICS
-            .initial_complete
-            .set(store.state().initial_complete() as i64);
-        METRICS.pinned.set(store.state().pinned as i64);
-        if let Some(v) = store.state().visible() {
-            METRICS.visible_version.set(v.version() as i64);
-        }
+        metrics::opened(store.state());
         let state = Mutex::new(store.state().clone());
         let poll_ms = opts.poll_interval.as_millis().clamp(1, u64::MAX as u128) as u64;
         let budget_kib = (opts.max_bytes_in_flight / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
@@ -192,11 +181,8 @@ impl Syncer {
             progress: Progress::new(),
             visible,
             state,
-            last_ok_round_ms: std::sync::atomic::AtomicI64::new(0),
-            last_error: Mutex::new(None),
-            poll_interval_ms: std::sync::atomic::AtomicU64::new(poll_ms),
-            alive_ms: std::sync::atomic::AtomicI64::new(Utc::now().timestamp_millis()),
-            listed_to_end: std::sync::atomic::AtomicBool::new(false),
+            health: Health::default(),
+            poll_interval_ms: AtomicU64::new(poll_ms),
         })
     }
 
@@ -204,52 +190,14 @@ impl Syncer {
         &self.progress
     }
 
-    /// When the last poll round succeeded, if one has.
-    pub fn last_successful_round(&self) -> Option<chrono::DateTime<Utc>> {
-        match self
-            .last_ok_round_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => None,
-            ms => chrono::DateTime::from_timestamp_millis(ms),
-        }
-    }
-
-    /// How long ago the engine last showed progress: a listing answered,
-    /// a range or batch stored, a round ended (even with an error), or a
-    /// pause between rounds ticked. Grows only when the loop is stuck.
-    pub fn since_alive(&self) -> Duration {
-        let ms = Utc::now().timestamp_millis()
-            - self.alive_ms.load(std::sync::atomic::Ordering::Relaxed);
-        Duration::from_millis(ms.max(0) as u64)
-    }
-
-    /// The error that ended the last round, when it failed.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("error lock").clone()
-    }
-
-    /// The bucket answered and everything listed so far was applied.
-    fn mark_ok(&self) {
-        self.last_ok_round_ms.store(
-            Utc::now().timestamp_millis(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    fn alive(&self) {
-        self.alive_ms.store(
-            Utc::now().timestamp_millis(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// The engine's liveness: what readiness and the watchdog read.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The configured poll interval.
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(
-            self.poll_interval_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        Duration::from_millis(self.poll_interval_ms.load(Relaxed))
     }
 
     /// The pause after `failures` failed rounds in a row: the poll interval
@@ -258,17 +206,30 @@ impl Syncer {
         (self.poll_interval() * (1 << failures.min(5))).min(Duration::from_secs(60))
     }
 
+    /// The engine's one retry policy, for the initial load and the follow
+    /// loop alike: `failures` failures in a row (this one, `e`, included)
+    /// are counted, and the next attempt waits [`Syncer::retry_pause`].
+    fn retry_after(&self, e: &SyncError, failures: u32) -> Duration {
+        metrics::error(e.kind());
+        self.retry_pause(failures)
+    }
+
     /// Changes the poll interval from the next pause on (config reload).
     pub fn set_poll_interval(&self, interval: Duration) {
         self.poll_interval_ms.store(
             interval.as_millis().clamp(1, u64::MAX as u128) as u64,
-            std::sync::atomic::Ordering::Relaxed,
+            Relaxed,
         );
     }
 
     /// Subscribes to changes of the visible commit.
     pub fn subscribe(&self) -> watch::Receiver<Option<Versionstamp>> {
         self.visible.subscribe()
+    }
+
+    /// Wakes everyone watching the visible commit: it is now `visible`.
+    pub(crate) fn show(&self, visible: Option<Versionstamp>) {
+        self.visible.send_replace(visible);
     }
 
     /// A copy of the stored sync state as of the last store operation the
@@ -278,8 +239,9 @@ impl Syncer {
     }
 
     /// Runs `f` on the store under its lock, off the runtime, and refreshes
-    /// the state copy from the store afterwards, whatever `f` did.
-    async fn locked<T: Send + 'static>(
+    /// the state copy from the store afterwards, whatever `f` did. Between
+    /// two sync transactions, never inside one.
+    pub(crate) async fn locked<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> T + Send + 'static,
     ) -> Result<T, String> {
@@ -317,6 +279,44 @@ impl Syncer {
             .expect("budget semaphore is never closed")
     }
 
+    /// Counts the downloaded object `body` (of `kind`) and decodes it off
+    /// the runtime. Returns what `decode` made of it and its size.
+    async fn decode<B, T>(
+        &self,
+        kind: &str,
+        body: B,
+        decode: impl FnOnce(&[u8]) -> Result<T, FormatError> + Send + 'static,
+    ) -> Result<(T, u64), SyncError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+        T: Send + 'static,
+    {
+        let len = body.as_ref().len();
+        metrics::fetched(kind, len);
+        self.progress.fetched(len);
+        let decoded = tokio::task::spawn_blocking(move || decode(body.as_ref()))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
+        Ok((decoded, len as u64))
+    }
+
+    /// [`Syncer::initial`], retrying failures that a retry may mend (see
+    /// [`SyncError::is_permanent`]) after a growing pause.
+    pub async fn initial_retrying(&self) -> Result<Versionstamp, SyncError> {
+        let mut failures = 0u32;
+        loop {
+            match self.initial().await {
+                Err(e) if !e.is_permanent() => {
+                    failures += 1;
+                    let pause = self.retry_after(&e, failures);
+                    tracing::error!(error = %e, kind = e.kind(), retry_in = ?pause, "initial snapshot failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Brings the replica to its initial point, resuming whatever a previous
     /// run left. Returns the initial point.
     pub async fn initial(&self) -> Result<Versionstamp, SyncError> {
@@ -339,8 +339,8 @@ impl Syncer {
             let state = self.state();
             if let Some(p) = state.initial_point {
                 tracing::info!(initial_point = %p, "initial snapshot complete");
-                METRICS.initial_complete.set(1);
-                self.visible.send_replace(state.visible());
+                metrics::initial_complete();
+                self.show(state.visible());
                 return Ok(p);
             }
             if round.objects == 0 && !round.held_back {
@@ -349,8 +349,8 @@ impl Syncer {
                 match self.with_store(|s| s.complete_initial_at_dv()).await {
                     Ok(p) => {
                         tracing::info!(initial_point = %p, "initial snapshot complete (no commits after DV yet)");
-                        METRICS.initial_complete.set(1);
-                        self.visible.send_replace(self.state().visible());
+                        metrics::initial_complete();
+                        self.show(self.state().visible());
                         return Ok(p);
                     }
                     Err(SyncError::Store(StoreError::InitialIncomplete)) => {}
@@ -359,16 +359,13 @@ impl Syncer {
             }
             if round.objects == 0 {
                 tokio::time::sleep(self.poll_interval()).await;
-                self.alive();
+                self.health.alive();
             }
         }
     }
 
     async fn wait_for_differential(&self) -> Result<Versionstamp, SyncError> {
-        let object = format!(
-            "{}/differential",
-            self.source.identity().trim_end_matches('/')
-        );
+        let object = self.source.differential_name();
         let mut waited = Duration::ZERO;
         loop {
             if let Some(body) = self.source.read_differential().await? {
@@ -389,7 +386,7 @@ impl Syncer {
             let pause = self.poll_interval();
             tokio::time::sleep(pause).await;
             // Waiting for Deploy's first export is progress, not a hang.
-            self.alive();
+            self.health.alive();
             waited += pause;
         }
     }
@@ -413,13 +410,7 @@ impl Syncer {
         };
         let total = ranges.len() as u64;
         let todo: Vec<SnapshotName> = ranges.iter().filter(|r| !r.1).map(|r| r.0).collect();
-        self.progress
-            .ranges_total
-            .store(total, std::sync::atomic::Ordering::Relaxed);
-        self.progress.ranges_loaded.store(
-            total - todo.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.progress.ranges(total, total - todo.len() as u64);
         if todo.is_empty() {
             return Ok(());
         }
@@ -437,15 +428,9 @@ impl Syncer {
             })
             .map(|(name, permit)| async move {
                 let body = self.source.get_snapshot(&name).await?;
-                metrics::fetched("snapshot", body.len());
-                self.progress
-                    .bytes
-                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let len = body.len() as u64;
-                let entries =
-                    tokio::task::spawn_blocking(move || format::decode_snapshot(&name, &body))
-                        .await
-                        .map_err(|e| SyncError::Task(e.to_string()))??;
+                let (entries, len) = self
+                    .decode("snapshot", body, move |b| format::decode_snapshot(&name, b))
+                    .await?;
                 Ok::<_, SyncError>((name, entries, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
@@ -460,14 +445,9 @@ impl Syncer {
                         .await?;
                     metrics::applied("snapshot", 1, len);
                     tracing::debug!(range = %name, keys = n, "snapshot range loaded");
-                    self.alive();
+                    self.health.alive();
                     drop(permit);
-                    self.progress
-                        .ranges_loaded
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.progress
-                        .snapshot_keys
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.progress.range_loaded(n);
                 }
                 Ok(())
             },
@@ -481,14 +461,14 @@ impl Syncer {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
         let mut out = RoundOutcome::default();
-        METRICS.poll_rounds.inc();
+        metrics::poll_round();
         loop {
             let cursor = self.state().cursor;
             let listed = self
                 .source
                 .list_logs(cursor.as_ref(), self.opts.page_size)
                 .await?;
-            self.alive();
+            self.health.alive();
             let full_page = listed.len() >= self.opts.page_size;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
@@ -498,7 +478,7 @@ impl Syncer {
             if ready.len() < listed.len() {
                 out.held_back = true;
             }
-            METRICS.objects_behind.set(listed.len() as i64);
+            metrics::objects_behind(listed.len());
             if ready.is_empty() {
                 out.listed_to_end = !full_page && !out.held_back;
                 break;
@@ -508,16 +488,15 @@ impl Syncer {
             // Each page applied counts for readiness, so a long catch-up
             // round does not look like a stuck one; a page that fails to
             // apply (a corrupt object) does not.
-            self.mark_ok();
-            METRICS.objects_behind.set((listed.len() - n_ready) as i64);
+            self.health.round_ok();
+            metrics::objects_behind(listed.len() - n_ready);
             if !full_page || out.held_back {
                 out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
         }
-        self.mark_ok();
-        self.listed_to_end
-            .store(out.listed_to_end, std::sync::atomic::Ordering::Relaxed);
+        self.health.round_ok();
+        self.health.set_listed_to_end(out.listed_to_end);
         Ok(out)
     }
 
@@ -532,14 +511,9 @@ impl Syncer {
             })
             .map(|(name, permit)| async move {
                 let body = self.source.get_log(&name).await?;
-                metrics::fetched("log", body.len());
-                self.progress
-                    .bytes
-                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let len = body.len() as u64;
-                let batch = tokio::task::spawn_blocking(move || format::decode_log(&name, &body))
-                    .await
-                    .map_err(|e| SyncError::Task(e.to_string()))??;
+                let (batch, len) = self
+                    .decode("log", body, move |b| format::decode_log(&name, b))
+                    .await?;
                 Ok::<_, SyncError>((batch, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
@@ -586,13 +560,12 @@ impl Syncer {
                     let n = batches.len() as u64;
                     let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
                     if n > 0 {
-                        let timer = METRICS.apply_seconds.start_timer();
+                        let timer = metrics::apply_started();
                         let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
-                        timer.observe_duration();
-                        self.alive();
+                        drop(timer);
+                        self.health.alive();
                         drop(permits);
-                        metrics::applied("log", n, bytes);
-                        METRICS.mutations_applied.inc_by(mutations);
+                        metrics::logs_applied(n, bytes, mutations, &outcome);
                         tracing::debug!(
                             objects = n,
                             mutations,
@@ -600,23 +573,10 @@ impl Syncer {
                             deferred = outcome.deferred,
                             "log batch stored"
                         );
-                        if let Some((vs, ts)) = outcome.latest {
-                            METRICS.latest_version.set(vs.version() as i64);
-                            METRICS.latest_commit_ms.set(ts);
-                            if outcome.visible == Some(vs) {
-                                METRICS.visible_version.set(vs.version() as i64);
-                                METRICS.visible_commit_ms.set(ts);
-                            }
-                        }
                         consumed += n;
-                        self.progress
-                            .log_objects
-                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        self.progress
-                            .mutations
-                            .fetch_add(mutations, std::sync::atomic::Ordering::Relaxed);
+                        self.progress.logs_applied(n, mutations);
                         if let Some(v) = outcome.visible {
-                            self.visible.send_replace(Some(v));
+                            self.show(Some(v));
                         }
                         if let Some(p) = outcome.reached_initial {
                             tracing::debug!(initial_point = %p, "logs reached the initial point");
@@ -639,10 +599,7 @@ impl Syncer {
         // A round that just listed the bucket to its end (such as the one
         // that completed the initial snapshot) has reached the newest point;
         // listing again at once would only find what landed in between.
-        if !self
-            .listed_to_end
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.health.take_listed_to_end() {
             loop {
                 let r = self.round().await?;
                 if r.objects == 0 || r.listed_to_end {
@@ -651,32 +608,6 @@ impl Syncer {
             }
         }
         self.prune().await
-    }
-
-    /// Moves the visible state (see [`Store::checkout`]) and wakes everyone
-    /// watching it. Runs between two sync transactions, never inside one.
-    pub async fn checkout(&self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
-        let out = self
-            .locked(move |s| {
-                s.checkout(target).map_err(|e| match e {
-                    CheckoutError::Store(e) => {
-                        CheckoutError::Store(crate::store::explain(s.path(), e))
-                    }
-                    e => e,
-                })
-            })
-            .await
-            .map_err(|e| {
-                CheckoutError::Store(StoreError::Corrupt(format!("checkout task failed: {e}")))
-            })??;
-        self.visible.send_replace(Some(out.to.versionstamp));
-        METRICS.checkouts.inc();
-        METRICS.pinned.set(out.pinned as i64);
-        METRICS
-            .visible_version
-            .set(out.to.versionstamp.version() as i64);
-        METRICS.visible_commit_ms.set(out.to.ts_ms);
-        Ok(out)
     }
 
     /// Applies the retention policy.
@@ -715,7 +646,7 @@ impl Syncer {
             let pause = match round {
                 Ok(r) => {
                     failures = 0;
-                    *self.last_error.lock().expect("error lock") = None;
+                    self.health.round_ended(None);
                     if r.objects > 0 {
                         Duration::ZERO
                     } else {
@@ -724,13 +655,13 @@ impl Syncer {
                 }
                 Err(e) => {
                     failures += 1;
-                    metrics::error(e.kind());
+                    let pause = self.retry_after(&e, failures);
                     tracing::error!(error = %e, kind = e.kind(), "sync round failed");
-                    *self.last_error.lock().expect("error lock") = Some(e.to_string());
-                    self.retry_pause(failures)
+                    self.health.round_ended(Some(e.to_string()));
+                    pause
                 }
             };
-            self.alive();
+            self.health.alive();
             // The pause ticks the heartbeat so a long backoff is not taken
             // for a stuck loop.
             let until = tokio::time::Instant::now() + pause;
@@ -743,7 +674,7 @@ impl Syncer {
                 }
                 tokio::select! {
                     _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(step) => self.alive(),
+                    _ = tokio::time::sleep(step) => self.health.alive(),
                 }
             }
             if futures::FutureExt::now_or_never(&mut shutdown).is_some() {

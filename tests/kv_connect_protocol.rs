@@ -21,6 +21,7 @@ use denokv_proto::datapath::{
     SnapshotReadOutput, SnapshotReadStatus, ValueEncoding, Watch, WatchKey, WatchOutput,
 };
 use kvreplica::auth::Tokens;
+use kvreplica::checkout::checkout;
 use kvreplica::format::Versionstamp;
 use kvreplica::server::{self, KvConnect, ServerOptions};
 use kvreplica::source::SourceUrl;
@@ -1255,12 +1256,12 @@ async fn watch_follows_sync_and_checkout() {
     }
 
     // A checkout to an earlier point moves them back, `latest` forward.
-    srv.syncer
-        .checkout(CheckoutTarget::Versionstamp(
-            early_vs.parse::<Versionstamp>().unwrap(),
-        ))
-        .await
-        .unwrap();
+    checkout(
+        &srv.syncer,
+        CheckoutTarget::Versionstamp(early_vs.parse::<Versionstamp>().unwrap()),
+    )
+    .await
+    .unwrap();
     for (w, seen, version) in &mut streams {
         w.until(
             seen,
@@ -1270,7 +1271,7 @@ async fn watch_follows_sync_and_checkout() {
         )
         .await;
     }
-    srv.syncer.checkout(CheckoutTarget::Latest).await.unwrap();
+    checkout(&srv.syncer, CheckoutTarget::Latest).await.unwrap();
     for (w, seen, version) in &mut streams {
         w.until(
             seen,

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::PitrDbArgs;
 use crate::format::Versionstamp;
-use crate::store::pitr::{CheckoutTarget, HistoryView, Point};
+use crate::store::pitr::{self, CheckoutTarget, HistoryView, Point};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, Args)]
@@ -50,26 +50,8 @@ pub enum PitrCommand {
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
+    pitr::parse_time(s)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
-}
-
-/// Parses what an operator types as a checkout target.
-pub fn parse_target(s: &str) -> Result<CheckoutTarget, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("latest") {
-        return Ok(CheckoutTarget::Latest);
-    }
-    if s.len() == 20 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return s
-            .to_ascii_lowercase()
-            .parse::<Versionstamp>()
-            .map(CheckoutTarget::Versionstamp);
-    }
-    parse_time(s).map(CheckoutTarget::Timestamp).map_err(|_| {
-        format!("{s:?} is neither a 20-hex-digit versionstamp, an RFC 3339 time, nor `latest`")
-    })
 }
 
 /// One line of `pitr list`, in the format `denokv pitr list` prints.
@@ -157,7 +139,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             Ok(())
         }
         PitrCommand::Checkout { target } => {
-            let target = parse_target(&target).map_err(anyhow::Error::msg)?;
+            let target: CheckoutTarget = target.parse().map_err(anyhow::Error::msg)?;
             let mut store = match Store::open(&path) {
                 Ok(s) => s,
                 Err(StoreError::Locked { .. }) => bail!(
@@ -187,6 +169,10 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_target(s: &str) -> Result<CheckoutTarget, String> {
+        s.parse()
+    }
 
     #[test]
     fn parses_targets() {

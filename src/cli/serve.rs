@@ -14,7 +14,6 @@ use super::shutdown_signal;
 use crate::admin::{self, AdminContext};
 use crate::auth::Tokens;
 use crate::config::{Inputs, RestartOnly, SettingArgs, Settings, SERVE};
-use crate::metrics::{self, METRICS};
 use crate::notify;
 use crate::reload;
 use crate::server::{self, KvConnect, ServerOptions};
@@ -46,69 +45,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for {what}"))
-}
-
-/// Loads the initial snapshot, retrying transient failures with backoff.
-async fn initial(syncer: &Syncer) -> anyhow::Result<()> {
-    let mut failures = 0u32;
-    loop {
-        match syncer.initial().await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_permanent() => return Err(e.into()),
-            Err(e) => {
-                failures += 1;
-                metrics::error(e.kind());
-                let pause = syncer.retry_pause(failures);
-                tracing::error!(error = %e, kind = e.kind(), retry_in = ?pause, "initial snapshot failed; retrying");
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
-}
-
-fn status_line(syncer: &Syncer) -> String {
-    let state = syncer.state();
-    match state.visible() {
-        None => match state.snapshot_ranges {
-            Some((loaded, total)) => format!("loading initial snapshot: {loaded}/{total} ranges"),
-            None => "waiting for the backup's initial snapshot".to_string(),
-        },
-        Some(v) => {
-            let lag = METRICS
-                .lag_seconds()
-                .map(|l| format!(", newest commit {l:.1}s old"))
-                .unwrap_or_default();
-            let mode = if state.pinned { " (pinned)" } else { "" };
-            format!("serving {v}{mode}{lag}")
-        }
-    }
-}
-
-/// Pings the systemd watchdog while the sync loop shows signs of life, and
-/// keeps `STATUS=` current. Without a watchdog it only updates the status.
-async fn supervise(syncer: Arc<Syncer>, stop: watch::Receiver<bool>) {
-    let mut stop = std::pin::pin!(stopped(stop));
-    let watchdog = notify::watchdog_interval();
-    let tick = watchdog
-        .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(5));
-    let mut interval = tokio::time::interval(tick);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = &mut stop => return,
-        }
-        if let Some(half) = watchdog {
-            // systemd's deadline is twice the ping interval; a loop silent
-            // for that long is stuck and should be restarted.
-            if syncer.since_alive() < half * 2 {
-                notify::watchdog();
-            } else {
-                tracing::warn!(silent_for = ?syncer.since_alive(), "sync loop shows no progress; withholding the watchdog ping");
-            }
-        }
-        notify::status(&status_line(&syncer));
-    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -153,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin_listener,
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(supervise(syncer.clone(), stop_rx.clone()));
+    tokio::spawn(notify::supervise(syncer.clone(), stopped(stop_rx.clone())));
     let current = reloadable(&settings);
     let loader: reload::Loader = Box::new(move || {
         settings
@@ -174,11 +110,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
 
     let result = tokio::select! {
-        r = initial(&syncer) => r,
+        r = syncer.initial_retrying() => r.map(|_| ()).map_err(Into::into),
         _ = stopped(stop_rx.clone()) => Ok(()),
     };
     if result.is_ok() && !*stop_rx.borrow() {
-        notify::ready(&status_line(&syncer));
+        notify::ready(&notify::status_line(&syncer));
         tracing::info!(visible = %syncer.state().visible().map(|v| v.to_string()).unwrap_or_default(), "replica ready");
         syncer.follow(stopped(stop_rx.clone())).await;
     }

@@ -53,9 +53,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::source::retry::Retrying;
-use crate::source::s3::{S3Credentials, S3Source};
-use crate::source::{self, GcsOptions, RemoteOptions, S3Options, Source, SourceError, SourceUrl};
+use crate::backup::Backup;
+use crate::source::s3::S3Credentials;
+use crate::source::{self, GcsOptions, RemoteOptions, S3Options, SourceError, SourceUrl};
 use crate::sync::SyncOptions;
 
 pub use crate::logging::LogFormat;
@@ -354,23 +354,16 @@ impl Settings {
 
     /// Opens the backup source, with the static S3 keys when configured.
     /// Contacts nothing: connecting happens on first use.
-    pub fn open_source(&self) -> Result<Arc<dyn Source>, SourceError> {
-        match (&self.source, &self.s3_credentials) {
-            (SourceUrl::S3 { bucket, prefix }, Some(keys)) => {
-                let s3 = S3Source::with_credentials(
-                    bucket.clone(),
-                    prefix.clone(),
-                    &self.s3,
-                    self.remote.request_timeout,
-                    keys.clone(),
-                )?;
-                Ok(Arc::new(Retrying::new(
-                    Arc::new(s3),
-                    self.remote.retry.clone(),
-                )))
-            }
-            _ => source::open(&self.source, &self.s3, &self.gcs, &self.remote),
-        }
+    pub fn open_source(&self) -> Result<Arc<Backup>, SourceError> {
+        source::open(
+            &self.source,
+            &source::SourceOptions {
+                s3: self.s3.clone(),
+                s3_credentials: self.s3_credentials.clone(),
+                gcs: self.gcs.clone(),
+                remote: self.remote.clone(),
+            },
+        )
     }
 
     /// The effective configuration as commented TOML, secrets redacted and

@@ -319,9 +319,12 @@ impl Store {
             if let Some(p) = prev {
                 if b.name.first <= p.last {
                     return Err(StoreError::Corrupt(format!(
-                        "log object logs/{}.bin overlaps or precedes the previous object logs/{}.bin \
+                        "log object {} overlaps or precedes the previous object {} \
                          (first stamp {} is not after {})",
-                        b.name, p, b.name.first, p.last
+                        crate::backup::log_key(&b.name),
+                        crate::backup::log_key(&p),
+                        b.name.first,
+                        p.last
                     )));
                 }
             }

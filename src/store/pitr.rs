@@ -7,6 +7,8 @@
 //! sync keeps storing new logs in redo, and the visible state stays put until
 //! a checkout to another point or to `latest`.
 
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
@@ -40,6 +42,37 @@ pub enum CheckoutTarget {
     Timestamp(DateTime<Utc>),
     /// The newest complete commit fetched, and follow new ones from then on.
     Latest,
+}
+
+/// Reads what an operator types (`pitr checkout`): `latest` (any case), a
+/// 20-hex-digit versionstamp, or an RFC 3339 time. The admin API's JSON
+/// form names the kind instead and reads the value with the same
+/// [`parse_versionstamp`] and [`parse_time`].
+impl FromStr for CheckoutTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("latest") {
+            return Ok(CheckoutTarget::Latest);
+        }
+        if s.len() == 20 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return parse_versionstamp(s).map(CheckoutTarget::Versionstamp);
+        }
+        parse_time(s).map(CheckoutTarget::Timestamp).map_err(|_| {
+            format!("{s:?} is neither a 20-hex-digit versionstamp, an RFC 3339 time, nor `latest`")
+        })
+    }
+}
+
+/// A versionstamp as operators copy it: 20 hex digits, in either case.
+pub fn parse_versionstamp(s: &str) -> Result<Versionstamp, String> {
+    s.to_ascii_lowercase().parse()
+}
+
+/// An RFC 3339 time in any offset, as the instant it names.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
 }
 
 /// Why a checkout was refused. Each maps to a clear answer for the operator.

@@ -10,6 +10,9 @@
 //! against the round start, not on back-dated objects.
 #![allow(dead_code)]
 
+// Test files that start both servers load this module twice, on purpose:
+// each server module stands alone.
+#[allow(clippy::duplicate_mod)]
 #[path = "tools.rs"]
 mod tools;
 

@@ -16,6 +16,9 @@
 //! no other test module but `tools.rs`.
 #![allow(dead_code)]
 
+// Test files that start both servers load this module twice, on purpose:
+// each server module stands alone.
+#[allow(clippy::duplicate_mod)]
 #[path = "tools.rs"]
 mod tools;
 

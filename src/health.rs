@@ -1,0 +1,118 @@
+//! Liveness of the sync engine: what readiness (`/readyz`) and the systemd
+//! watchdog read, kept apart from the engine so that its loop only reports
+//! events (a sign of life, a round that succeeded or failed) and never
+//! decides what they mean for the operator.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// `/readyz` fails when the bucket has not answered for this many poll
+/// intervals: a few missed rounds are normal retries, more is an outage.
+pub const READY_POLL_INTERVALS: u32 = 10;
+/// ... but never for less than this, so fast polling does not flap on a
+/// few slow requests (each is retried with backoff inside a round).
+pub const READY_MIN_WINDOW: Duration = Duration::from_secs(10);
+
+/// The engine's health, updated by the engine and read by anyone. Plain
+/// atomics (and one short lock) so that readers never wait for a sync
+/// transaction.
+#[derive(Debug)]
+pub struct Health {
+    /// When the last poll round succeeded (epoch ms; 0 = never).
+    last_ok_round_ms: AtomicI64,
+    /// Why the last round failed, until a round succeeds.
+    last_error: Mutex<Option<String>>,
+    /// When the engine last made progress or finished a step, failed or
+    /// not (epoch ms): the watchdog's proof that the loop is not stuck.
+    alive_ms: AtomicI64,
+    /// The last round listed the bucket to its end (see
+    /// [`crate::sync::RoundOutcome::listed_to_end`]).
+    listed_to_end: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            last_ok_round_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            alive_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+            listed_to_end: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// The engine showed progress: a listing answered, a range or batch
+    /// stored, a round ended (even with an error), or a pause ticked.
+    pub(crate) fn alive(&self) {
+        self.alive_ms.store(Utc::now().timestamp_millis(), Relaxed);
+    }
+
+    /// The bucket answered and everything listed so far was applied.
+    pub(crate) fn round_ok(&self) {
+        self.last_ok_round_ms
+            .store(Utc::now().timestamp_millis(), Relaxed);
+    }
+
+    /// A round of the follow loop ended: `error` is why it failed, `None`
+    /// when it succeeded (which clears the previous error).
+    pub(crate) fn round_ended(&self, error: Option<String>) {
+        *self.last_error.lock().expect("error lock") = error;
+    }
+
+    /// Records whether the last round listed the bucket to its end.
+    pub(crate) fn set_listed_to_end(&self, to_end: bool) {
+        self.listed_to_end.store(to_end, Relaxed);
+    }
+
+    /// Whether the last round listed the bucket to its end, forgetting it:
+    /// the next caller must list again.
+    pub(crate) fn take_listed_to_end(&self) -> bool {
+        self.listed_to_end.swap(false, Relaxed)
+    }
+
+    /// When the last poll round succeeded, if one has.
+    pub fn last_successful_round(&self) -> Option<DateTime<Utc>> {
+        match self.last_ok_round_ms.load(Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// How long ago the engine last showed progress. Grows only when the
+    /// loop is stuck.
+    pub fn since_alive(&self) -> Duration {
+        let ms = Utc::now().timestamp_millis() - self.alive_ms.load(Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+
+    /// The error that ended the last round, when it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// Readiness: the initial snapshot is complete and the bucket answered
+    /// a listing recently (within [`READY_POLL_INTERVALS`] poll intervals,
+    /// and at least [`READY_MIN_WINDOW`]). `Err` says why not.
+    pub fn readiness(&self, initial_complete: bool, poll_interval: Duration) -> Result<(), String> {
+        let window = (poll_interval * READY_POLL_INTERVALS).max(READY_MIN_WINDOW);
+        let last = self.last_successful_round();
+        let fresh = last.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() <= window);
+        match (initial_complete, fresh) {
+            (false, _) => Err("initial snapshot in progress".to_string()),
+            (true, false) => Err(format!(
+                "no successful poll of the bucket for more than {}s (last: {}){}",
+                window.as_secs(),
+                last.map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "never".into()),
+                self.last_error()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )),
+            (true, true) => Ok(()),
+        }
+    }
+}
