@@ -10,7 +10,7 @@
 //! Downloads run concurrently but are consumed in name order, and the bytes
 //! in flight are bounded by a byte budget (not just a request count), so
 //! memory stays flat whatever the bucket size. Downloads keep running while
-//! a transaction is being written (see [`overlapped`]).
+//! a transaction is being written (see `overlapped`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -460,16 +460,14 @@ impl Syncer {
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
+        let page = self.opts.page_size;
         let mut out = RoundOutcome::default();
         metrics::poll_round();
         loop {
             let cursor = self.state().cursor;
-            let listed = self
-                .source
-                .list_logs(cursor.as_ref(), self.opts.page_size)
-                .await?;
+            let listed = self.source.list_logs(cursor.as_ref(), page).await?;
             self.health.alive();
-            let full_page = listed.len() >= self.opts.page_size;
+            let full_page = listed.len() >= page;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
                 .take_while(|l| l.last_modified < cutoff)

@@ -1,7 +1,7 @@
 //! The `kvreplica` command line: shared arguments here, one file per
 //! subcommand.
 //! The flags that set a config key come from the settings table
-//! ([`crate::config::SettingArgs`]).
+//! (`config::SettingArgs`).
 
 mod check_config;
 mod pitr;

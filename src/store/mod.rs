@@ -1,6 +1,6 @@
 //! The replica file: one SQLite database in WAL mode.
 //!
-//! The visible state is the `kv` table (Deno CLI layout, see [`schema`]). It
+//! The visible state is the `kv` table (Deno CLI layout, see `schema.rs`). It
 //! only ever moves from one commit boundary to another inside a single SQLite
 //! transaction, so a reader in its own read transaction never sees half a
 //! commit. Each log batch commits together with the sync cursor that covers
@@ -11,7 +11,7 @@
 
 mod apply;
 pub mod pitr;
-pub mod schema;
+mod schema;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
