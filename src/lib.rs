@@ -16,11 +16,13 @@
 //!   secrets from `*_file` paths.
 //! - [`logging`]: structured logs (plain or JSON) with a changeable level.
 //! - [`cli`]: the `kvreplica` command line.
+//! - `exit`: exit codes that tell a supervisor whether a restart can help.
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+mod exit;
 pub mod format;
 pub mod logging;
 pub mod metrics;
