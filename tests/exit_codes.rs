@@ -19,6 +19,7 @@ use common::{kvreplica_bin, Sample};
 const FAILURE: i32 = 1;
 const CORRUPT_BACKUP: i32 = 65;
 const NO_BACKUP: i32 = 66;
+const REFUSED: i32 = 69;
 const REPLICA_MISMATCH: i32 = 73;
 const ACCESS_DENIED: i32 = 77;
 const BAD_CONFIG: i32 = 78;
@@ -251,11 +252,19 @@ fn a_bad_config_exits_78() {
 }
 
 #[test]
-fn the_unit_does_not_restart_the_permanent_codes_only() {
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/kvreplica.service"),
-    )
-    .unwrap();
+fn the_units_do_not_restart_the_permanent_codes_only() {
+    for name in ["kvreplica.service", "kvreplica@.service"] {
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("systemd")
+                .join(name),
+        )
+        .unwrap();
+        unit_prevents_restart_of_permanent_codes(name, &unit);
+    }
+}
+
+fn unit_prevents_restart_of_permanent_codes(name: &str, unit: &str) {
     let listed: Vec<i32> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
@@ -264,7 +273,7 @@ fn the_unit_does_not_restart_the_permanent_codes_only() {
     let mut want = vec![
         CORRUPT_BACKUP,
         NO_BACKUP,
-        69,
+        REFUSED,
         REPLICA_MISMATCH,
         ACCESS_DENIED,
         BAD_CONFIG,
@@ -272,6 +281,6 @@ fn the_unit_does_not_restart_the_permanent_codes_only() {
     want.sort();
     let mut got = listed.clone();
     got.sort();
-    assert_eq!(got, want, "RestartPreventExitStatus= of the unit");
+    assert_eq!(got, want, "RestartPreventExitStatus= of {name}");
     assert!(!listed.contains(&FAILURE));
 }
