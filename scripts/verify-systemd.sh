@@ -49,3 +49,20 @@ for key in Description ExecStart StateDirectory WorkingDirectory LoadCredential;
   fi
 done
 echo "systemd/kvreplica@.service: same settings as kvreplica.service, per-instance paths"
+
+# Memory limits (README, "Run under systemd"): both set, the soft one lower.
+mib() { # the value of KEY= in the unit, in MiB (plain M or G suffix)
+  local v
+  v="$(sed -n "s/^$1=//p" systemd/kvreplica.service)"
+  case "$v" in
+    *G) echo $(( ${v%G} * 1024 )) ;;
+    *M) echo "${v%M}" ;;
+    *) echo "systemd/kvreplica.service: $1=${v:-(unset)} is not a size in M or G" >&2; exit 1 ;;
+  esac
+}
+high="$(mib MemoryHigh)"; max="$(mib MemoryMax)"
+if [ "$high" -ge "$max" ]; then
+  echo "systemd/kvreplica.service: MemoryHigh= ($high MiB) must be below MemoryMax= ($max MiB)" >&2
+  exit 1
+fi
+echo "memory limits: MemoryHigh=${high}M MemoryMax=${max}M"
