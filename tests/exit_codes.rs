@@ -17,6 +17,7 @@ use common::{kvreplica_bin, Sample};
 /// Exit codes of src/exit.rs, spelled out: the tests pin the numbers
 /// operators put in their units.
 const FAILURE: i32 = 1;
+const USAGE: i32 = 2;
 const CORRUPT_BACKUP: i32 = 65;
 const NO_BACKUP: i32 = 66;
 const REFUSED: i32 = 69;
@@ -203,7 +204,7 @@ fn a_corrupt_backup_exits_65() {
     std::fs::write(&first, b"\x0a\xff\xff\xff\xffnot protobuf").unwrap();
     let db = tmp.path().join("r.sqlite").display().to_string();
     let out = run(&["sync", "--source", &source, "--db", &db], tmp.path());
-    assert_exit(&out, CORRUPT_BACKUP, "");
+    assert_exit(&out, CORRUPT_BACKUP, "not a valid protobuf message");
 }
 
 #[test]
@@ -252,6 +253,13 @@ fn a_bad_config_exits_78() {
 }
 
 #[test]
+fn a_wrong_command_line_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["serve", "--no-such-flag"], tmp.path());
+    assert_exit(&out, USAGE, "--no-such-flag");
+}
+
+#[test]
 fn the_units_do_not_restart_the_permanent_codes_only() {
     for name in ["kvreplica.service", "kvreplica@.service"] {
         let unit = std::fs::read_to_string(
@@ -271,6 +279,7 @@ fn unit_prevents_restart_of_permanent_codes(name: &str, unit: &str) {
         .flat_map(|v| v.split_whitespace().map(|c| c.parse::<i32>().unwrap()))
         .collect();
     let mut want = vec![
+        USAGE,
         CORRUPT_BACKUP,
         NO_BACKUP,
         REFUSED,
