@@ -11,26 +11,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::serve::{http, Method, ServeProcess, ADMIN_TOKEN};
+use common::serve::{Method, ServeProcess};
 use common::{kvreplica_bin, pitr_list, run, run_ok, Sample};
 use serde_json::{json, Value};
 
 /// A time after every sample's commits.
 const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
 
-fn admin(serve: &ServeProcess, method: Method, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = http(
-        method,
-        &format!("{}{path}", serve.admin_url()),
-        &[("authorization", &auth)],
-        body.to_string().into_bytes(),
-    )
-    .unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or_default(),
-    )
+/// `POST /pitr/checkout` with `body`.
+fn checkout(serve: &ServeProcess, body: Value) -> (u16, Value) {
+    serve.admin(Method::Post, "/pitr/checkout", body)
 }
 
 /// `kvreplica pitr --db <db> <args>`.
@@ -76,13 +66,12 @@ fn a_checkout_past_the_newest_point_is_refused_and_names_latest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    run_ok(&[
-        "pitr",
-        "--db",
-        &db.display().to_string(),
-        "checkout",
-        "latest",
-    ]);
+    let out = pitr(&db, &["checkout", "latest"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The admin API answers like for a time before the earliest point.
     let db = db.display().to_string();
@@ -90,19 +79,14 @@ fn a_checkout_past_the_newest_point_is_refused_and_names_latest() {
         ServeProcess::start(&["--source", &source, "--db", &db, "--poll-interval", "100ms"]);
     serve.wait_ready();
     serve.wait_at(&latest0);
-    let (status, body) = admin(
-        &serve,
-        Method::Post,
-        "/pitr/checkout",
-        json!({ "timestamp": FAR_FUTURE }),
-    );
+    let (status, body) = checkout(&serve, json!({ "timestamp": FAR_FUTURE }));
     assert_eq!(status, 404, "{body}");
     let msg = body["error"].as_str().unwrap_or_default();
     assert!(
         msg.contains("after the newest point") && msg.contains("`latest`"),
         "{msg}"
     );
-    let (_, current) = admin(&serve, Method::Get, "/pitr/current", Value::Null);
+    let (_, current) = serve.admin(Method::Get, "/pitr/current", Value::Null);
     assert_eq!(current["mode"], "following", "{current}");
     // So the replica still follows: new commits show.
     sample.install_append(&tmp.path().join("bucket"));
@@ -131,12 +115,7 @@ fn an_admin_checkout_is_synced_to_disk_before_it_is_answered() {
     // the settings: check out once before tracing, so the traced checkout
     // appends to a log that exists.
     let points = sample.json0.points();
-    let (status, body) = admin(
-        &serve,
-        Method::Post,
-        "/pitr/checkout",
-        json!({ "versionstamp": points[5].0 }),
-    );
+    let (status, body) = checkout(&serve, json!({ "versionstamp": points[5].0 }));
     assert_eq!(status, 200, "{body}");
 
     // Trace the server's file syncs (all its threads) from here on.
@@ -163,12 +142,7 @@ fn an_admin_checkout_is_synced_to_disk_before_it_is_answered() {
     std::thread::sleep(Duration::from_millis(500));
     let before = wal_syncs(&std::fs::read_to_string(&trace).unwrap_or_default());
 
-    let (status, body) = admin(
-        &serve,
-        Method::Post,
-        "/pitr/checkout",
-        json!({ "versionstamp": points[10].0 }),
-    );
+    let (status, body) = checkout(&serve, json!({ "versionstamp": points[10].0 }));
     assert_eq!(status, 200, "{body}");
     let after = wal_syncs(&std::fs::read_to_string(&trace).unwrap());
     let _ = strace.kill();
