@@ -312,7 +312,14 @@ impl Store {
     pub fn checkout(&mut self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
         self.conn.pragma_update(None, "synchronous", "full")?;
         let out = self.checkout_in_one_transaction(target);
-        self.conn.pragma_update(None, "synchronous", "normal")?;
+        // The checkout stands either way; left at FULL, applying is only
+        // slower.
+        if let Err(e) = self
+            .conn
+            .pragma_update(None, "synchronous", super::SYNCHRONOUS_APPLY)
+        {
+            tracing::warn!(error = %e, "cannot set synchronous back to NORMAL after a checkout");
+        }
         out
     }
 
