@@ -45,6 +45,8 @@
 //! - `notify` *(internal)*: systemd readiness, status and watchdog.
 //! - `logging` *(internal)*: structured logs (plain or JSON) with a
 //!   changeable level.
+//! - `exit` *(internal)*: exit codes that tell a supervisor (systemd's
+//!   `RestartPreventExitStatus=`) whether a restart can help.
 //! - [`cli`]: the `kvreplica` command line: parses and wires, nothing more.
 
 pub mod admin;
@@ -53,6 +55,7 @@ pub mod backup;
 pub mod checkout;
 pub mod cli;
 mod config;
+mod exit;
 pub mod format;
 mod health;
 mod logging;

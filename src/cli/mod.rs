@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 /// Keeps a live, read-only replica of a Deno KV database from the backups
 /// Deno Deploy writes to S3, GCS or a directory.
 #[derive(Debug, Parser)]
-#[command(name = "kvreplica", version, about)]
+#[command(name = "kvreplica", version, about, after_long_help = crate::exit::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -74,7 +74,8 @@ fn tune_allocator() {
 }
 
 /// Entry point of the binary: parses arguments, runs the command and turns
-/// an error into a message and a non-zero exit code.
+/// an error into a message and an exit code (`crate::exit`: one that
+/// says whether a restart can help).
 pub fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -104,7 +105,7 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            crate::exit::Exit::of(&e).code()
         }
     }
 }
