@@ -66,6 +66,7 @@ impl AdminError {
             AdminError::Checkout(
                 CheckoutError::NotAPoint { .. }
                 | CheckoutError::TooEarly { .. }
+                | CheckoutError::AfterNewest { .. }
                 | CheckoutError::NoPoints,
             ) => StatusCode::NOT_FOUND,
             AdminError::Checkout(CheckoutError::Store(_))

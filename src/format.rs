@@ -210,8 +210,9 @@ fn fmt_head(f: &mut fmt::Formatter<'_>, format: u16, monoseq: u64) -> fmt::Resul
     }
 }
 
-/// Name of a snapshot range object, without the `snapshots/` folder and the
-/// `.bin` suffix. Ordering is the order ranges are applied in.
+/// Name of a snapshot range object, without the folder and the suffix
+/// ([`crate::backup::snapshot_key`] adds them). Ordering is the order ranges
+/// are applied in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SnapshotName {
     pub format: u16,
@@ -246,8 +247,9 @@ impl fmt::Display for SnapshotName {
     }
 }
 
-/// Name of a mutation-log object, without the `logs/` folder and the `.bin`
-/// suffix. It names the first and last stamps the object holds.
+/// Name of a mutation-log object, without the folder and the suffix
+/// ([`crate::backup::log_key`] adds them). It names the first and last
+/// stamps the object holds.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct LogName {
     pub format: u16,
@@ -349,7 +351,7 @@ pub fn decode_snapshot(
     name: &SnapshotName,
     body: &[u8],
 ) -> Result<Vec<SnapshotEntry>, FormatError> {
-    let object = format!("snapshots/{name}.bin");
+    let object = crate::backup::snapshot_key(name);
     let range = BackupSnapshotRange::decode(body).map_err(|source| FormatError::BadProtobuf {
         object: object.clone(),
         source,
@@ -447,7 +449,7 @@ pub struct LogBatch {
 /// Decodes a log object and checks its entries are in strictly ascending
 /// stamp order and inside the stamp range its name announces.
 pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> {
-    let object = format!("logs/{name}.bin");
+    let object = crate::backup::log_key(name);
     let range = BackupMutationRange::decode(body).map_err(|source| FormatError::BadProtobuf {
         object: object.clone(),
         source,

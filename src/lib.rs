@@ -2,36 +2,95 @@
 //! backups Deno Deploy writes to a bucket.
 //!
 //! # Layout
-//! Data flows one way: source → format → sync → store → server/admin.
-//! - [`source`]: where backups are read from (directory, S3), with retries.
-//! - [`format`]: object names, versionstamps and the protobuf payloads.
+//! One module per concept; data flows one way, from the bucket to the
+//! clients: `source` → `backup` → `format` → `sync` → `store` →
+//! `server`/`admin`. This list is the project's map (README.md points here);
+//! modules marked *(internal)* are private to the crate.
+//!
+//! Reading the bucket:
+//! - [`source`]: the object-store seam: one small `ObjectStore` trait (list
+//!   with start-after, get, get-if-changed) with one implementation per
+//!   backend (directory, S3, GCS), their error classification, the retry
+//!   wrapper, the source URL and the one factory (`source::open`).
+//! - [`backup`]: the bucket layout, alone: `differential`, `snapshots/`,
+//!   `logs/`, `.bin`, and which keys are which objects.
+//! - [`format`](mod@format): object names, versionstamps and the protobuf payloads.
+//!
+//! Keeping the replica:
+//! - [`sync`]: the engine: initial snapshot, poll rounds, applying logs,
+//!   retention, its retry policy.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
-//!   CLI's layout, redo/undo history, sync cursor and source binding.
-//! - [`sync`]: the engine that loads the initial snapshot and applies logs.
-//! - [`health`]: the engine's liveness, read by readiness and the watchdog.
-//! - [`checkout`]: point-in-time checkout of a replica the engine runs on.
-//! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`).
+//!   CLI's layout, redo/undo history, recoverable points, sync cursor and
+//!   source binding.
+//! - [`checkout`]: point-in-time checkout of a replica the engine runs on
+//!   (move the visible state, wake watchers, count it).
+//! - `health` *(internal)*: the engine's liveness (last good round, last
+//!   error, last sign of life), read by readiness and the watchdog.
+//! - `progress` *(internal)*: sync progress counters and their reporting
+//!   (a bar on a terminal, log lines otherwise).
+//! - [`metrics`]: the Prometheus registry, one function per event.
+//!
+//! Serving it:
+//! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
+//!   accept loop and its limits, reads, watch.
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
-//! - [`reload`]: hot reload of tokens, poll interval and log level.
-//! - [`config`]: settings from the TOML file, environment and flags, with
-//!   secrets from `*_file` paths.
-//! - [`logging`]: structured logs (plain or JSON) with a changeable level.
-//! - [`cli`]: the `kvreplica` command line.
+//!
+//! Running it:
+//! - `config` *(internal)*: every setting declared once in one table, and
+//!   what is derived from it: flags, environment, file, precedence with
+//!   origins, `check-config`, the reload's restart list, README's table.
+//! - `reload` *(internal)*: hot reload of tokens, poll interval and log
+//!   level on a changed file or SIGHUP.
+//! - `notify` *(internal)*: systemd readiness, status and watchdog.
+//! - `logging` *(internal)*: structured logs (plain or JSON) with a
+//!   changeable level.
+//! - `exit` *(internal)*: exit codes that tell a supervisor (systemd's
+//!   `RestartPreventExitStatus=`) whether a restart can help.
+//! - [`cli`]: the `kvreplica` command line: parses and wires, nothing more.
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod checkout;
 pub mod cli;
-pub mod config;
+mod config;
+mod exit;
 pub mod format;
-pub mod health;
-pub mod logging;
+mod health;
+mod logging;
 pub mod metrics;
-pub mod notify;
-pub mod progress;
-pub mod reload;
+mod notify;
+mod progress;
+mod reload;
 pub mod server;
 pub mod source;
 pub mod store;
 pub mod sync;
+
+#[cfg(test)]
+mod tests {
+    /// The `# Layout` map above names every module of the crate, so that a
+    /// new module cannot be added without saying what it owns.
+    #[test]
+    fn the_layout_names_every_module() {
+        let text = include_str!("lib.rs");
+        let (docs, code) = text.split_once("\npub mod ").expect("module list");
+        let layout = docs.split_once("# Layout").expect("a # Layout section").1;
+        let code = format!("pub mod {code}");
+        let modules: Vec<&str> = code
+            .lines()
+            .take_while(|l| !l.starts_with("#[cfg(test)]"))
+            .filter_map(|l| l.trim_start_matches("pub ").strip_prefix("mod "))
+            .filter_map(|l| l.strip_suffix(';'))
+            .collect();
+        assert!(modules.len() >= 17, "modules found: {modules:?}");
+        for m in modules {
+            assert!(
+                layout.contains(&format!("[`{m}`]"))
+                    || layout.contains(&format!("`{m}` *(internal)*")),
+                "src/lib.rs's # Layout does not name module `{m}`"
+            );
+        }
+    }
+}

@@ -40,9 +40,9 @@ pub struct Reloadable {
     pub poll_interval: Duration,
     /// Log filter (e.g. `info`, `kvreplica=debug`).
     pub log_level: String,
-    /// Settings only a restart applies, rendered for comparison (secrets
-    /// must not appear here: it may be logged).
-    pub restart_only: String,
+    /// The values of the settings only a restart applies, compared key by
+    /// key (its `Debug` names the keys, never a value).
+    pub restart_only: crate::config::RestartOnly,
     /// The config file and every secret file it names.
     pub files: Vec<PathBuf>,
 }
@@ -121,8 +121,10 @@ fn apply(old: &Reloadable, new: &Reloadable, targets: &Targets) {
             Err(e) => tracing::warn!(error = %e, "log level not changed"),
         }
     }
-    if new.restart_only != old.restart_only {
+    let restart = old.restart_only.changed(&new.restart_only);
+    if !restart.is_empty() {
         tracing::warn!(
+            keys = %restart.join(", "),
             "the configuration changed settings that only a restart applies (source, replica file, addresses, sync tuning); \
              they keep their old values until then"
         );

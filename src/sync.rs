@@ -10,7 +10,7 @@
 //! Downloads run concurrently but are consumed in name order, and the bytes
 //! in flight are bounded by a byte budget (not just a request count), so
 //! memory stays flat whatever the bucket size. Downloads keep running while
-//! a transaction is being written (see [`overlapped`]).
+//! a transaction is being written (see `overlapped`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -21,11 +21,12 @@ use futures::future::{self, Either};
 use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::backup::{Backup, Listed};
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::health::Health;
 use crate::metrics;
 use crate::progress::Progress;
-use crate::source::{Listed, Source, SourceError};
+use crate::source::SourceError;
 use crate::store::pitr::Retention;
 use crate::store::{Store, StoreError, SyncState};
 
@@ -138,7 +139,7 @@ pub struct RoundOutcome {
 
 /// Drives one replica file from one source.
 pub struct Syncer {
-    source: Arc<dyn Source>,
+    source: Arc<Backup>,
     store: Arc<Mutex<Store>>,
     opts: SyncOptions,
     progress: Arc<Progress>,
@@ -161,7 +162,7 @@ impl Syncer {
     /// Binds `store` to `source` (refusing a file built from another
     /// backup) and prepares the engine.
     pub fn new(
-        source: Arc<dyn Source>,
+        source: Arc<Backup>,
         mut store: Store,
         opts: SyncOptions,
     ) -> Result<Self, SyncError> {
@@ -364,10 +365,7 @@ impl Syncer {
     }
 
     async fn wait_for_differential(&self) -> Result<Versionstamp, SyncError> {
-        let object = format!(
-            "{}/differential",
-            self.source.identity().trim_end_matches('/')
-        );
+        let object = self.source.differential_name();
         let mut waited = Duration::ZERO;
         loop {
             if let Some(body) = self.source.read_differential().await? {
@@ -462,16 +460,14 @@ impl Syncer {
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
+        let page = self.opts.page_size;
         let mut out = RoundOutcome::default();
         metrics::poll_round();
         loop {
             let cursor = self.state().cursor;
-            let listed = self
-                .source
-                .list_logs(cursor.as_ref(), self.opts.page_size)
-                .await?;
+            let listed = self.source.list_logs(cursor.as_ref(), page).await?;
             self.health.alive();
-            let full_page = listed.len() >= self.opts.page_size;
+            let full_page = listed.len() >= page;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
                 .take_while(|l| l.last_modified < cutoff)

@@ -1,22 +1,27 @@
-//! `GcsSource` against a real GCS emulator (fake-gcs-server), plus small
-//! canned HTTP servers for the answers an emulator never gives (throttling,
-//! 5xx, 403, hung connections) and for the OAuth token endpoint.
+//! What only the GCS store has: small canned HTTP servers for the answers
+//! an emulator never gives (throttling, 5xx, 403, hung connections), and
+//! service-account key files against a canned OAuth token endpoint. What
+//! every store does is in `object_store.rs`.
 
 #[path = "common/canned.rs"]
 mod canned;
 #[path = "common/gcs_server.rs"]
 mod gcs_server;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canned::Canned;
-use chrono::Utc;
 use gcs_server::GcsServer;
-use kvreplica::format::{FormatError, LogName, SnapshotName};
-use kvreplica::source::gcs::GcsSource;
-use kvreplica::source::{GcsOptions, Source, SourceError};
+use kvreplica::backup::Backup;
+use kvreplica::format::LogName;
+use kvreplica::source::gcs::GcsStore;
+use kvreplica::source::{GcsOptions, IfChanged, ObjectVersion, SourceError};
+use stores::{log_name, single_attempt};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -25,217 +30,28 @@ const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
 /// emulator needs, far below what would make a hung test noticeable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn source_at(endpoint: &str, bucket: &str, opts: GcsOptions) -> GcsSource {
-    GcsSource::new(
+/// The backup at `gs://<bucket>/<PREFIX>` on `endpoint`, one attempt per
+/// call: these tests check how single answers are classified.
+fn source_at(endpoint: &str, bucket: &str, opts: GcsOptions) -> Backup {
+    source_timed(endpoint, bucket, opts, REQUEST_TIMEOUT)
+}
+
+fn source_timed(endpoint: &str, bucket: &str, opts: GcsOptions, timeout: Duration) -> Backup {
+    let store = GcsStore::new(
         bucket.to_string(),
         PREFIX.to_string(),
         &GcsOptions {
             endpoint: Some(endpoint.to_string()),
             ..opts
         },
-        REQUEST_TIMEOUT,
+        timeout,
     )
-    .expect("valid source")
-}
-
-fn source(server: &GcsServer, bucket: &str) -> GcsSource {
-    source_at(&server.endpoint(), bucket, GcsOptions::default())
-}
-
-/// The i-th of a run of consecutive, valid format-1 log names.
-fn log_name(i: u64) -> LogName {
-    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
-        .parse()
-        .expect("valid log name")
-}
-
-fn snapshot_name(seq: u64) -> SnapshotName {
-    format!("0001_{:016x}_{seq:016x}", 7)
-        .parse()
-        .expect("valid snapshot name")
+    .expect("valid source");
+    single_attempt(Arc::new(store))
 }
 
 fn log_key(name: &LogName) -> String {
     format!("{PREFIX}logs/{name}.bin")
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_logs_after_a_cursor_across_pages() {
-    // More than one page of GCS's documented 1000-item maximum.
-    const LOGS: u64 = 1203;
-    let server = GcsServer::start();
-    server.create_bucket(BUCKET);
-    let before = Utc::now() - chrono::Duration::seconds(1);
-    // Object i holds i % 7 bytes, so sizes are checked too.
-    for i in 0..LOGS {
-        server.put(
-            BUCKET,
-            &log_key(&log_name(i)),
-            &vec![b'x'; (i % 7) as usize],
-        );
-    }
-    // Neighbours that must not be listed: another prefix sharing the
-    // start, and the bucket root.
-    server.put(
-        BUCKET,
-        &format!("{}x/logs/{}.bin", PREFIX.trim_end_matches('/'), log_name(0)),
-        b"",
-    );
-    server.put(BUCKET, &format!("{}.bin", log_name(5)), b"");
-    // A folder placeholder is not an object name.
-    server.put(BUCKET, &format!("{PREFIX}logs/"), b"");
-    let after = Utc::now() + chrono::Duration::seconds(1);
-    let src = source(&server, BUCKET);
-    let all: Vec<LogName> = (0..LOGS).map(log_name).collect();
-
-    let listed = src.list_logs(None, usize::MAX).await.unwrap();
-    assert_eq!(
-        listed.iter().map(|l| l.name).collect::<Vec<_>>(),
-        all,
-        "every log, in order, nothing from outside the prefix"
-    );
-    for (i, l) in listed.iter().enumerate() {
-        assert_eq!(l.size, (i % 7) as u64, "size of {}", l.name);
-        assert!(
-            before <= l.last_modified && l.last_modified <= after,
-            "last_modified of {} is the upload time: {}",
-            l.name,
-            l.last_modified
-        );
-    }
-
-    // start-after is exclusive, the limit holds across pages.
-    let page = src.list_logs(Some(&all[499]), 700).await.unwrap();
-    assert_eq!(
-        page.iter().map(|l| l.name).collect::<Vec<_>>(),
-        all[500..1200]
-    );
-    let page = src.list_logs(Some(&all[0]), 1).await.unwrap();
-    assert_eq!(page[0].name, all[1]);
-    assert_eq!(page.len(), 1);
-    let tail = src.list_logs(Some(&all[1100]), 1000).await.unwrap();
-    assert_eq!(tail.len(), 102);
-    assert!(src
-        .list_logs(Some(&all[LOGS as usize - 1]), 10)
-        .await
-        .unwrap()
-        .is_empty());
-    // A cursor that names no object starts at the next one.
-    let between: LogName = format!("0001_{:016x}_{:020x}0000_{:020x}0000", 10, 10, 10)
-        .parse()
-        .unwrap();
-    assert!(between > all[9] && between < all[10]);
-    let page = src.list_logs(Some(&between), 2).await.unwrap();
-    assert_eq!(page[0].name, all[10]);
-    assert!(src.list_logs(None, 0).await.unwrap().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_all_snapshot_pages_and_reads_objects() {
-    const SNAPSHOTS: u64 = 1001;
-    let server = GcsServer::start();
-    server.create_bucket(BUCKET);
-    for seq in 0..SNAPSHOTS {
-        let body = seq.to_be_bytes();
-        server.put(
-            BUCKET,
-            &format!("{PREFIX}snapshots/{}.bin", snapshot_name(seq)),
-            &body,
-        );
-    }
-    let src = source(&server, BUCKET);
-    let listed = src.list_snapshots().await.unwrap();
-    assert_eq!(listed.len(), SNAPSHOTS as usize);
-    assert!(listed
-        .iter()
-        .enumerate()
-        .all(|(i, l)| l.name == snapshot_name(i as u64) && l.size == 8));
-    assert_eq!(
-        src.get_snapshot(&snapshot_name(1000)).await.unwrap(),
-        1000u64.to_be_bytes()
-    );
-    // An empty range is a 0-byte object, not a missing one.
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    assert_eq!(src.get_log(&log_name(1)).await.unwrap(), b"");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn differential_absent_then_present() {
-    let server = GcsServer::start();
-    server.create_bucket(BUCKET);
-    let src = source(&server, BUCKET);
-    assert_eq!(src.read_differential().await.unwrap(), None);
-    server.put(
-        BUCKET,
-        &format!("{PREFIX}differential"),
-        b"0000000200d0000000ff",
-    );
-    assert_eq!(
-        src.read_differential().await.unwrap().as_deref(),
-        Some(&b"0000000200d0000000ff"[..])
-    );
-    assert_eq!(
-        src.identity(),
-        format!("gs://{BUCKET}/{PREFIX}"),
-        "anonymous access to the emulator, identity names bucket and prefix"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listed_object_that_is_gone_is_retryable() {
-    let server = GcsServer::start();
-    server.create_bucket(BUCKET);
-    let name = log_name(3);
-    server.put(BUCKET, &log_key(&name), b"abc");
-    let src = source(&server, BUCKET);
-    assert_eq!(src.list_logs(None, 10).await.unwrap().len(), 1);
-    server.delete(BUCKET, &log_key(&name));
-    let err = src.get_log(&name).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::ListedButMissing(o) if *o == format!("gs://{BUCKET}/{}", log_key(&name))),
-        "{err:?}"
-    );
-    assert!(err.is_retryable());
-    let err = src.get_snapshot(&snapshot_name(0)).await.unwrap_err();
-    assert!(matches!(err, SourceError::ListedButMissing(_)), "{err:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_missing_bucket_is_named() {
-    let server = GcsServer::start();
-    let src = source(&server, "no-such-bucket");
-    for err in [
-        src.read_differential().await.unwrap_err(),
-        src.list_snapshots().await.unwrap_err(),
-        src.list_logs(None, 10).await.unwrap_err(),
-    ] {
-        assert!(
-            matches!(&err, SourceError::NoSuchBucket(b) if b == "no-such-bucket"),
-            "{err:?}"
-        );
-        assert!(!err.is_retryable());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_invalid_object_name_is_a_format_error() {
-    let server = GcsServer::start();
-    server.create_bucket(BUCKET);
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    server.put(BUCKET, &format!("{PREFIX}logs/not-a-log.bin"), b"");
-    server.put(BUCKET, &format!("{PREFIX}snapshots/0001_zz.bin"), b"");
-    let src = source(&server, BUCKET);
-    let err = src.list_logs(None, 10).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.contains("not-a-log")),
-        "{err:?}"
-    );
-    assert!(!err.is_retryable());
-    let err = src.list_snapshots().await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.contains("0001_zz")),
-        "{err:?}"
-    );
 }
 
 /// A status and JSON body, or `None` to never answer.
@@ -259,7 +75,7 @@ fn gcs_error(code: u16, message: &str) -> Answer {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn http_failures_are_classified() {
+async fn gcs_http_failures_are_classified() {
     let cases: [(Answer, Expect); 6] = [
         (gcs_error(503, "Backend Error"), |e| {
             matches!(e, SourceError::Transient { .. })
@@ -293,7 +109,55 @@ async fn http_failures_are_classified() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn refused_and_hung_connections_are_transient() {
+async fn differential_is_polled_by_generation() {
+    let name = format!("{PREFIX}differential");
+    let metadata = serde_json::json!({
+        "kind": "storage#object",
+        "id": format!("{BUCKET}/{name}/7"),
+        "selfLink": "http://x/self",
+        "mediaLink": "http://x/media",
+        "name": name,
+        "bucket": BUCKET,
+        "generation": "7",
+        "metageneration": "1",
+        "size": "20",
+    })
+    .to_string();
+    let server = Canned::start(move |req| {
+        if req.line.contains("alt=media") {
+            canned::http(200, "application/octet-stream", "0000000200d0000000ff")
+        } else {
+            raw(Some((200, metadata.clone())))
+        }
+    });
+    let src = source_at(&server.url(), BUCKET, GcsOptions::default());
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(None).await.unwrap()
+    else {
+        panic!("a first read returns the body");
+    };
+    assert_eq!(body, b"0000000200d0000000ff");
+    assert_eq!(version, ObjectVersion("7".into()), "the generation");
+    assert_eq!(
+        server.requests.lock().unwrap().len(),
+        2,
+        "metadata, then media"
+    );
+    assert_eq!(
+        src.differential_if_changed(Some(&version)).await.unwrap(),
+        Some(IfChanged::Unchanged)
+    );
+    let requests = server.requests.lock().unwrap();
+    assert_eq!(requests.len(), 3, "an unchanged object costs one request");
+    assert!(
+        !requests[2].line.contains("alt=media"),
+        "and no body: {}",
+        requests[2].line
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_refused_and_hung_connections_are_transient() {
     let closed = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         l.local_addr().unwrap()
@@ -303,16 +167,12 @@ async fn refused_and_hung_connections_are_transient() {
     assert!(matches!(err, SourceError::Transient { .. }), "{err:?}");
 
     let hung = Canned::start(|_| None);
-    let src = GcsSource::new(
-        BUCKET.into(),
-        PREFIX.into(),
-        &GcsOptions {
-            endpoint: Some(hung.url()),
-            ..GcsOptions::default()
-        },
+    let src = source_timed(
+        &hung.url(),
+        BUCKET,
+        GcsOptions::default(),
         Duration::from_millis(300),
-    )
-    .unwrap();
+    );
     let started = Instant::now();
     let err = src.get_log(&log_name(1)).await.unwrap_err();
     assert!(matches!(err, SourceError::Transient { .. }), "{err:?}");

@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::serve::{clients_dir, deno_bin, http, Method, ServeProcess, ACCESS_TOKEN, ADMIN_TOKEN};
+use common::serve::{clients_dir, deno_bin, Method, ServeProcess, ACCESS_TOKEN};
 use common::Sample;
 use serde_json::{json, Value};
 
@@ -129,26 +129,7 @@ fn expected(state: &Value, keys: &[String]) -> Value {
 }
 
 fn admin(serve: &ServeProcess, method: Method, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let r = http(
-        method,
-        &format!("{}{path}", serve.admin_url()),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-    .unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    serve.admin(method, path, body)
 }
 
 /// Polls `/pitr/current` until `check` accepts it.

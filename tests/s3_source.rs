@@ -1,26 +1,32 @@
-//! `S3Source` against a real S3-compatible server (s3s-fs, which checks
-//! SigV4), plus small canned HTTP servers for the answers a healthy server
-//! never gives (throttling, 5xx, cut-off bodies, hung connections), and one
-//! round trip of the `kvreplica` binary through S3.
+//! What only the S3 store has: SigV4 keys against a real S3-compatible
+//! server (s3s-fs), small canned HTTP servers for the answers a healthy
+//! server never gives (throttling, 5xx, S3 error codes, cut-off bodies, hung
+//! connections), the shape of a `ListObjectsV2` request, and one round trip
+//! of the `kvreplica` binary through S3. What every store does is in
+//! `object_store.rs`.
 
 #[path = "common/canned.rs"]
 mod canned;
 #[path = "common/s3_server.rs"]
 mod s3_server;
+#[path = "common/stores.rs"]
+mod stores;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use canned::{http, Answer, Canned};
-use chrono::{DateTime, Utc};
-use kvreplica::format::{FormatError, LogName, SnapshotName};
-use kvreplica::source::s3::{S3Credentials, S3Source};
-use kvreplica::source::{S3Options, Source, SourceError};
+use kvreplica::backup::Backup;
+use kvreplica::format::LogName;
+use kvreplica::source::s3::{S3Credentials, S3Store};
+use kvreplica::source::{IfChanged, ObjectVersion, S3Options, SourceError};
 use s3_server::S3Server;
+use stores::{log_name, single_attempt};
 
 const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/3f1c2a7e-0000-4000-8000-000000000001/";
@@ -33,18 +39,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// second.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn source_with(endpoint: &str, bucket: &str, creds: S3Credentials, timeout: Duration) -> S3Source {
-    S3Source::with_credentials(
+/// The backup at `<endpoint>/<bucket>/<PREFIX>`, one attempt per call: these
+/// tests check how single answers are classified.
+fn source_with(endpoint: &str, bucket: &str, creds: S3Credentials, timeout: Duration) -> Backup {
+    let store = S3Store::new(
         bucket.to_string(),
         PREFIX.to_string(),
         &S3Options {
             endpoint: Some(endpoint.to_string()),
             ..S3Options::default()
         },
+        Some(creds),
         timeout,
-        creds,
     )
-    .expect("valid source")
+    .expect("valid source");
+    single_attempt(Arc::new(store))
 }
 
 fn creds(server: &S3Server) -> S3Credentials {
@@ -53,10 +62,6 @@ fn creds(server: &S3Server) -> S3Credentials {
         secret_access_key: server.secret_key().to_string(),
         session_token: None,
     }
-}
-
-fn source(server: &S3Server, bucket: &str) -> S3Source {
-    source_with(&server.endpoint(), bucket, creds(server), REQUEST_TIMEOUT)
 }
 
 /// Keys for the canned servers, which check nothing.
@@ -68,187 +73,8 @@ fn test_creds() -> S3Credentials {
     }
 }
 
-/// The i-th of a run of consecutive, valid format-1 log names.
-fn log_name(i: u64) -> LogName {
-    format!("0001_{i:016x}_{i:020x}0000_{i:020x}ffff")
-        .parse()
-        .expect("valid log name")
-}
-
-fn snapshot_name(seq: u64) -> SnapshotName {
-    format!("0001_{:016x}_{seq:016x}", 7)
-        .parse()
-        .expect("valid snapshot name")
-}
-
 fn log_key(name: &LogName) -> String {
     format!("{PREFIX}logs/{name}.bin")
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_logs_after_a_cursor_page_by_page() {
-    const LOGS: u64 = 25;
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    // Object i holds i % 7 bytes and was written at a distinct, known
-    // millisecond, so sizes and LastModified are checked exactly.
-    let base_ms: u64 = 1_700_000_000_123;
-    let written = |i: u64| UNIX_EPOCH + Duration::from_millis(base_ms + i * 60_001);
-    for i in 0..LOGS {
-        let key = log_key(&log_name(i));
-        server.put(BUCKET, &key, &vec![b'x'; (i % 7) as usize]);
-        server.set_modified(BUCKET, &key, written(i));
-    }
-    // Neighbours that must not be listed: another prefix sharing the
-    // start, and the bucket root.
-    server.put(
-        BUCKET,
-        &format!("{}x/logs/{}.bin", PREFIX.trim_end_matches('/'), log_name(0)),
-        b"",
-    );
-    server.put(BUCKET, &format!("{}.bin", log_name(5)), b"");
-    server.put(
-        BUCKET,
-        &format!("{PREFIX}snapshots/{}.bin", snapshot_name(0)),
-        b"",
-    );
-    let src = source(&server, BUCKET);
-    let all: Vec<LogName> = (0..LOGS).map(log_name).collect();
-
-    // Three pages of 10, each one request after the previous page's last.
-    let mut listed = Vec::new();
-    let mut cursor: Option<LogName> = None;
-    let mut pages = Vec::new();
-    loop {
-        let page = src.list_logs(cursor.as_ref(), 10).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        pages.push(page.len());
-        cursor = Some(page.last().unwrap().name);
-        listed.extend(page);
-        assert!(pages.len() <= 4, "the listing ends");
-    }
-    assert_eq!(pages, [10, 10, 5]);
-    assert_eq!(
-        listed.iter().map(|l| l.name).collect::<Vec<_>>(),
-        all,
-        "every log, in order, nothing from outside the prefix"
-    );
-    for (i, l) in listed.iter().enumerate() {
-        let i = i as u64;
-        assert_eq!(l.size, i % 7, "size of {}", l.name);
-        let expected: DateTime<Utc> = written(i).into();
-        assert_eq!(l.last_modified, expected, "LastModified of {}", l.name);
-    }
-
-    // start-after is exclusive; a limit of one gives one.
-    let page = src.list_logs(Some(&all[0]), 1).await.unwrap();
-    assert_eq!(page.iter().map(|l| l.name).collect::<Vec<_>>(), [all[1]]);
-    assert!(src.list_logs(Some(&all[24]), 10).await.unwrap().is_empty());
-    assert!(src.list_logs(None, 0).await.unwrap().is_empty());
-    // A cursor that names no object starts at the next one.
-    let between: LogName = format!("0001_{:016x}_{:020x}0000_{:020x}0000", 10, 10, 10)
-        .parse()
-        .unwrap();
-    assert!(between > all[9] && between < all[10]);
-    let page = src.list_logs(Some(&between), 2).await.unwrap();
-    assert_eq!(
-        page.iter().map(|l| l.name).collect::<Vec<_>>(),
-        [all[10], all[11]]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lists_all_snapshot_pages_and_reads_objects() {
-    // s3s-fs honours max-keys and pages at 1000 like S3: three pages.
-    const SNAPSHOTS: u64 = 2001;
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    for seq in 0..SNAPSHOTS {
-        server.put(
-            BUCKET,
-            &format!("{PREFIX}snapshots/{}.bin", snapshot_name(seq)),
-            &seq.to_be_bytes(),
-        );
-    }
-    // A log beside them is not a snapshot.
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    let src = source(&server, BUCKET);
-    let listed = src.list_snapshots().await.unwrap();
-    assert_eq!(listed.len(), SNAPSHOTS as usize);
-    assert!(listed
-        .iter()
-        .enumerate()
-        .all(|(i, l)| l.name == snapshot_name(i as u64) && l.size == 8));
-    assert_eq!(
-        src.get_snapshot(&snapshot_name(2000)).await.unwrap(),
-        2000u64.to_be_bytes()
-    );
-    // An empty range is a 0-byte object, not a missing one.
-    assert_eq!(src.get_log(&log_name(1)).await.unwrap(), b"");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn differential_absent_then_present() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let src = source(&server, BUCKET);
-    assert_eq!(src.read_differential().await.unwrap(), None);
-    server.put(
-        BUCKET,
-        &format!("{PREFIX}differential"),
-        b"0000000200d0000000ff",
-    );
-    assert_eq!(
-        src.read_differential().await.unwrap().as_deref(),
-        Some(&b"0000000200d0000000ff"[..])
-    );
-    assert_eq!(
-        src.identity(),
-        format!("{}/{BUCKET}/{PREFIX}", server.endpoint()),
-        "a custom endpoint is part of the identity"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listed_object_that_is_gone_is_retryable() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let name = log_name(3);
-    server.put(BUCKET, &log_key(&name), b"abc");
-    let src = source(&server, BUCKET);
-    assert_eq!(src.list_logs(None, 10).await.unwrap().len(), 1);
-    assert_eq!(src.get_log(&name).await.unwrap(), b"abc");
-    server.remove(BUCKET, &log_key(&name));
-    let err = src.get_log(&name).await.unwrap_err();
-    let expected = format!("{}/{BUCKET}/{}", server.endpoint(), log_key(&name));
-    assert!(
-        matches!(&err, SourceError::ListedButMissing(o) if *o == expected),
-        "{err:?}"
-    );
-    assert!(err.is_retryable());
-    let err = src.get_snapshot(&snapshot_name(0)).await.unwrap_err();
-    assert!(matches!(err, SourceError::ListedButMissing(_)), "{err:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_missing_bucket_is_named() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let src = source(&server, "no-such-bucket");
-    for err in [
-        src.read_differential().await.unwrap_err(),
-        src.list_snapshots().await.unwrap_err(),
-        src.list_logs(None, 10).await.unwrap_err(),
-    ] {
-        assert!(
-            matches!(&err, SourceError::NoSuchBucket(b) if b == "no-such-bucket"),
-            "{err:?}"
-        );
-        assert!(!err.is_retryable());
-        assert!(err.to_string().contains("no-such-bucket"), "{err}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,37 +120,6 @@ async fn refused_credentials_name_the_key_not_the_secret() {
     assert!(!format!("{err:?}").contains(server.secret_key()));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_invalid_object_name_is_a_format_error() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    server.put(BUCKET, &log_key(&log_name(1)), b"");
-    server.put(BUCKET, &format!("{PREFIX}logs/not-a-log.bin"), b"");
-    server.put(BUCKET, &format!("{PREFIX}snapshots/0001_zz.bin"), b"");
-    let src = source(&server, BUCKET);
-    let err = src.list_logs(None, 10).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. })
-            if *name == format!("{PREFIX}logs/not-a-log.bin")),
-        "{err:?}"
-    );
-    assert!(!err.is_retryable());
-    let err = src.list_snapshots().await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.contains("0001_zz")),
-        "{err:?}"
-    );
-
-    // Something without `.bin` under logs/ is just as invalid.
-    server.remove(BUCKET, &format!("{PREFIX}logs/not-a-log.bin"));
-    server.put(BUCKET, &format!("{PREFIX}logs/README"), b"hi");
-    let err = src.list_logs(None, 10).await.unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Format(FormatError::BadName { name, .. }) if name.ends_with("logs/README")),
-        "{err:?}"
-    );
-}
-
 /// Checks that an error has the expected class.
 type Expect = fn(&SourceError) -> bool;
 
@@ -340,7 +135,7 @@ fn s3_error(status: u16, code: &str) -> Answer {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn http_failures_are_classified() {
+async fn s3_http_failures_are_classified() {
     let transient: Expect = |e| matches!(e, SourceError::Transient { .. }) && e.is_retryable();
     let permanent: Expect = |e| matches!(e, SourceError::Permanent { .. }) && !e.is_retryable();
     let denied: Expect = |e| matches!(e, SourceError::AccessDenied { detail, .. } if detail.contains("AKIDCANNEDTEST"));
@@ -456,8 +251,90 @@ async fn list_logs_is_one_request_with_start_after_and_max_keys() {
     assert!(!query.contains_key("continuation-token"), "{line}");
 }
 
+/// A raw answer to a `GetObject`: a body with its ETag, or a 304.
+fn with_etag(status: u16, etag: &str, body: &str) -> Answer {
+    Some(format!(
+        "HTTP/1.1 {status} X\r\nETag: {etag}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn refused_and_hung_connections_are_transient() {
+async fn differential_is_polled_with_if_none_match() {
+    // The first read gets the body and its ETag; the next, sent with
+    // If-None-Match, is answered 304 without a body; then the object changes.
+    let answers = std::sync::Mutex::new(
+        vec![
+            with_etag(200, "\"v1\"", "0000000200d0000000ff"),
+            with_etag(304, "\"v1\"", ""),
+            with_etag(200, "\"v2\"", "0000000300d0000000ff"),
+        ]
+        .into_iter(),
+    );
+    let server = Canned::start(move |_| answers.lock().unwrap().next().flatten());
+    let src = source_with(&server.url(), BUCKET, test_creds(), REQUEST_TIMEOUT);
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(None).await.unwrap()
+    else {
+        panic!("a first read returns the body");
+    };
+    assert_eq!(body, b"0000000200d0000000ff");
+    assert_eq!(version, ObjectVersion("\"v1\"".into()), "the ETag");
+    assert_eq!(
+        src.differential_if_changed(Some(&version)).await.unwrap(),
+        Some(IfChanged::Unchanged),
+        "a 304 is no change"
+    );
+    let Some(IfChanged::Changed { body, version }) =
+        src.differential_if_changed(Some(&version)).await.unwrap()
+    else {
+        panic!("a new ETag is a change");
+    };
+    assert_eq!(body, b"0000000300d0000000ff");
+    assert_eq!(version, ObjectVersion("\"v2\"".into()));
+    let lines: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.line.clone())
+        .collect();
+    assert_eq!(lines.len(), 3, "one GET per poll: {lines:?}");
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("GET /{BUCKET}/{PREFIX}differential ")),
+            "{line}"
+        );
+    }
+
+    // The poll carries the known ETag, signed like every header.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let head = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let answer = with_etag(304, "\"v2\"", "").unwrap();
+        std::io::Write::write_all(&mut conn, answer.as_bytes()).unwrap();
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    });
+    let src = source_with(&url, BUCKET, test_creds(), REQUEST_TIMEOUT);
+    let known = ObjectVersion("\"v2\"".into());
+    assert_eq!(
+        src.differential_if_changed(Some(&known)).await.unwrap(),
+        Some(IfChanged::Unchanged)
+    );
+    let head = head.join().unwrap();
+    assert!(head.contains("\r\nif-none-match: \"v2\"\r\n"), "{head}");
+    assert!(head.contains("if-none-match;"), "signed: {head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_refused_and_hung_connections_are_transient() {
     let closed = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         l.local_addr().unwrap()

@@ -5,26 +5,20 @@
 //! `checkout` needs the writer lock and points at the admin API when a
 //! server holds it.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
+use crate::config::PitrDbArgs;
 use crate::format::Versionstamp;
 use crate::store::pitr::{self, CheckoutTarget, HistoryView, Point};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct PitrArgs {
-    /// The replica SQLite file [env: KVREPLICA_DB, else DENO_KV_SQLITE_PATH;
-    /// else `db` in the --config file]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub db: Option<PathBuf>,
-    /// TOML config file of the replica, to find `db` in [env:
-    /// KVREPLICA_CONFIG]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// `--db` and `--config`, from the settings table.
+    #[command(flatten)]
+    pub db: PitrDbArgs,
     #[command(subcommand)]
     pub command: PitrCommand,
 }
@@ -60,21 +54,13 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
 }
 
-fn db_path(args: &PitrArgs) -> anyhow::Result<PathBuf> {
-    let config = super::config_path(&args.config);
-    Ok(crate::config::resolve_db(
-        config.as_deref(),
-        args.db.clone(),
-    )?)
-}
-
 /// One line of `pitr list`, in the format `denokv pitr list` prints.
 pub fn list_line(p: &Point) -> String {
     format!("{}\t{}", p.versionstamp, p.time_rfc3339())
 }
 
 pub fn run(args: PitrArgs) -> anyhow::Result<()> {
-    let path = db_path(&args)?;
+    let path = args.db.resolve()?;
     if !path.exists() {
         bail!(
             "{} does not exist: sync a replica first (kvreplica sync)",

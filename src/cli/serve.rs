@@ -2,7 +2,6 @@
 //! admin API, in one process on one replica file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +10,10 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{shutdown_signal, EngineArgs, LogArgs, SourceArgs};
+use super::shutdown_signal;
 use crate::admin::{self, AdminContext};
 use crate::auth::Tokens;
-use crate::config::{Flags, Inputs, Purpose, Secret, Settings};
+use crate::config::{Inputs, RestartOnly, SettingArgs, Settings, SERVE};
 use crate::notify;
 use crate::reload;
 use crate::server::{self, KvConnect, ServerOptions};
@@ -23,56 +22,9 @@ use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML config file (see config/ for examples); flags and environment
-    /// variables override its keys [env: KVREPLICA_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// `--config` and every setting `serve` takes, as flags.
     #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-
-    /// Address of the KV Connect listener (Deno.openKv("http://HOST:PORT")).
-    /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free
-    /// port [default: 0.0.0.0:4512; config: server.addr; env: KVREPLICA_ADDR]
-    #[arg(long, value_name = "ADDR")]
-    pub addr: Option<SocketAddr>,
-
-    /// Access token clients must present (at least 12 characters). Repeat
-    /// the flag to accept several during a rotation [config:
-    /// server.access_tokens; env: KVREPLICA_ACCESS_TOKEN, else
-    /// DENO_KV_ACCESS_TOKEN]
-    #[arg(long = "access-token", value_name = "TOKEN")]
-    pub access_tokens: Vec<Secret>,
-
-    /// File of access tokens, one per line [config:
-    /// server.access_tokens_file; env: KVREPLICA_ACCESS_TOKENS_FILE]
-    #[arg(long, value_name = "PATH")]
-    pub access_tokens_file: Option<PathBuf>,
-
-    /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics
-    /// [default: 127.0.0.1:4513; config: admin.addr; env: KVREPLICA_ADMIN_ADDR]
-    #[arg(long, value_name = "ADDR")]
-    pub admin_addr: Option<SocketAddr>,
-
-    /// Bearer token of the PITR admin API (at least 12 characters, distinct
-    /// from every access token). Without it the /pitr endpoints are off;
-    /// health and metrics stay available [config: admin.token; env:
-    /// KVREPLICA_ADMIN_TOKEN]
-    #[arg(long, value_name = "TOKEN")]
-    pub admin_token: Option<Secret>,
-
-    /// File holding the admin token [config: admin.token_file; env:
-    /// KVREPLICA_ADMIN_TOKEN_FILE]
-    #[arg(long, value_name = "PATH")]
-    pub admin_token_file: Option<PathBuf>,
-
-    /// Read-only SQLite connections serving KV Connect requests [default: 2
-    /// per core, 4 to 32; config: server.readers; env: KVREPLICA_READERS]
-    #[arg(long, value_name = "N")]
-    pub readers: Option<u64>,
+    pub settings: SettingArgs<SERVE>,
 }
 
 impl ServeArgs {
@@ -80,22 +32,7 @@ impl ServeArgs {
     /// flags. [`Inputs::resolve`] gives the settings; keep them (or these
     /// inputs) to resolve again on a reload.
     pub fn inputs(&self) -> Inputs {
-        let mut flags = Flags::default();
-        self.source.apply(&mut flags);
-        self.engine.apply(&mut flags);
-        self.log.apply(&mut flags);
-        flags.addr = self.addr;
-        flags.access_tokens = self.access_tokens.clone();
-        flags.access_tokens_file = self.access_tokens_file.clone();
-        flags.admin_addr = self.admin_addr;
-        flags.admin_token = self.admin_token.clone();
-        flags.admin_token_file = self.admin_token_file.clone();
-        flags.readers = self.readers;
-        Inputs {
-            config: super::config_path(&self.config),
-            flags,
-            purpose: Purpose::Serve,
-        }
+        self.settings.inputs()
     }
 }
 
@@ -196,33 +133,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The part of `settings` a reload may change, and a rendering of the rest
-/// (without secrets) to tell when a change needs a restart.
+/// The part of `settings` a reload may change, and the values of the
+/// rest, compared key by key to name what needs a restart.
 fn reloadable(settings: &Settings) -> reload::Reloadable {
-    let mut sync = settings.sync.clone();
-    sync.poll_interval = Duration::ZERO;
     reload::Reloadable {
         access_tokens: settings.access_tokens.clone(),
         admin_tokens: settings.admin_token.iter().cloned().collect(),
         poll_interval: settings.sync.poll_interval,
         log_level: settings.log.level.clone(),
-        restart_only: format!(
-            "{} {} {:?} {:?} {:?} {:?} {} {} {} {:?} {}",
-            settings.source,
-            settings.db.display(),
-            settings.s3,
-            settings
-                .s3_credentials
-                .as_ref()
-                .map(|c| c.access_key_id.clone()),
-            settings.gcs,
-            settings.remote,
-            settings.addr,
-            settings.admin_addr,
-            settings.readers,
-            sync,
-            settings.log.format,
-        ),
+        restart_only: RestartOnly::of(settings),
         files: settings.watched_files().to_vec(),
     }
 }

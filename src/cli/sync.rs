@@ -1,29 +1,20 @@
 //! `kvreplica sync`: one-shot (or --follow) sync of a replica file.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::{shutdown_signal, EngineArgs, LogArgs, SourceArgs};
-use crate::config::{Flags, Inputs, Purpose};
+use super::shutdown_signal;
+use crate::config::{Inputs, SettingArgs, SYNC};
 use crate::store::Store;
 use crate::sync::Syncer;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// TOML config file; flags and environment variables override its keys.
-    /// Only the source, [s3], [gcs], [sync] and [log] keys apply to sync
-    /// [env: KVREPLICA_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// `--config` and every setting `sync` takes, as flags.
     #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub settings: SettingArgs<SYNC>,
     /// Keep following the bucket after catching up, until SIGINT/SIGTERM.
     #[arg(long)]
     pub follow: bool,
@@ -32,15 +23,7 @@ pub struct SyncArgs {
 impl SyncArgs {
     /// What the settings are resolved from: the config file and these flags.
     pub fn inputs(&self) -> Inputs {
-        let mut flags = Flags::default();
-        self.source.apply(&mut flags);
-        self.engine.apply(&mut flags);
-        self.log.apply(&mut flags);
-        Inputs {
-            config: super::config_path(&self.config),
-            flags,
-            purpose: Purpose::Sync,
-        }
+        self.settings.inputs()
     }
 }
 

@@ -12,6 +12,16 @@ const ACCESS: &str = "client-token-0001";
 const ACCESS_2: &str = "client-token-0002";
 const ADMIN: &str = "admin-token-0001";
 
+/// Settings of `serve` with source, replica file and an access token
+/// given as flags, `flags` applied after them, in environment `env`.
+pub(super) fn serve_settings(flags: impl FnOnce(&mut Flags), env: &[(&str, &str)]) -> Settings {
+    let mut c = Case::serve().flags(flags);
+    for (name, value) in env {
+        c = c.env(name, value);
+    }
+    c.ok()
+}
+
 /// One resolution's inputs.
 struct Case {
     dir: tempfile::TempDir,
@@ -36,9 +46,11 @@ impl Case {
     /// Source, replica file and an access token given as flags.
     fn serve() -> Case {
         let mut c = Case::bare();
-        c.inputs.flags.source = Some("file:///srv/backup/".into());
-        c.inputs.flags.db = Some("/var/lib/kvreplica/replica.sqlite".into());
-        c.inputs.flags.access_tokens = vec![Secret::new(ACCESS)];
+        c.inputs.flags.set("source", "file:///srv/backup/");
+        c.inputs
+            .flags
+            .set("db", "/var/lib/kvreplica/replica.sqlite");
+        c.inputs.flags.set("server.access_tokens", ACCESS);
         c
     }
 
@@ -191,12 +203,12 @@ level = "warn"
 
     let s = with_env
         .flags(|f| {
-            f.source = Some("file:///from-flag/".into());
-            f.db = Some("/flag.sqlite".into());
-            f.poll_interval = Some(Duration::from_secs(4));
-            f.addr = Some("127.0.0.1:1003".parse().unwrap());
-            f.readers = Some(7);
-            f.log_level = Some("error".into());
+            f.set("source", "file:///from-flag/");
+            f.set("db", "/flag.sqlite");
+            f.set("sync.poll_interval", "4s");
+            f.set("server.addr", "127.0.0.1:1003");
+            f.set("server.readers", "7");
+            f.set("log.level", "error");
         })
         .ok();
     assert_eq!(s.source.to_string(), "file:///from-flag/");
@@ -315,7 +327,7 @@ fn secrets_from_files_lose_the_trailing_newline() {
     );
     let s3 = c.write("s3-secret", "s3-secret-key-value\n");
     let s = c
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .file(&format!(
             "[s3]\naccess_key_id = \"AKIAEXAMPLE\"\nsecret_access_key_file = {s3:?}\n\
              [server]\naccess_tokens_file = {tokens:?}\n[admin]\ntoken_file = {admin:?}\n"
@@ -346,7 +358,7 @@ fn relative_secret_files_are_found_in_the_credentials_directory() {
     c.write("creds/gcs.json", "{}");
     let creds = c.dir.path().join("creds");
     let s = c
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .env("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())
         .env("KVREPLICA_ADMIN_TOKEN_FILE", "admin")
         .env("KVREPLICA_ACCESS_TOKENS_FILE", "tokens")
@@ -365,7 +377,7 @@ fn a_higher_layer_replaces_both_forms_of_a_secret() {
     let c = c.file(&format!("[admin]\ntoken_file = {admin:?}\n"));
     assert_eq!(c.ok().admin_token.as_deref(), Some(ADMIN));
     let s = c
-        .flags(|f| f.admin_token = Some(Secret::new("admin-token-from-flag")))
+        .flags(|f| f.set("admin.token", "admin-token-from-flag"))
         .ok();
     assert_eq!(s.admin_token.as_deref(), Some("admin-token-from-flag"));
     assert!(s.watched_files().iter().all(|p| p != &admin));
@@ -374,8 +386,8 @@ fn a_higher_layer_replaces_both_forms_of_a_secret() {
 #[test]
 fn secrets_are_redacted() {
     let c = Case::serve().flags(|f| {
-        f.access_tokens.push(Secret::new(ACCESS_2));
-        f.admin_token = Some(Secret::new(ADMIN));
+        f.add("server.access_tokens", ACCESS_2);
+        f.set("admin.token", ADMIN);
     });
     let s = c
         .env("KVREPLICA_S3_ACCESS_KEY_ID", "AKIAEXAMPLE")
@@ -416,7 +428,7 @@ fn rendered_settings_name_each_origin() {
 #[test]
 fn sync_needs_no_token_and_reads_no_secret() {
     let mut c = Case::serve()
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .env("KVREPLICA_ADMIN_TOKEN_FILE", "/nonexistent/admin");
     c.inputs.purpose = Purpose::Sync;
     let s = c.ok();
@@ -537,7 +549,7 @@ fn bad_durations() {
         .file("[sync]\npoll_interval = \"0s\"\n")
         .err_at("sync.poll_interval", 2);
     Case::serve()
-        .flags(|f| f.request_timeout = Some(Duration::ZERO))
+        .flags(|f| f.set("sync.request_timeout", "0s"))
         .err("sync.request_timeout");
     Case::serve()
         .file("[sync]\nretain_for = \"0s\"\n")
@@ -595,26 +607,26 @@ fn numbers_out_of_range() {
         .env("KVREPLICA_READERS", "many")
         .err("server.readers");
     Case::serve()
-        .flags(|f| f.page_size = Some(5000))
+        .flags(|f| f.set("sync.page_size", "5000"))
         .err("sync.page_size");
 }
 
 #[test]
 fn bad_or_missing_source_and_db() {
     Case::bare()
-        .flags(|f| f.access_tokens = vec![Secret::new(ACCESS)])
+        .flags(|f| f.set("server.access_tokens", ACCESS))
         .file("db = \"/r.sqlite\"\nsource = \"ftp://host/backup/\"\n")
         .err_at("source", 2);
     Case::serve()
         .env("KVREPLICA_SOURCE", "file://relative/")
-        .flags(|f| f.source = None)
+        .flags(|f| f.unset("source"))
         .err("source");
     let e = Case::bare()
-        .flags(|f| f.db = Some("/r.sqlite".into()))
+        .flags(|f| f.set("db", "/r.sqlite"))
         .err("source is not set");
     assert!(e.contains("--source"), "{e}");
     Case::bare()
-        .flags(|f| f.source = Some("s3://b/p/".into()))
+        .flags(|f| f.set("source", "s3://b/p/"))
         .err("db is not set");
     Case::serve().file("db = \"\"\n").err_at("db", 1);
 }
@@ -622,20 +634,20 @@ fn bad_or_missing_source_and_db() {
 #[test]
 fn missing_or_bad_access_tokens() {
     let e = Case::serve()
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .err("server.access_tokens is not set");
     assert!(e.contains("DENO_KV_ACCESS_TOKEN"), "{e}");
     let e = Case::serve()
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .file("[server]\n\naccess_tokens = [\"short\"]\n")
         .err_at("server.access_tokens", 3);
     assert!(e.contains("12"), "{e}");
     Case::serve()
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.unset("server.access_tokens"))
         .file("[server]\naccess_tokens = []\n")
         .err_at("server.access_tokens", 2);
     Case::serve()
-        .flags(|f| f.access_tokens = vec![Secret::new("has white space in it")])
+        .flags(|f| f.set("server.access_tokens", "has white space in it"))
         .err("server.access_tokens");
 }
 
@@ -673,7 +685,7 @@ fn a_secret_given_twice_in_one_place() {
         .env("KVREPLICA_ACCESS_TOKENS_FILE", "/run/tokens")
         .err("KVREPLICA_ACCESS_TOKENS_FILE");
     Case::serve()
-        .flags(|f| f.access_tokens_file = Some("/run/tokens".into()))
+        .flags(|f| f.set("server.access_tokens_file", "/run/tokens"))
         .err("--access-tokens-file");
     Case::serve()
         .env("KVREPLICA_S3_SECRET_ACCESS_KEY", "s3-secret-key-value")
@@ -693,15 +705,15 @@ fn unreadable_or_empty_secret_files() {
         .err_at("admin.token_file", 2);
     let c = Case::serve();
     let comments = c.write("tokens", "# none yet\n\n");
-    c.flags(|f| f.access_tokens.clear())
+    c.flags(|f| f.unset("server.access_tokens"))
         .env("KVREPLICA_ACCESS_TOKENS_FILE", comments.to_str().unwrap())
         .err("server.access_tokens_file");
     Case::serve()
         .file("[gcs]\ncredentials_file = \"/nonexistent/key.json\"\n")
         .err_at("gcs.credentials_file", 2);
     Case::serve()
-        .flags(|f| f.access_tokens_file = Some("/nonexistent/tokens".into()))
-        .flags(|f| f.access_tokens.clear())
+        .flags(|f| f.set("server.access_tokens_file", "/nonexistent/tokens"))
+        .flags(|f| f.unset("server.access_tokens"))
         .err("--access-tokens-file");
 }
 

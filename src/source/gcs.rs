@@ -1,10 +1,11 @@
-//! A backup in a Google Cloud Storage bucket, read natively through the GCS
+//! Objects in a Google Cloud Storage bucket, read natively through the GCS
 //! JSON API (no HMAC keys, no S3-interop endpoint).
 //!
-//! Listing uses `prefix` + `startOffset` + `maxResults` and follows
-//! `pageToken`; objects are downloaded with `alt=media`. Errors are classified
-//! into [`SourceError`] so that the retry wrapper and the sync loop treat GCS
-//! exactly like every other backend.
+//! A listing is one `objects.list` request with `prefix` + `startOffset` +
+//! `maxResults`; objects are downloaded with `alt=media`, and polled by their
+//! generation (one metadata request, no body, while it is unchanged). Errors
+//! are classified into [`SourceError`] so that the retry wrapper and the sync
+//! loop treat GCS exactly like every other backend.
 //!
 //! # Credentials
 //! Tried in the order Google's own clients use, first match wins:
@@ -30,13 +31,15 @@ use gcloud_storage::client::google_cloud_auth;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
-use gcloud_storage::http::objects::list::{ListObjectsRequest, ListObjectsResponse};
+use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
-use tokio::sync::OnceCell;
 
-use super::{error_chain, name_from_key, GcsOptions, Listed, Source, SourceError};
-use crate::format::{FormatError, LogName, SnapshotName};
+use super::connection::{status_is_transient, Classified, Connected, LazyClient};
+use super::{
+    error_chain, GcsOptions, IfChanged, Listing, Naming, ObjectMeta, ObjectStore, ObjectVersion,
+    SourceError, StoreResult,
+};
 
 /// The public GCS endpoint, used when no other endpoint is configured.
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -57,39 +60,23 @@ const CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 /// read by every Google client library.
 const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 
-/// Reads a backup from `gs://<bucket>/<prefix>`.
+/// Reads objects below `gs://<bucket>/<prefix>`.
 #[derive(Debug)]
-pub struct GcsSource {
+pub struct GcsStore {
     /// Bucket name, without `gs://`.
     bucket: String,
-    /// Object-name prefix of the backup; empty or ending in `/`.
-    prefix: String,
+    /// Below `gs://bucket/`, with the backup's object-name prefix (empty or
+    /// ending in `/`).
+    naming: Naming,
     /// Base URL of the JSON API (the public endpoint or an emulator).
     endpoint: String,
     /// How the client will authenticate, decided without I/O.
     auth: AuthPlan,
     /// Timeout of every single HTTP request to GCS.
     request_timeout: Duration,
-    /// The client, built on first use: fetching the first token is network
-    /// I/O, which belongs in the async calls (and is retried like them).
-    client: OnceCell<Connected>,
-}
-
-/// A ready client and the identity it authenticates as.
-struct Connected {
-    /// The JSON-API client (cheap to clone, shares one connection pool).
-    client: Client,
-    /// Who the requests are made as, for access-denied messages.
-    identity: String,
-}
-
-impl std::fmt::Debug for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The client holds credentials and has no `Debug` of its own.
-        f.debug_struct("Connected")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
+    /// The JSON-API client (cheap to clone, shares one connection pool),
+    /// built on first use, and the account it acts as.
+    client: LazyClient<Client>,
 }
 
 /// The credential source chosen from the options and environment.
@@ -164,8 +151,8 @@ fn normalize_endpoint(raw: &str) -> Result<String, SourceError> {
     Ok(url)
 }
 
-impl GcsSource {
-    /// A source for `gs://<bucket>/<prefix>`. Nothing is contacted until the
+impl GcsStore {
+    /// A store for `gs://<bucket>/<prefix>`. Nothing is contacted until the
     /// first call; the endpoint falls back to `STORAGE_EMULATOR_HOST` and the
     /// credentials to `GOOGLE_APPLICATION_CREDENTIALS` (see the module docs).
     pub fn new(
@@ -185,27 +172,22 @@ impl GcsSource {
             env,
             well_known_credentials(),
         );
-        Ok(GcsSource {
+        Ok(GcsStore {
+            naming: Naming::in_bucket(&format!("gs://{bucket}/"), &prefix),
             bucket,
-            prefix,
             endpoint,
             auth,
             request_timeout,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         })
     }
 
-    /// `gs://bucket/key`, how objects are named in messages.
-    fn url_of(&self, key: &str) -> String {
-        format!("gs://{}/{key}", self.bucket)
-    }
-
     /// The client, built (and authenticated) on first use.
-    async fn connected(&self) -> Result<&Connected, SourceError> {
-        self.client.get_or_try_init(|| self.connect()).await
+    async fn connected(&self) -> Result<&Connected<Client>, SourceError> {
+        self.client.get(|| self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Connected, SourceError> {
+    async fn connect(&self) -> Result<Connected<Client>, SourceError> {
         let http = reqwest::Client::builder()
             .timeout(self.request_timeout)
             .build()
@@ -271,7 +253,7 @@ impl GcsSource {
 
     /// Classifies a failure to obtain an access token.
     fn auth_error(&self, identity: &str, e: google_cloud_auth::error::Error) -> SourceError {
-        let what = format!("gs://{}/{}", self.bucket, self.prefix);
+        let what = self.naming.identity.clone();
         let detail = format!("obtaining a token for {identity}: {e}");
         if token_error_is_transient(&e) {
             SourceError::Transient { what, detail }
@@ -282,7 +264,7 @@ impl GcsSource {
 
     /// Classifies a failed request about `what`; a 404 is left to the
     /// caller, which knows whether it means "no object" or "no bucket".
-    fn classify(&self, conn: &Connected, what: String, e: GcsError) -> Classified {
+    fn classify(&self, conn: &Connected<Client>, what: String, e: GcsError) -> Classified {
         let (status, detail) = match &e {
             GcsError::Response(r) => (Some(r.code), r.to_string()),
             GcsError::HttpClient(re) | GcsError::RawResponse(re, _) => {
@@ -324,80 +306,8 @@ impl GcsSource {
         })
     }
 
-    /// One `objects.list` request.
-    async fn list_page(
-        &self,
-        list_prefix: &str,
-        start_offset: Option<String>,
-        page_token: Option<String>,
-        max_results: usize,
-    ) -> Result<ListObjectsResponse, SourceError> {
-        let conn = self.connected().await?;
-        let req = ListObjectsRequest {
-            bucket: self.bucket.clone(),
-            prefix: Some(list_prefix.to_string()),
-            start_offset,
-            page_token,
-            max_results: Some(max_results.clamp(1, MAX_PAGE) as i32),
-            ..ListObjectsRequest::default()
-        };
-        match conn.client.list_objects(&req).await {
-            Ok(resp) => Ok(resp),
-            Err(e) => match self.classify(conn, self.url_of(list_prefix), e) {
-                Classified::NotFound => Err(SourceError::NoSuchBucket(self.bucket.clone())),
-                Classified::Error(e) => Err(e),
-            },
-        }
-    }
-
-    /// Lists `<prefix><folder>/` from `start_offset` (inclusive), skipping
-    /// names `<= skip_through`, until `limit` names are collected or the
-    /// listing ends.
-    async fn list_folder<N>(
-        &self,
-        folder: &str,
-        skip_through: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Listed<N>>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        let list_prefix = format!("{}{folder}/", self.prefix);
-        let mut out = Vec::new();
-        let mut page_token = None;
-        loop {
-            // One more than still wanted: `startOffset` is inclusive, so the
-            // first item may be the start-after key itself.
-            let want = limit.saturating_sub(out.len()).saturating_add(1);
-            let resp = self
-                .list_page(&list_prefix, skip_through.clone(), page_token, want)
-                .await?;
-            for obj in resp.items.unwrap_or_default() {
-                // The folder itself, as the Cloud Console's "create folder"
-                // leaves it, is no backup object.
-                let placeholder = obj.name == list_prefix;
-                let consumed = skip_through.as_ref().is_some_and(|s| obj.name <= *s);
-                if placeholder || consumed {
-                    continue;
-                }
-                if out.len() == limit {
-                    break;
-                }
-                out.push(self.listed(&list_prefix, obj)?);
-            }
-            page_token = resp.next_page_token.filter(|t| !t.is_empty());
-            if out.len() >= limit || page_token.is_none() {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// A listed object as the sync loop needs it.
-    fn listed<N>(&self, list_prefix: &str, obj: Object) -> Result<Listed<N>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        let name = name_from_key(&obj.name, list_prefix)?;
+    /// A listed object, its key relative to the prefix.
+    fn meta(&self, obj: Object) -> ObjectMeta {
         // An object without `updated` is treated as written just now, so a
         // settle window still holds it back rather than letting it through.
         let last_modified = obj
@@ -405,50 +315,31 @@ impl GcsSource {
             .or(obj.time_created)
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond()))
             .unwrap_or_else(Utc::now);
-        Ok(Listed {
-            name,
+        ObjectMeta {
+            key: self.naming.relative(&obj.name).to_string(),
             size: u64::try_from(obj.size).unwrap_or(0),
             last_modified,
-        })
-    }
-
-    /// Downloads `<prefix><rel>`; `Ok(None)` on a 404.
-    async fn download(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let conn = self.connected().await?;
-        let key = format!("{}{rel}", self.prefix);
-        let req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: key.clone(),
-            ..GetObjectRequest::default()
-        };
-        match conn.client.download_object(&req, &Range::default()).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) => match self.classify(conn, self.url_of(&key), e) {
-                Classified::NotFound => Ok(None),
-                Classified::Error(e) => Err(e),
-            },
         }
     }
 
-    /// Downloads a listed object: absence is retried, not treated as empty.
-    async fn get_listed(&self, rel: &str) -> Result<Vec<u8>, SourceError> {
-        self.download(rel).await?.ok_or_else(|| {
-            SourceError::ListedButMissing(self.url_of(&format!("{}{rel}", self.prefix)))
-        })
+    fn request(&self, key: &str) -> GetObjectRequest {
+        GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: self.naming.key_in_store(key),
+            ..GetObjectRequest::default()
+        }
     }
-}
 
-/// Outcome of classifying a failed request.
-enum Classified {
-    /// A 404: missing object or missing bucket, depending on the call.
-    NotFound,
-    /// Any other failure, already classified.
-    Error(SourceError),
-}
-
-/// 408, 429 and 5xx are worth retrying, as GCS's retry strategy documents.
-fn status_is_transient(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
+    /// A failed object request: `None` for a missing object.
+    fn missing_or<T>(
+        &self,
+        conn: &Connected<Client>,
+        key: &str,
+        e: GcsError,
+    ) -> Result<Option<T>, SourceError> {
+        self.classify(conn, self.naming.describe(key), e)
+            .missing_object()
+    }
 }
 
 /// Timeouts and broken connections (no HTTP status at all) are transient.
@@ -491,46 +382,78 @@ fn token_error_is_transient(e: &google_cloud_auth::error::Error) -> bool {
 }
 
 #[async_trait]
-impl Source for GcsSource {
-    fn identity(&self) -> String {
-        format!("gs://{}/{}", self.bucket, self.prefix)
-    }
-
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        match self.download("differential").await? {
-            Some(b) => Ok(Some(b)),
-            None => {
-                // A 404 on an object GET does not say whether the bucket
-                // exists; a listing does (and needs only objects.list).
-                let list_prefix = format!("{}differential", self.prefix);
-                self.list_page(&list_prefix, None, None, 1).await?;
-                Ok(None)
+impl ObjectStore for GcsStore {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
+        let start_offset = after.map(|a| self.naming.key_in_store(a));
+        let limit = limit.clamp(1, MAX_PAGE);
+        // One more than wanted: `startOffset` is inclusive, so the first
+        // item may be the start-after key itself.
+        let want = limit + usize::from(after.is_some());
+        let conn = self.connected().await?;
+        let req = ListObjectsRequest {
+            bucket: self.bucket.clone(),
+            prefix: Some(self.naming.key_in_store(prefix)),
+            start_offset: start_offset.clone(),
+            max_results: Some(want.min(MAX_PAGE) as i32),
+            ..ListObjectsRequest::default()
+        };
+        let resp = match conn.client.list_objects(&req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let what = self.naming.describe(prefix);
+                return self.classify(conn, what, e).missing_bucket(&self.bucket);
             }
+        };
+        let mut more = resp.next_page_token.is_some_and(|t| !t.is_empty());
+        let mut objects = Vec::new();
+        let items = resp.items.unwrap_or_default().into_iter();
+        for obj in items.filter(|o| start_offset.as_ref().is_none_or(|a| o.name > *a)) {
+            if objects.len() == limit {
+                more = true;
+                break;
+            }
+            objects.push(self.meta(obj));
+        }
+        Ok(Listing { objects, more })
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let conn = self.connected().await?;
+        match conn
+            .client
+            .download_object(&self.request(key), &Range::default())
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => self.missing_or(conn, key, e),
         }
     }
 
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
-        self.list_folder("snapshots", None, usize::MAX).await
-    }
-
-    async fn list_logs(
+    async fn get_if_changed(
         &self,
-        start_after: Option<&LogName>,
-        limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError> {
-        if limit == 0 {
-            return Ok(Vec::new());
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> StoreResult<Option<IfChanged>> {
+        let conn = self.connected().await?;
+        // The metadata names the generation without the body. The download
+        // that follows may find a newer one; the version then lags the body,
+        // which only costs one more download at the next poll.
+        let object = match conn.client.get_object(&self.request(key)).await {
+            Ok(o) => o,
+            Err(e) => return self.missing_or(conn, key, e),
+        };
+        let version = ObjectVersion(object.generation.to_string());
+        if known == Some(&version) {
+            return Ok(Some(IfChanged::Unchanged));
         }
-        let skip_through = start_after.map(|n| format!("{}logs/{n}.bin", self.prefix));
-        self.list_folder("logs", skip_through, limit).await
+        match self.get(key).await? {
+            Some(body) => Ok(Some(IfChanged::Changed { body, version })),
+            None => Ok(None),
+        }
     }
 
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("snapshots/{name}.bin")).await
-    }
-
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("logs/{name}.bin")).await
+    fn naming(&self) -> &Naming {
+        &self.naming
     }
 }
 
@@ -581,25 +504,16 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            normalize_endpoint("127.0.0.1:4443").unwrap(),
-            "http://127.0.0.1:4443"
-        );
-        assert_eq!(
-            normalize_endpoint("https://storage.example/").unwrap(),
-            "https://storage.example"
-        );
-        assert!(normalize_endpoint("ftp://x").is_err());
-        assert!(normalize_endpoint("").is_err());
-    }
-
-    #[test]
-    fn transient_statuses() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(status_is_transient(s), "{s}");
+        // `host:port` is the `STORAGE_EMULATOR_HOST` convention: plain HTTP.
+        let good = [
+            ("127.0.0.1:4443", "http://127.0.0.1:4443"),
+            ("https://storage.example/", "https://storage.example"),
+        ];
+        for (raw, want) in good {
+            assert_eq!(normalize_endpoint(raw).unwrap(), want, "{raw}");
         }
-        for s in [400, 401, 403, 404, 412] {
-            assert!(!status_is_transient(s), "{s}");
+        for bad in ["ftp://x", ""] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,11 +1,15 @@
-//! Where backups are read from: one [`Source`] trait shaped like an object
-//! store's API, one implementation per backend.
+//! Where backups are read from: one small [`ObjectStore`] trait shaped like
+//! an object store's API, one implementation per backend ([`fs::DirStore`],
+//! [`s3::S3Store`], [`gcs::GcsStore`]), one retry wrapper
+//! ([`retry::Retrying`]) around any of them, and one factory ([`open`]).
 //!
-//! The sync engine only sees this trait, so each backend is tested against the
-//! same behaviour: list with a start-after cursor and a page limit, get an
-//! object whole. Backends classify their own errors ([`SourceError::is_retryable`])
-//! so retry decisions never depend on string matching.
+//! The stores know nothing of the backup layout (`crate::backup` alone
+//! does), so each backend only speaks its API: list with a start-after
+//! cursor and a page limit, get an object whole, get it only if it changed.
+//! Backends classify their own errors ([`SourceError::is_retryable`]) so
+//! retry decisions never depend on string matching.
 
+mod connection;
 pub mod fs;
 pub mod gcs;
 pub mod retry;
@@ -18,7 +22,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::format::{FormatError, LogName, SnapshotName};
+use crate::backup::Backup;
+use crate::format::FormatError;
+
+pub use s3::S3Credentials;
 
 /// Errors at the object-store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -60,59 +67,120 @@ impl SourceError {
     }
 }
 
-/// A listed object with what the sync loop needs to schedule it.
+/// One object of a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed<N> {
-    pub name: N,
-    /// Object size in bytes, used to bound the bytes in flight.
+pub struct ObjectMeta {
+    /// The key below the store's root (bucket + prefix, or directory).
+    pub key: String,
+    /// Object size in bytes.
     pub size: u64,
-    /// When the store says the object was written; guards against
-    /// consuming a log past an object that is still being uploaded.
+    /// When the store says the object was written.
     pub last_modified: DateTime<Utc>,
 }
 
-/// A read-only view of one backup (bucket + prefix).
-#[async_trait]
-pub trait Source: Send + Sync + fmt::Debug {
-    /// A stable description of the bucket and prefix, stored in the replica
-    /// so that a file built from one backup is never synced from another.
-    fn identity(&self) -> String;
-
-    /// Reads `<prefix>differential`; `None` while it does not exist yet.
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError>;
-
-    /// Lists every snapshot range (all pages), in name order.
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError>;
-
-    /// Lists up to `limit` log objects whose names sort after `start_after`
-    /// (from the first when `None`), in name order.
-    async fn list_logs(
-        &self,
-        start_after: Option<&LogName>,
-        limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError>;
-
-    /// Fetches one snapshot range's bytes.
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError>;
-
-    /// Fetches one log object's bytes.
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError>;
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Keys in ascending order, each after the start-after key.
+    pub objects: Vec<ObjectMeta>,
+    /// True when the store says more keys follow this page.
+    pub more: bool,
 }
 
-/// Parses an object key below `<prefix><folder>` into a name. Keys that do not
-/// end in `.bin` are an error, like any other invalid name.
-pub(crate) fn name_from_key<N: std::str::FromStr<Err = FormatError>>(
-    key: &str,
-    list_prefix: &str,
-) -> Result<N, SourceError> {
-    let rest = key.strip_prefix(list_prefix).unwrap_or(key);
-    let stem = rest
-        .strip_suffix(".bin")
-        .ok_or_else(|| FormatError::BadName {
-            name: key.to_string(),
-            reason: "backup objects end in .bin".into(),
-        })?;
-    Ok(stem.parse::<N>()?)
+/// What a store says identifies one version of an object (an S3 ETag, a GCS
+/// generation, a file's mtime and size): opaque, only ever compared, so that
+/// a poll can learn "unchanged" without downloading the body.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectVersion(pub String);
+
+/// The answer of [`ObjectStore::get_if_changed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IfChanged {
+    /// The object is still the version the caller knows; no body was read.
+    Unchanged,
+    /// A different version (or the first read), with its body.
+    Changed {
+        body: Vec<u8>,
+        version: ObjectVersion,
+    },
+}
+
+/// The answer of every store call.
+pub type StoreResult<T> = Result<T, SourceError>;
+
+/// How a store names itself and its objects, built once from its settings
+/// so that the identity, messages and listed names always agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Naming {
+    /// A stable description of the bucket and prefix (or directory), stored
+    /// in replica files so that a file built from one backup is never synced
+    /// from another: its value must never change for the same settings.
+    pub identity: String,
+    /// Put before a key to name the object in messages (a URL or a path),
+    /// so that an operator can find it.
+    pub url_base: String,
+    /// Put before a key to spell it as the store's own listing does.
+    pub key_prefix: String,
+}
+
+impl Naming {
+    /// The names of a bucket's objects below `prefix`, where `bucket_url`
+    /// (`s3://b/`, `http://host:9000/b/`, `gs://b/`) names the bucket: the
+    /// identity is the URL of the prefix.
+    pub(crate) fn in_bucket(bucket_url: &str, prefix: &str) -> Naming {
+        let url = format!("{bucket_url}{prefix}");
+        Naming {
+            identity: url.clone(),
+            url_base: url,
+            key_prefix: prefix.to_string(),
+        }
+    }
+
+    /// How `key` is named in messages.
+    pub fn describe(&self, key: &str) -> String {
+        format!("{}{key}", self.url_base)
+    }
+
+    /// `key` as the store's listing spells it (the prefix prepended), for
+    /// requests and for errors that quote a listed name.
+    pub fn key_in_store(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    /// A key as the store lists it, made relative to the prefix again.
+    pub(crate) fn relative<'a>(&self, listed: &'a str) -> &'a str {
+        listed.strip_prefix(&self.key_prefix).unwrap_or(listed)
+    }
+}
+
+/// A read-only object store rooted at one backup (bucket + prefix, or a
+/// directory). Keys are relative to that root; the store adds its prefix.
+///
+/// Implementations only speak their API and classify failures into
+/// [`SourceError`]; they never retry (that is [`retry::Retrying`]'s job, so
+/// every backend gets one policy) and never interpret keys (that is
+/// [`crate::backup`]'s job, so the layout is spelled once).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// The store's identity and how it names objects.
+    fn naming(&self) -> &Naming;
+
+    /// Lists up to `limit` (at least one, at most the store's page size)
+    /// keys that start with `prefix` and sort after `after`, in key order:
+    /// one request.
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing>;
+
+    /// Fetches an object whole; `None` when it does not exist.
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Fetches an object unless its version is still `known`; `None` when it
+    /// does not exist. "Unchanged" costs no body transfer, so the object can
+    /// be polled cheaply.
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> StoreResult<Option<IfChanged>>;
 }
 
 /// Settings that apply to S3-compatible stores.
@@ -241,29 +309,41 @@ fn normalize_prefix(p: &str) -> String {
     }
 }
 
-/// Opens the source a URL names, wrapped in the retry policy.
-pub fn open(
-    url: &SourceUrl,
-    s3: &S3Options,
-    gcs: &GcsOptions,
-    remote: &RemoteOptions,
-) -> Result<Arc<dyn Source>, SourceError> {
-    let inner: Arc<dyn Source> = match url {
-        SourceUrl::Dir { root } => Arc::new(fs::DirSource::new(root.clone())),
-        SourceUrl::S3 { bucket, prefix } => Arc::new(s3::S3Source::new(
+/// Everything [`open`] needs besides the URL.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// Settings of S3-compatible stores.
+    pub s3: S3Options,
+    /// Static S3 keys; the AWS credential chain when `None`.
+    pub s3_credentials: Option<S3Credentials>,
+    /// Settings of Google Cloud Storage.
+    pub gcs: GcsOptions,
+    /// Timeouts and retries of every remote store.
+    pub remote: RemoteOptions,
+}
+
+/// Opens the backup a URL names: the one place a backend is chosen, so the
+/// CLI, the configuration and the tests all get the same store, wrapped in
+/// the same retry policy.
+pub fn open(url: &SourceUrl, options: &SourceOptions) -> Result<Arc<Backup>, SourceError> {
+    let timeout = options.remote.request_timeout;
+    let store: Arc<dyn ObjectStore> = match url {
+        SourceUrl::Dir { root } => Arc::new(fs::DirStore::new(root.clone())),
+        SourceUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::new(
             bucket.clone(),
             prefix.clone(),
-            s3,
-            remote.request_timeout,
+            &options.s3,
+            options.s3_credentials.clone(),
+            timeout,
         )?),
-        SourceUrl::Gcs { bucket, prefix } => Arc::new(gcs::GcsSource::new(
+        SourceUrl::Gcs { bucket, prefix } => Arc::new(gcs::GcsStore::new(
             bucket.clone(),
             prefix.clone(),
-            gcs,
-            remote.request_timeout,
+            &options.gcs,
+            timeout,
         )?),
     };
-    Ok(Arc::new(retry::Retrying::new(inner, remote.retry.clone())))
+    Ok(Arc::new(Backup::new(store, options.remote.retry.clone())))
 }
 
 /// An error and its sources, `: `-joined: reqwest's own message ("error

@@ -1,4 +1,5 @@
-//! Retries with exponential backoff and full jitter around any [`Source`].
+//! Retries with exponential backoff and full jitter around any
+//! [`ObjectStore`].
 //!
 //! Kept as a wrapper so every backend gets the same policy and so tests can
 //! reason about it in one place.
@@ -10,8 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use super::{Listed, Source, SourceError};
-use crate::format::{LogName, SnapshotName};
+use super::{IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult};
 
 /// How transient failures are retried.
 #[derive(Clone, Debug)]
@@ -76,51 +76,59 @@ impl RetryPolicy {
     }
 }
 
-/// A [`Source`] whose every call is retried by a [`RetryPolicy`].
+/// An [`ObjectStore`] whose every call is retried by a [`RetryPolicy`].
 #[derive(Debug)]
 pub struct Retrying {
-    inner: Arc<dyn Source>,
+    inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
 }
 
 impl Retrying {
-    pub fn new(inner: Arc<dyn Source>, policy: RetryPolicy) -> Self {
+    pub fn new(inner: Arc<dyn ObjectStore>, policy: RetryPolicy) -> Self {
         Retrying { inner, policy }
+    }
+
+    /// Fetches an object that a listing named. Its absence is retried, not
+    /// treated as empty: eventually consistent stores list an object a
+    /// moment before they serve it.
+    pub(crate) async fn get_listed(&self, key: &str) -> Result<Vec<u8>, SourceError> {
+        self.policy
+            .run(&format!("fetching {key}"), || async {
+                self.inner
+                    .get(key)
+                    .await?
+                    .ok_or_else(|| SourceError::ListedButMissing(self.naming().describe(key)))
+            })
+            .await
     }
 }
 
 #[async_trait]
-impl Source for Retrying {
-    fn identity(&self) -> String {
-        self.inner.identity()
+impl ObjectStore for Retrying {
+    fn naming(&self) -> &Naming {
+        self.inner.naming()
     }
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
         self.policy
-            .run("reading differential", || self.inner.read_differential())
+            .run(&format!("listing {prefix}"), || {
+                self.inner.list(prefix, after, limit)
+            })
             .await
     }
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         self.policy
-            .run("listing snapshots", || self.inner.list_snapshots())
+            .run(&format!("fetching {key}"), || self.inner.get(key))
             .await
     }
-    async fn list_logs(
+    async fn get_if_changed(
         &self,
-        start_after: Option<&LogName>,
-        limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError> {
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> StoreResult<Option<IfChanged>> {
         self.policy
-            .run("listing logs", || self.inner.list_logs(start_after, limit))
-            .await
-    }
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
-        self.policy
-            .run("fetching snapshot", || self.inner.get_snapshot(name))
-            .await
-    }
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
-        self.policy
-            .run("fetching log", || self.inner.get_log(name))
+            .run(&format!("polling {key}"), || {
+                self.inner.get_if_changed(key, known)
+            })
             .await
     }
 }

@@ -1,13 +1,13 @@
-//! A backup in Amazon S3 or an S3-compatible store (MinIO, Cloudflare R2,
+//! Objects in Amazon S3 or an S3-compatible store (MinIO, Cloudflare R2,
 //! Ceph, a local test server), read with `rust-s3` over `ListObjectsV2` and
 //! `GetObject`.
 //!
-//! Listing uses `prefix` + `start-after` + `max-keys` and follows
-//! continuation tokens; objects are downloaded whole. Every failure is
-//! classified into [`SourceError`] here, so that the retry wrapper
+//! A listing is one request with `prefix` + `start-after` + `max-keys`;
+//! objects are downloaded whole, conditionally with `If-None-Match`. Every
+//! failure is classified into [`SourceError`] here, so that the retry wrapper
 //! ([`super::retry::Retrying`]) and the sync loop treat S3 exactly like every
 //! other backend. Nothing is retried in this module: `rust-s3`'s own retry
-//! loop is switched off (see [`S3Source::new`]).
+//! loop is switched off (see [`S3Store::new`]).
 //!
 //! # Addressing
 //! Without an endpoint the bucket is on AWS, addressed virtual-host style
@@ -42,7 +42,7 @@
 //! which key lacks `s3:ListBucket` / `s3:GetObject`.
 //!
 //! # Identity
-//! [`Source::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
+//! [`Naming::identity`] is a URL of the backup: `s3://bucket/prefix/` on AWS
 //! (bucket names are global there, so the region is left out) and
 //! `<endpoint>/bucket/prefix/` (e.g. `http://127.0.0.1:9000/kv-backup/p/`)
 //! with a custom endpoint, so that two servers holding a bucket of the same
@@ -55,15 +55,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use s3::creds::error::CredentialsError;
 use s3::creds::Credentials;
 use s3::error::S3Error;
-use s3::serde_types::{ListBucketResult, Object};
+use s3::request::request_trait::ResponseData;
+use s3::serde_types::Object;
 use s3::{Bucket, Region};
-use tokio::sync::OnceCell;
 
-use super::{error_chain, name_from_key, Listed, S3Options, Source, SourceError};
-use crate::format::{FormatError, LogName, SnapshotName};
+use super::connection::{status_is_transient, Classified, Connected, LazyClient};
+use super::{
+    error_chain, IfChanged, Listing, Naming, ObjectMeta, ObjectStore, ObjectVersion, S3Options,
+    SourceError, StoreResult,
+};
 
 /// Most keys one `ListObjectsV2` page returns: the documented maximum of
 /// `max-keys` on AWS (and the default of MinIO and s3s).
@@ -113,7 +117,7 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 /// Static keys, for callers that hold them already (tests, embedding
-/// applications); the CLI uses the credential chain of [`S3Source::new`].
+/// applications); without them [`S3Store::new`] uses the AWS chain.
 #[derive(Clone)]
 pub struct S3Credentials {
     /// The access key id; it is named in access-denied errors.
@@ -146,60 +150,33 @@ enum CredentialPlan {
     Chain,
 }
 
-/// Reads a backup from `s3://<bucket>/<prefix>` on AWS or on a custom
+/// Reads objects below `s3://<bucket>/<prefix>` on AWS or on a custom
 /// endpoint.
 #[derive(Debug)]
-pub struct S3Source {
+pub struct S3Store {
     /// Bucket name, without `s3://`.
     bucket: String,
-    /// Key prefix of the backup; empty or ending in `/`.
-    prefix: String,
     /// AWS region or custom endpoint (with the region name to sign with).
     region: Region,
     /// Path-style (`host/bucket/key`) rather than virtual-host addressing.
     path_style: bool,
     /// Timeout of every single HTTP request.
     request_timeout: Duration,
-    /// `s3://bucket/` or `<endpoint>/bucket/`: how objects are named in
-    /// messages and in [`Source::identity`].
-    base_url: String,
+    /// Below `s3://bucket/` or `<endpoint>/bucket/`, with the backup's key
+    /// prefix (empty or ending in `/`).
+    naming: Naming,
     /// How to obtain credentials.
     credentials: CredentialPlan,
-    /// The client, built on first use: resolving credentials may be network
-    /// I/O, which belongs in the async calls (and is retried like them).
-    client: OnceCell<Connected>,
+    /// rust-s3's bucket handle (HTTP client and credentials), built on
+    /// first use, and the key id it signs as.
+    client: LazyClient<Box<Bucket>>,
 }
 
-/// A ready bucket handle and the identity it signs as.
-struct Connected {
-    /// rust-s3's bucket handle (holds the HTTP client and credentials).
-    bucket: Box<Bucket>,
-    /// `access key id AKIA… from …`, for access-denied messages.
-    identity: String,
-}
-
-impl std::fmt::Debug for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The bucket holds the secret key; show only who signs.
-        f.debug_struct("Connected")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Outcome of classifying a failed request.
-enum Classified {
-    /// A 404 that is not `NoSuchBucket`: a missing object (or, for a
-    /// listing, a bucket that is not there), depending on the call.
-    NotFound,
-    /// Any other failure, already classified.
-    Error(SourceError),
-}
-
-impl S3Source {
-    /// A source for `s3://<bucket>/<prefix>` with credentials from the AWS
-    /// chain (see the module docs). Nothing is contacted until the first
-    /// call; invalid settings (endpoint, region) fail here.
+impl S3Store {
+    /// A store for `s3://<bucket>/<prefix>`, signing with `credentials`, or
+    /// with the AWS chain (see the module docs) when `None`. Nothing is
+    /// contacted until the first call; invalid settings (endpoint, region)
+    /// fail here.
     ///
     /// `rust-s3` retries transient failures by itself by default (one more
     /// attempt after a second); this switches that process-wide setting
@@ -209,26 +186,14 @@ impl S3Source {
         bucket: String,
         prefix: String,
         opts: &S3Options,
+        credentials: Option<S3Credentials>,
         request_timeout: Duration,
-    ) -> Result<S3Source, SourceError> {
-        Self::build(bucket, prefix, opts, request_timeout, CredentialPlan::Chain)
-    }
-
-    /// Like [`S3Source::new`], with the given keys instead of the chain.
-    pub fn with_credentials(
-        bucket: String,
-        prefix: String,
-        opts: &S3Options,
-        request_timeout: Duration,
-        credentials: S3Credentials,
-    ) -> Result<S3Source, SourceError> {
-        Self::build(
-            bucket,
-            prefix,
-            opts,
-            request_timeout,
-            CredentialPlan::Static(credentials),
-        )
+    ) -> Result<S3Store, SourceError> {
+        let credentials = match credentials {
+            Some(c) => CredentialPlan::Static(c),
+            None => CredentialPlan::Chain,
+        };
+        Self::build(bucket, prefix, opts, request_timeout, credentials)
     }
 
     fn build(
@@ -237,7 +202,7 @@ impl S3Source {
         opts: &S3Options,
         request_timeout: Duration,
         credentials: CredentialPlan,
-    ) -> Result<S3Source, SourceError> {
+    ) -> Result<S3Store, SourceError> {
         s3::set_retries(0);
         if bucket.is_empty() {
             return Err(SourceError::Config("missing S3 bucket name".into()));
@@ -263,34 +228,28 @@ impl S3Source {
         let path_style = opts
             .path_style
             .unwrap_or(endpoint.is_some() || bucket.contains('.'));
-        let base_url = match &endpoint {
+        let bucket_url = match &endpoint {
             Some(ep) => format!("{ep}/{bucket}/"),
             None => format!("s3://{bucket}/"),
         };
-        Ok(S3Source {
+        Ok(S3Store {
+            naming: Naming::in_bucket(&bucket_url, &prefix),
             bucket,
-            prefix,
             region,
             path_style,
             request_timeout,
-            base_url,
             credentials,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         })
     }
 
-    /// How an object (or listing prefix) is named in messages.
-    fn url_of(&self, key: &str) -> String {
-        format!("{}{key}", self.base_url)
-    }
-
     /// The bucket handle, built (and its credentials resolved) on first use.
-    async fn connected(&self) -> Result<&Connected, SourceError> {
-        self.client.get_or_try_init(|| self.connect()).await
+    async fn connected(&self) -> Result<&Connected<Box<Bucket>>, SourceError> {
+        self.client.get(|| self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Connected, SourceError> {
-        let what = self.url_of(&self.prefix);
+    async fn connect(&self) -> Result<Connected<Box<Bucket>>, SourceError> {
+        let what = self.naming.identity.clone();
         let (creds, identity) = match &self.credentials {
             CredentialPlan::Static(c) => {
                 let creds = Credentials::new(
@@ -339,12 +298,21 @@ impl S3Source {
         }
         bucket.set_request_timeout(Some(self.request_timeout));
         tracing::debug!(source = %what, %identity, path_style = self.path_style, "S3 client ready");
-        Ok(Connected { bucket, identity })
+        Ok(Connected {
+            client: bucket,
+            identity,
+        })
     }
 
     /// Classifies a failed request about `what`; a 404 other than
     /// `NoSuchBucket` is left to the caller.
-    fn classify(&self, conn: &Connected, what: String, e: S3Error, is_get: bool) -> Classified {
+    fn classify(
+        &self,
+        conn: &Connected<Box<Bucket>>,
+        what: String,
+        e: S3Error,
+        is_get: bool,
+    ) -> Classified {
         let err = match e {
             S3Error::HttpFailWithBody(status, body) => {
                 let code = xml_text(&body, "Code");
@@ -411,172 +379,129 @@ impl S3Source {
         Classified::Error(err)
     }
 
-    /// One `ListObjectsV2` request below `list_prefix`.
-    async fn list_page(
-        &self,
-        list_prefix: &str,
-        start_after: Option<String>,
-        continuation_token: Option<String>,
-        max_keys: usize,
-    ) -> Result<ListBucketResult, SourceError> {
-        let conn = self.connected().await?;
-        match conn
-            .bucket
-            .list_page(
-                list_prefix.to_string(),
-                None,
-                continuation_token,
-                start_after,
-                Some(max_keys.clamp(1, MAX_PAGE)),
-            )
-            .await
-        {
-            Ok((page, _status)) => Ok(page),
-            Err(e) => match self.classify(conn, self.url_of(list_prefix), e, false) {
-                // A listing names no object: a 404 can only be the bucket.
-                Classified::NotFound => Err(SourceError::NoSuchBucket(self.bucket.clone())),
-                Classified::Error(e) => Err(e),
-            },
-        }
-    }
-
-    /// A listed object as the sync loop needs it; `None` for a folder
-    /// placeholder (the console's "create folder" leaves `logs/` as an
-    /// empty object), which is no backup object.
-    fn listed<N>(&self, list_prefix: &str, obj: &Object) -> Result<Option<Listed<N>>, SourceError>
-    where
-        N: std::str::FromStr<Err = FormatError>,
-    {
-        if obj.key == list_prefix {
-            return Ok(None);
-        }
-        // The parser names the bad stem; the operator needs the whole key.
-        let name = name_from_key(&obj.key, list_prefix).map_err(|e| match e {
-            SourceError::Format(FormatError::BadName { reason, .. }) => {
-                SourceError::Format(FormatError::BadName {
-                    name: obj.key.clone(),
-                    reason,
-                })
-            }
-            other => other,
-        })?;
+    /// A listed object, its key relative to the prefix.
+    fn meta(&self, obj: &Object) -> Result<ObjectMeta, SourceError> {
+        let key = self.naming.relative(&obj.key);
         let last_modified =
             parse_last_modified(&obj.last_modified).ok_or_else(|| SourceError::Permanent {
-                what: self.url_of(&obj.key),
+                what: self.naming.describe(key),
                 detail: format!("unparsable LastModified {:?}", obj.last_modified),
             })?;
-        Ok(Some(Listed {
-            name,
+        Ok(ObjectMeta {
+            key: key.to_string(),
             size: obj.size,
             last_modified,
-        }))
-    }
-
-    /// Downloads `<prefix><rel>`; `Ok(None)` on a 404 (`NoSuchKey`).
-    async fn download(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let conn = self.connected().await?;
-        let key = format!("{}{rel}", self.prefix);
-        match conn.bucket.get_object(&key).await {
-            Ok(resp) => Ok(Some(resp.to_vec())),
-            Err(e) => match self.classify(conn, self.url_of(&key), e, true) {
-                Classified::NotFound => Ok(None),
-                Classified::Error(e) => Err(e),
-            },
-        }
-    }
-
-    /// Downloads a listed object: absence is retried, not treated as empty.
-    async fn get_listed(&self, rel: &str) -> Result<Vec<u8>, SourceError> {
-        self.download(rel).await?.ok_or_else(|| {
-            SourceError::ListedButMissing(self.url_of(&format!("{}{rel}", self.prefix)))
         })
+    }
+
+    /// One `GetObject` of `<prefix><key>` with `headers` added: `Ok(None)`
+    /// on a 404 (`NoSuchKey`), `Ok(Some(None))` on a 304 (not modified).
+    async fn fetch(
+        &self,
+        key: &str,
+        headers: Option<HeaderMap>,
+    ) -> Result<Option<Option<ResponseData>>, SourceError> {
+        let conn = self.connected().await?;
+        let full = self.naming.key_in_store(key);
+        let res = match headers {
+            Some(h) => match conn.client.with_extra_headers(h) {
+                Ok(b) => b.get_object(&full).await,
+                Err(e) => Err(e),
+            },
+            None => conn.client.get_object(&full).await,
+        };
+        match res {
+            Ok(resp) => Ok(Some(Some(resp))),
+            Err(S3Error::HttpFailWithBody(304, _)) => Ok(Some(None)),
+            Err(e) => self
+                .classify(conn, self.naming.describe(key), e, true)
+                .missing_object(),
+        }
     }
 }
 
 #[async_trait]
-impl Source for S3Source {
-    fn identity(&self) -> String {
-        self.url_of(&self.prefix)
-    }
-
-    async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        match self.download("differential").await? {
-            Some(b) => Ok(Some(b)),
-            None => {
-                // Not every server says NoSuchBucket on an object GET (s3s
-                // says NoSuchKey); a listing tells whether the bucket exists.
-                let list_prefix = format!("{}differential", self.prefix);
-                self.list_page(&list_prefix, None, None, 1).await?;
-                Ok(None)
+impl ObjectStore for S3Store {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> StoreResult<Listing> {
+        let conn = self.connected().await?;
+        let start_after = after.map(|a| self.naming.key_in_store(a));
+        let max_keys = Some(limit.clamp(1, MAX_PAGE));
+        let list_prefix = self.naming.key_in_store(prefix);
+        let answer = conn
+            .client
+            .list_page(list_prefix, None, None, start_after.clone(), max_keys)
+            .await;
+        let page = match answer {
+            Ok((page, _status)) => page,
+            Err(e) => {
+                let what = self.naming.describe(prefix);
+                return self
+                    .classify(conn, what, e, false)
+                    .missing_bucket(&self.bucket);
             }
+        };
+        let mut objects = Vec::new();
+        // start-after is exclusive; a server that disagrees must not make us
+        // read an object twice.
+        let fresh = |o: &&Object| start_after.as_ref().is_none_or(|a| o.key > *a);
+        for obj in page.contents.iter().filter(fresh) {
+            objects.push(self.meta(obj)?);
         }
+        Ok(Listing {
+            objects,
+            more: page.is_truncated,
+        })
     }
 
-    async fn list_snapshots(&self) -> Result<Vec<Listed<SnapshotName>>, SourceError> {
-        let list_prefix = format!("{}snapshots/", self.prefix);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .list_page(&list_prefix, None, token.clone(), MAX_PAGE)
-                .await?;
-            for obj in &page.contents {
-                out.extend(self.listed(&list_prefix, obj)?);
-            }
-            if !page.is_truncated {
-                return Ok(out);
-            }
-            let next = page.next_continuation_token.filter(|t| !t.is_empty());
-            match next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                // A truncated page without a new token would loop forever
-                // (or silently drop the rest).
-                _ => {
-                    return Err(SourceError::Permanent {
-                        what: self.url_of(&list_prefix),
-                        detail: "the store said the listing is truncated but gave no new \
-                                 continuation token"
-                            .into(),
-                    })
-                }
-            }
-        }
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .fetch(key, None)
+            .await?
+            .map(|resp| resp.map(|r| r.to_vec()).unwrap_or_default()))
     }
 
-    async fn list_logs(
+    async fn get_if_changed(
         &self,
-        start_after: Option<&LogName>,
-        limit: usize,
-    ) -> Result<Vec<Listed<LogName>>, SourceError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let list_prefix = format!("{}logs/", self.prefix);
-        let after = start_after.map(|n| format!("{list_prefix}{n}.bin"));
-        let page = self
-            .list_page(&list_prefix, after.clone(), None, limit)
-            .await?;
-        let mut out = Vec::new();
-        for obj in &page.contents {
-            // start-after is exclusive; a server that disagrees must not
-            // make us apply an object twice.
-            if after.as_ref().is_some_and(|a| obj.key <= *a) {
-                continue;
+        key: &str,
+        known: Option<&ObjectVersion>,
+    ) -> StoreResult<Option<IfChanged>> {
+        let headers = match known {
+            Some(ObjectVersion(etag)) if !etag.is_empty() => {
+                let mut h = HeaderMap::new();
+                let value = HeaderValue::from_str(etag).map_err(|_| SourceError::Permanent {
+                    what: self.naming.describe(key),
+                    detail: format!("unusable ETag {etag:?}"),
+                })?;
+                h.insert(IF_NONE_MATCH, value);
+                Some(h)
             }
-            if out.len() == limit {
-                break;
-            }
-            out.extend(self.listed(&list_prefix, obj)?);
+            _ => None,
+        };
+        let Some(answer) = self.fetch(key, headers).await? else {
+            return Ok(None);
+        };
+        let Some(resp) = answer else {
+            return Ok(Some(IfChanged::Unchanged));
+        };
+        let headers = resp.headers();
+        let etag = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let version = ObjectVersion(etag);
+        // A server that ignores If-None-Match still sends the ETag.
+        if !version.0.is_empty() && known == Some(&version) {
+            return Ok(Some(IfChanged::Unchanged));
         }
-        Ok(out)
+        Ok(Some(IfChanged::Changed {
+            body: resp.to_vec(),
+            version,
+        }))
     }
 
-    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("snapshots/{name}.bin")).await
-    }
-
-    async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
-        self.get_listed(&format!("logs/{name}.bin")).await
+    fn naming(&self) -> &Naming {
+        &self.naming
     }
 }
 
@@ -756,11 +681,6 @@ fn credentials_from_chain(what: &str) -> Result<(Credentials, String), SourceErr
     ))
 }
 
-/// 408, 429 and 5xx are worth retrying, as AWS's retry guidance documents.
-fn status_is_transient(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
-}
-
 /// The text of the first `<tag>…</tag>` in an S3 XML error body.
 fn xml_text(body: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
@@ -850,39 +770,42 @@ mod tests {
 
     #[test]
     fn addressing_and_identity() {
-        let aws = S3Source::new(
+        let aws = S3Store::new(
             "b".into(),
             "p/".into(),
             &S3Options {
                 region: Some("eu-west-1".into()),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(!aws.path_style);
-        assert_eq!(aws.identity(), "s3://b/p/");
-        let dotted = S3Source::new(
+        assert_eq!(aws.naming().identity, "s3://b/p/");
+        let dotted = S3Store::new(
             "a.b".into(),
             "".into(),
             &S3Options::default(),
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(dotted.path_style);
-        let local = S3Source::new(
+        let local = S3Store::new(
             "b".into(),
             "p/".into(),
             &S3Options {
                 endpoint: Some("http://127.0.0.1:9000/".into()),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
         assert!(local.path_style);
-        assert_eq!(local.identity(), "http://127.0.0.1:9000/b/p/");
-        let forced = S3Source::new(
+        assert_eq!(local.naming().identity, "http://127.0.0.1:9000/b/p/");
+        let forced = S3Store::new(
             "b".into(),
             "".into(),
             &S3Options {
@@ -890,6 +813,7 @@ mod tests {
                 path_style: Some(false),
                 ..S3Options::default()
             },
+            None,
             Duration::from_secs(1),
         )
         .unwrap();

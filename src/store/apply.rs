@@ -319,9 +319,12 @@ impl Store {
             if let Some(p) = prev {
                 if b.name.first <= p.last {
                     return Err(StoreError::Corrupt(format!(
-                        "log object logs/{}.bin overlaps or precedes the previous object logs/{}.bin \
+                        "log object {} overlaps or precedes the previous object {} \
                          (first stamp {} is not after {})",
-                        b.name, p, b.name.first, p.last
+                        crate::backup::log_key(&b.name),
+                        crate::backup::log_key(&p),
+                        b.name.first,
+                        p.last
                     )));
                 }
             }
@@ -432,7 +435,9 @@ impl Store {
                 out.visible = Some(p.versionstamp());
             }
         }
-        super::testhook::before_commit(|| format!("log batch up to logs/{cursor}.bin"));
+        super::testhook::before_commit(|| {
+            format!("log batch up to {}", crate::backup::log_key(&cursor))
+        });
         tx.commit()?;
         self.state.cursor = Some(cursor);
         self.state.initial_point = initial;

@@ -1,6 +1,6 @@
 //! The replica file: one SQLite database in WAL mode.
 //!
-//! The visible state is the `kv` table (Deno CLI layout, see [`schema`]). It
+//! The visible state is the `kv` table (Deno CLI layout, see `schema.rs`). It
 //! only ever moves from one commit boundary to another inside a single SQLite
 //! transaction, so a reader in its own read transaction never sees half a
 //! commit. Each log batch commits together with the sync cursor that covers
@@ -11,7 +11,7 @@
 
 mod apply;
 pub mod pitr;
-pub mod schema;
+mod schema;
 mod testhook;
 
 use std::fs::File;
@@ -111,6 +111,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// system's file cache still holds the hot pages.
 const CACHE_SIZE_KIB: i64 = -4096;
 
+/// WAL + NORMAL: a commit is atomic and survives a process kill; only a
+/// power loss can drop the newest commits, which are re-fetched. A checkout
+/// cannot be re-fetched and commits with FULL (see [`Store::checkout`]).
+const SYNCHRONOUS_APPLY: &str = "normal";
+
 /// The writer's handle on a replica file.
 pub struct Store {
     conn: Connection,
@@ -174,9 +179,7 @@ impl Store {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "wal")?;
-        // WAL + NORMAL: a commit is atomic and survives a process kill; only
-        // a power loss can drop the newest commits, which are re-fetched.
-        conn.pragma_update(None, "synchronous", "normal")?;
+        conn.pragma_update(None, "synchronous", SYNCHRONOUS_APPLY)?;
         conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn).map_err(|e| match e {
@@ -394,12 +397,61 @@ pub fn explain(path: &Path, e: StoreError) -> StoreError {
 
 /// Opens a replica file read-only, for tools that only look (and for the
 /// server's reader pool): no lock, no migration.
+///
+/// A reader of a WAL database needs its `-shm` index, which SQLite creates
+/// next to the file: on read-only media, or in a directory of another user,
+/// it cannot, and the first query fails with "attempt to write a readonly
+/// database" although nothing is written. When no `-wal` file exists (the
+/// last writer closed cleanly, so the main file holds every commit and no
+/// writer is running) the file is opened as immutable instead, which needs
+/// no index. With a `-wal` beside it that cannot be indexed, reading the
+/// main file alone would show an older state: that is refused with the
+/// reason.
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    match conn.query_row("select count(*) from sqlite_master", [], |_| Ok(())) {
+        Ok(()) => Ok(conn),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            if Path::new(&wal).exists() {
+                return Err(StoreError::Io {
+                    path: path.display().to_string(),
+                    error: std::io::Error::other(format!(
+                        "{e}: its write-ahead log {} needs an index SQLite cannot create here \
+                         (read-only directory or another user's files); read it as the owner, \
+                         or from a copy in a writable directory",
+                        Path::new(&wal).display()
+                    )),
+                });
+            }
+            open_immutable(path)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `path` with SQLite's `immutable=1`: no locks, no `-shm`, no
+/// `-wal`. Only for a file no one writes (see [`open_read_only`]).
+fn open_immutable(path: &Path) -> Result<Connection, StoreError> {
+    let io = |error| StoreError::Io {
+        path: path.display().to_string(),
+        error,
+    };
+    let absolute = std::path::absolute(path).map_err(io)?;
+    let mut uri = url::Url::from_file_path(&absolute)
+        .map_err(|()| io(std::io::Error::other("not a file path")))?;
+    uri.set_query(Some("immutable=1"));
+    let conn = Connection::open_with_flags(
+        uri.as_str(),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
     Ok(conn)
 }
 

@@ -84,6 +84,13 @@ pub enum CheckoutError {
     NotAPoint { asked: Versionstamp, hint: String },
     #[error("{asked} is before the earliest recoverable point ({earliest})")]
     TooEarly { asked: String, earliest: String },
+    /// A time after the newest point: pinning the replica there would look
+    /// like `latest` but silently stop showing new commits.
+    #[error(
+        "{asked} is after the newest point ({newest}): a checkout to a time pins the replica, \
+         which would then stop showing new commits; check out `latest` to follow them"
+    )]
+    AfterNewest { asked: String, newest: String },
     #[error("there are no recoverable points yet: the replica is at its initial point")]
     NoPoints,
     #[error(transparent)]
@@ -279,6 +286,12 @@ impl<'a> HistoryView<'a> {
             }
             CheckoutTarget::Timestamp(t) => {
                 let ms = t.timestamp_millis();
+                if let Some(newest) = self.edge_point(true)?.filter(|n| ms > n.ts_ms) {
+                    return Err(CheckoutError::AfterNewest {
+                        asked: t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        newest: format!("{} at {}", newest.versionstamp, newest.time_rfc3339()),
+                    });
+                }
                 let p = self
                     .conn
                     .prepare_cached(
@@ -320,8 +333,33 @@ impl Store {
         HistoryView::new(&self.conn, &self.state)
     }
 
-    /// Moves the visible state to `target` in one transaction.
+    /// Moves the visible state to `target` in one transaction, durable
+    /// before it returns.
+    ///
+    /// The apply path commits with `synchronous=NORMAL`: a power loss may
+    /// drop its newest commits, which the next sync fetches again. A
+    /// checkout cannot be fetched again: losing it would silently put a
+    /// pinned replica back to following (or the reverse) after the caller
+    /// was told it succeeded. So its transaction commits with
+    /// `synchronous=FULL`, which syncs the write-ahead log to disk.
     pub fn checkout(&mut self, target: CheckoutTarget) -> Result<CheckoutOutcome, CheckoutError> {
+        self.conn.pragma_update(None, "synchronous", "full")?;
+        let out = self.checkout_in_one_transaction(target);
+        // The checkout stands either way; left at FULL, applying is only
+        // slower.
+        if let Err(e) = self
+            .conn
+            .pragma_update(None, "synchronous", super::SYNCHRONOUS_APPLY)
+        {
+            tracing::warn!(error = %e, "cannot set synchronous back to NORMAL after a checkout");
+        }
+        out
+    }
+
+    fn checkout_in_one_transaction(
+        &mut self,
+        target: CheckoutTarget,
+    ) -> Result<CheckoutOutcome, CheckoutError> {
         let from = self
             .state
             .visible()

@@ -282,6 +282,14 @@ fn checkout_by_time_picks_newest_point_at_or_before() {
             .unwrap();
         assert_eq!(out.to.versionstamp, want, "exact match");
         let between = t + chrono::Duration::milliseconds(1);
+        if p.ts_ms == points[0].ts_ms {
+            // Past the newest point: refused rather than pinned there.
+            assert!(matches!(
+                store.checkout(CheckoutTarget::Timestamp(between)),
+                Err(CheckoutError::AfterNewest { .. })
+            ));
+            continue;
+        }
         let out = store.checkout(CheckoutTarget::Timestamp(between)).unwrap();
         assert_eq!(out.to.versionstamp, want, "between points");
     }

@@ -450,13 +450,7 @@ pub async fn syncer(
     db: &Path,
     load: bool,
 ) -> std::sync::Arc<kvreplica::sync::Syncer> {
-    let src = kvreplica::source::open(
-        url,
-        &Default::default(),
-        &Default::default(),
-        &kvreplica::source::RemoteOptions::default(),
-    )
-    .unwrap();
+    let src = kvreplica::source::open(url, &Default::default()).unwrap();
     let store = kvreplica::store::Store::open(db).unwrap();
     let syncer = std::sync::Arc::new(
         kvreplica::sync::Syncer::new(src, store, kvreplica::sync::SyncOptions::default()).unwrap(),

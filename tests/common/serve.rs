@@ -239,6 +239,31 @@ impl ServeProcess {
         );
     }
 
+    /// One admin API call with the test admin token: the status and the
+    /// JSON answer (`Null` when there is none). A `Null` body sends none.
+    pub fn admin(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let r = http(
+            method,
+            &format!("{}{path}", self.admin_url()),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .unwrap();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    }
+
     fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("kvreplica serve exited ({status}):\n{}", self.log());

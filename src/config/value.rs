@@ -1,0 +1,273 @@
+//! A setting's value whatever its type, parsed from a string (environment,
+//! flags) or a TOML value, checked against its [`Kind`], and written back
+//! for `check-config` and `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use super::table::{setting, Kind, Setting};
+use super::{ConfigError, LogFormat, Origin, Secret};
+use crate::source::SourceUrl;
+
+/// A secret given as a value or as a file to read it from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SecretInput {
+    Value(Secret),
+    File(PathBuf),
+}
+
+/// Access tokens given as values or as a file with one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TokensInput {
+    Values(Vec<Secret>),
+    File(PathBuf),
+}
+
+/// One setting's value. `Debug` shows no secret ([`Secret`] redacts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Value {
+    Text(String),
+    Path(PathBuf),
+    Bool(bool),
+    Count(u64),
+    Duration(Duration),
+    Addr(SocketAddr),
+    Source(SourceUrl),
+    Format(LogFormat),
+    Secret(SecretInput),
+    Tokens(TokensInput),
+}
+
+/// A bad-value error for `key`.
+pub(super) fn bad(key: &Setting, origin: &Origin, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.name.to_string(),
+        origin: origin.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `raw` (an environment variable or a flag) as a value of `key`.
+pub(super) fn parse(
+    key: &'static Setting,
+    raw: &str,
+    origin: &Origin,
+) -> Result<Value, ConfigError> {
+    let fail = |reason: String| Err(bad(key, origin, reason));
+    Ok(match key.kind {
+        Kind::Text | Kind::LogLevel => Value::Text(raw.to_string()),
+        Kind::Path | Kind::KeyFile => Value::Path(PathBuf::from(raw)),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::Bool(true),
+            "false" | "0" | "no" | "off" => Value::Bool(false),
+            _ => return fail(format!("{raw:?} is not a boolean: write true or false")),
+        },
+        Kind::Count { .. } => match raw.trim().parse::<u64>() {
+            Ok(n) => Value::Count(n),
+            Err(_) => return fail(format!("{raw:?} is not a whole number")),
+        },
+        Kind::Duration { .. } => match humantime::parse_duration(raw.trim()) {
+            Ok(d) => Value::Duration(d),
+            Err(e) => {
+                return fail(format!(
+                    "{raw:?} is not a duration ({e}); write e.g. \"1s\", \"250ms\", \"7d\""
+                ))
+            }
+        },
+        Kind::Addr => match raw.trim().parse::<SocketAddr>() {
+            Ok(a) => Value::Addr(a),
+            Err(_) => {
+                return fail(format!(
+                "{raw:?} is not an address: write IP:PORT, e.g. \"127.0.0.1:4512\" or \"[::]:4512\""
+            ))
+            }
+        },
+        Kind::Source => match SourceUrl::parse(raw.trim()) {
+            Ok(u) => Value::Source(u),
+            Err(e) => return fail(e.to_string()),
+        },
+        Kind::LogFormat => match raw.parse::<LogFormat>() {
+            Ok(f) => Value::Format(f),
+            Err(e) => return fail(e),
+        },
+        Kind::Secret => Value::Secret(SecretInput::Value(Secret::new(raw))),
+        Kind::Tokens => Value::Tokens(TokensInput::Values(vec![Secret::new(raw)])),
+        Kind::FileOf { of } => match setting(of).kind {
+            Kind::Tokens => Value::Tokens(TokensInput::File(PathBuf::from(raw))),
+            _ => Value::Secret(SecretInput::File(PathBuf::from(raw))),
+        },
+    })
+}
+
+/// A TOML type, as errors name it.
+fn toml_type(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// A type error; it names the types only, never the value (which may be a
+/// secret).
+pub(super) fn wrong_type(
+    key: &str,
+    origin: &Origin,
+    found: &DeValue<'_>,
+    expected: &str,
+) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        origin: origin.clone(),
+        reason: format!("{} where {expected} is expected", toml_type(found)),
+    }
+}
+
+/// Converts a TOML value of the config file into a value of `key`.
+pub(super) fn from_toml(
+    key: &'static Setting,
+    v: &DeValue<'_>,
+    origin: &Origin,
+) -> Result<Value, ConfigError> {
+    match (key.kind, v) {
+        (Kind::Bool, DeValue::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::Bool, _) => Err(wrong_type(key.name, origin, v, "a boolean")),
+        (Kind::Count { .. }, DeValue::Integer(i)) => {
+            match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if n < 0 => Err(bad(key, origin, format!("{n} is negative"))),
+                Ok(n) => Ok(Value::Count(n as u64)),
+                Err(_) => Err(bad(key, origin, format!("{i} is out of range"))),
+            }
+        }
+        (Kind::Count { .. }, _) => Err(wrong_type(key.name, origin, v, "an integer")),
+        (Kind::Tokens, DeValue::Array(items)) => {
+            let mut tokens = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => tokens.push(Secret::new(s.as_ref())),
+                    other => return Err(wrong_type(key.name, origin, other, "a string")),
+                }
+            }
+            Ok(Value::Tokens(TokensInput::Values(tokens)))
+        }
+        (Kind::Tokens, _) => Err(wrong_type(key.name, origin, v, "an array")),
+        (_, DeValue::String(s)) => parse(key, s, origin),
+        (_, _) => Err(wrong_type(key.name, origin, v, "a string")),
+    }
+}
+
+/// Checks the range (or form) of a value `given_as` (a setting or its
+/// file form) holds.
+pub(super) fn validate(
+    given_as: &'static Setting,
+    v: &Value,
+    origin: &Origin,
+) -> Result<(), ConfigError> {
+    let fail = |reason: String| Err(bad(given_as, origin, reason));
+    match (given_as.kind, v) {
+        (Kind::LogLevel, Value::Text(l)) => {
+            // RUST_LOG keeps its own, looser syntax (a bare target is a
+            // directive there).
+            let checked = if *origin == Origin::Env("RUST_LOG") {
+                crate::logging::validate_filter(l)
+            } else {
+                crate::logging::validate_level(l)
+            };
+            checked.or_else(fail)
+        }
+        (_, Value::Text(s)) if s.trim().is_empty() => fail("is empty".into()),
+        (_, Value::Path(p)) if p.as_os_str().is_empty() => fail("is empty".into()),
+        (Kind::Count { min, max }, Value::Count(n)) if *n < min || *n > max => {
+            if max == u64::MAX {
+                fail(format!("{n} is out of range: at least {min}"))
+            } else {
+                fail(format!("{n} is out of range: {min} to {max}"))
+            }
+        }
+        (Kind::Duration { positive: true }, Value::Duration(d)) if d.is_zero() => {
+            fail("must be more than 0".into())
+        }
+        (_, Value::Secret(SecretInput::Value(s))) if s.expose().is_empty() => {
+            fail("is empty".into())
+        }
+        (_, Value::Secret(SecretInput::File(p)) | Value::Tokens(TokensInput::File(p)))
+            if p.as_os_str().is_empty() =>
+        {
+            fail("is empty".into())
+        }
+        (_, Value::Tokens(TokensInput::Values(v))) if v.is_empty() => {
+            fail("the list is empty".into())
+        }
+        (_, Value::Tokens(TokensInput::Values(v))) if v.iter().any(|t| t.expose().is_empty()) => {
+            fail("a token is empty".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl Value {
+    /// The value as `--help` shows a default: `1s`, `64`, `0.0.0.0:4512`.
+    pub fn plain(&self) -> String {
+        match self {
+            Value::Text(s) => s.clone(),
+            Value::Path(p) => p.to_string_lossy().into_owned(),
+            Value::Bool(b) => b.to_string(),
+            Value::Count(n) => n.to_string(),
+            Value::Duration(d) => humantime::format_duration(*d).to_string(),
+            Value::Addr(a) => a.to_string(),
+            Value::Source(u) => u.to_string(),
+            Value::Format(f) => f.to_string(),
+            Value::Secret(_) | Value::Tokens(_) => REDACTED.to_string(),
+        }
+    }
+
+    /// The value as TOML, secrets redacted.
+    pub fn toml(&self) -> String {
+        match self {
+            Value::Bool(_) | Value::Count(_) => self.plain(),
+            Value::Tokens(TokensInput::Values(v)) => {
+                format!("[{}]", vec![string(REDACTED); v.len()].join(", "))
+            }
+            _ => string(&self.plain()),
+        }
+    }
+}
+
+/// A TOML basic string.
+pub(super) fn string(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(super::string(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(super::string("x\u{1}"), "\"x\\u0001\"");
+    }
+}
