@@ -390,6 +390,33 @@ impl Model {
     }
 }
 
+/// A generated backup in a bucket directory, and where its replica goes.
+struct Rig {
+    m: Model,
+    /// Holds the bucket and the replica; removed when dropped.
+    _tmp: tempfile::TempDir,
+    bucket: std::path::PathBuf,
+    /// The bucket as a `file://` source.
+    source: String,
+    db: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new(spec: Spec) -> Rig {
+        let m = Model::new(Fixture::generate(spec));
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = tmp.path().join("bucket");
+        m.fx.write_initial(&bucket);
+        Rig {
+            source: format!("file://{}/", bucket.display()),
+            db: tmp.path().join("r.sqlite"),
+            m,
+            _tmp: tmp,
+            bucket,
+        }
+    }
+}
+
 /// What a restart after a kill found: see [`Model::restart_and_check`].
 struct Restarted {
     /// Where the file stands (see [`Model::check`]).
@@ -545,7 +572,13 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         });
     println!("crash seed {seed} (replay with KVREPLICA_CRASH_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let m = Model::new(Fixture::generate(Spec {
+    let Rig {
+        m,
+        _tmp,
+        bucket,
+        source,
+        db,
+    } = Rig::new(Spec {
         seed: 41,
         keys: 4000,
         ranges: 20,
@@ -554,13 +587,8 @@ fn sigkill_during_snapshot_log_apply_and_checkout() {
         append_commits: 160,
         muts_per_log: 8,
         ..Spec::default()
-    }));
+    });
     let fx = &m.fx;
-    let tmp = tempfile::tempdir().unwrap();
-    let bucket = tmp.path().join("bucket");
-    fx.write_initial(&bucket);
-    let source = format!("file://{}/", bucket.display());
-    let db = tmp.path().join("r.sqlite");
     let initial_logs = fx
         .initial
         .iter()
@@ -938,7 +966,13 @@ fn uncommitted_frames(db: &Path) -> usize {
 #[test]
 fn sigkill_inside_a_transaction_spilled_to_the_wal() {
     let started = Instant::now();
-    let m = Model::new(Fixture::generate(Spec {
+    let Rig {
+        m,
+        _tmp,
+        source,
+        db,
+        ..
+    } = Rig::new(Spec {
         seed: 43,
         keys: 100_000,
         ranges: 1,
@@ -947,13 +981,8 @@ fn sigkill_inside_a_transaction_spilled_to_the_wal() {
         post_commits: 20,
         append_commits: 0,
         ..Spec::default()
-    }));
+    });
     let fx = &m.fx;
-    let tmp = tempfile::tempdir().unwrap();
-    let bucket = tmp.path().join("bucket");
-    fx.write_initial(&bucket);
-    let source = format!("file://{}/", bucket.display());
-    let db = tmp.path().join("r.sqlite");
 
     let mut p = Proc::spawn_parked(sync_cmd(&source, &db), Some(1));
     assert!(
