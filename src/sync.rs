@@ -514,21 +514,17 @@ impl Syncer {
         .await
     }
 
-    /// One poll round: checks the backup is still the export the replica
-    /// was built from, then consumes every log object listed after the
-    /// cursor that is older than the round start minus the settle window,
-    /// up to a gap in the log.
+    /// One poll round: consumes every log object listed after the cursor
+    /// that is older than the round start minus the settle window, up to a
+    /// gap in the log, each listed page once the backup was found to be
+    /// still the export the replica was built from.
     ///
     /// A gap or a re-export stops the replica where it is (readiness says
     /// why) until a round succeeds: after a gap the cursor stays on the
     /// last object before it, so the next round lists from there and finds
     /// the missing object when it lands.
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
-        let r = self.check_export().await;
-        let r = match r {
-            Ok(()) => self.consume_listed().await,
-            Err(e) => Err(e),
-        };
+        let r = self.consume_listed().await;
         match &r {
             Ok(_) => self.health.set_stopped(None),
             Err(e) if e.stops_following() => self.health.set_stopped(Some(e.to_string())),
@@ -538,9 +534,9 @@ impl Syncer {
     }
 
     /// Compares the bucket's export with the one the replica was built
-    /// from: `differential` by a conditional request every round (no body
-    /// while unchanged), the snapshot set when `differential` changed and
-    /// every [`SNAPSHOTS_CHECK_EVERY`].
+    /// from: `differential` by a conditional request per listed page (no
+    /// body while unchanged), the snapshot set when `differential` changed
+    /// and every [`SNAPSHOTS_CHECK_EVERY`].
     async fn check_export(&self) -> Result<(), SyncError> {
         let Some(dv) = self.state().dv else {
             return Ok(());
@@ -644,6 +640,10 @@ impl Syncer {
         loop {
             let cursor = self.state().cursor;
             let listed = self.source.list_logs(cursor.as_ref(), page).await?;
+            // After the listing: a re-export that replaced `differential`
+            // before this page was listed is seen before any of the page
+            // is applied.
+            self.check_export().await?;
             self.health.alive();
             let full_page = listed.len() >= page;
             let ready: Vec<Listed<LogName>> = listed
