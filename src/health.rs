@@ -133,3 +133,25 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_engine_is_not_ready_however_fresh_its_polls() {
+        let h = Health::default();
+        let every = Duration::from_secs(1);
+        h.round_ok();
+        assert_eq!(h.readiness(true, every), Ok(()));
+        h.set_stopped(Some("gap in the log: logs/a.bin ... logs/c.bin".into()));
+        h.round_ok();
+        let why = h.readiness(true, every).unwrap_err();
+        assert!(
+            why.contains("not following") && why.contains("logs/c.bin"),
+            "{why}"
+        );
+        h.set_stopped(None);
+        assert_eq!(h.readiness(true, every), Ok(()));
+    }
+}

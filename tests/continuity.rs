@@ -284,7 +284,8 @@ fn a_commit_whose_end_is_missing_stops_the_replica_until_it_lands_s3() {
 /// Another export replaces the backup under the same prefix: the replica
 /// applies none of it, keeps its state, and says what changed and how to
 /// rebuild; a one-shot sync refuses with a code systemd does not restart.
-/// A changed snapshot set alone (same `differential`) is refused too.
+/// A changed snapshot set alone (same `differential`), or a vanished
+/// `differential`, is refused too.
 fn reexport(kind: &str) {
     let old = Fixture::generate(Spec::default());
     let new = Fixture::generate(Spec {
@@ -339,6 +340,20 @@ fn reexport(kind: &str) {
     let (code, stderr) = bucket.sync(&db);
     assert_eq!(code, Some(65), "{stderr}");
     assert!(stderr.contains("snapshot set changed"), "{stderr}");
+
+    // `differential` gone (an export being replaced): not followed either.
+    bucket.clear();
+    let without: Vec<_> = old
+        .initial
+        .iter()
+        .filter(|(rel, _)| rel != "differential")
+        .cloned()
+        .collect();
+    assert_eq!(without.len() + 1, old.initial.len());
+    bucket.put(&without);
+    let (code, stderr) = bucket.sync(&db);
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(stderr.contains("differential vanished"), "{stderr}");
     assert_eq!(read_replica(&db), rows);
     assert_eq!(pitr_list(&db), points);
 }
