@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, Fixture, Spec};
-use common::serve::{http, Method, ServeProcess};
+use common::serve::ServeProcess;
 use common::{pitr_list, read_replica};
 
 const BUCKET: &str = "kv-backup";
@@ -123,26 +123,15 @@ impl Bucket {
 
 /// `/readyz`: status and body.
 fn readyz(serve: &ServeProcess) -> (u16, String) {
-    let r = http(
-        Method::Get,
-        &format!("{}/readyz", serve.admin_url()),
-        &[],
-        Vec::new(),
-    )
-    .unwrap();
+    let r = serve.get("/readyz");
     (r.status, r.text())
 }
 
 /// One sample of `/metrics` (0 when absent).
 fn metric(serve: &ServeProcess, sample: &str) -> f64 {
-    let r = http(
-        Method::Get,
-        &format!("{}/metrics", serve.admin_url()),
-        &[],
-        Vec::new(),
-    )
-    .unwrap();
-    r.text()
+    serve
+        .get("/metrics")
+        .text()
         .lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
