@@ -77,6 +77,12 @@ impl Backup {
         self.store.naming().describe(DIFFERENTIAL)
     }
 
+    /// How a log object is named in messages and logs: its whole key in
+    /// the store, so the operator can find it.
+    pub fn describe_log(&self, name: &LogName) -> String {
+        self.store.naming().describe(&log_key(name))
+    }
+
     /// Reads `<prefix>differential`; `None` while it does not exist yet.
     pub async fn read_differential(&self) -> Result<Option<Vec<u8>>, SourceError> {
         match self.store.get(DIFFERENTIAL).await? {

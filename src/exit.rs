@@ -90,9 +90,10 @@ fn sync(e: &SyncError) -> Exit {
     match e {
         SyncError::Source(e) => source(e),
         SyncError::Store(e) => store(e),
-        SyncError::Format(_) => Exit::CorruptBackup,
+        SyncError::Format(_) | SyncError::Reexported { .. } => Exit::CorruptBackup,
         SyncError::EmptySource(_) => Exit::NoBackup,
-        SyncError::Task(_) => Exit::Failure,
+        // The missing object may still land (a late upload): worth retrying.
+        SyncError::Task(_) | SyncError::LogGap { .. } => Exit::Failure,
     }
 }
 
@@ -143,6 +144,11 @@ mod tests {
                 bound: "a".into(),
                 requested: "b".into(),
             }),
+            SyncError::Reexported {
+                what: "differential changed".into(),
+                backup: "s3://b/p/".into(),
+                db: "r.db".into(),
+            },
         ];
         for e in permanent {
             assert!(e.is_permanent(), "{e}");

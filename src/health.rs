@@ -31,6 +31,10 @@ pub struct Health {
     /// The last round listed the bucket to its end (see
     /// [`crate::sync::RoundOutcome::listed_to_end`]).
     listed_to_end: AtomicBool,
+    /// Why the engine stopped following the bucket while it serves its
+    /// last good state (a gap in the log, a re-exported backup), until a
+    /// round succeeds.
+    stopped: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -40,6 +44,7 @@ impl Default for Health {
             last_error: Mutex::new(None),
             alive_ms: AtomicI64::new(Utc::now().timestamp_millis()),
             listed_to_end: AtomicBool::new(false),
+            stopped: Mutex::new(None),
         }
     }
 }
@@ -61,6 +66,13 @@ impl Health {
     /// when it succeeded (which clears the previous error).
     pub(crate) fn round_ended(&self, error: Option<String>) {
         *self.last_error.lock().expect("error lock") = error;
+    }
+
+    /// The engine stopped following the bucket for `reason` (readiness
+    /// fails at once, whatever the freshness of the polls), or, with
+    /// `None`, follows it again.
+    pub(crate) fn set_stopped(&self, reason: Option<String>) {
+        *self.stopped.lock().expect("stopped lock") = reason;
     }
 
     /// Records whether the last round listed the bucket to its end.
@@ -94,10 +106,15 @@ impl Health {
         self.last_error.lock().expect("error lock").clone()
     }
 
-    /// Readiness: the initial snapshot is complete and the bucket answered
-    /// a listing recently (within [`READY_POLL_INTERVALS`] poll intervals,
-    /// and at least [`READY_MIN_WINDOW`]). `Err` says why not.
+    /// Readiness: the engine follows the bucket (it did not stop at a gap
+    /// in the log or a re-exported backup), the initial snapshot is
+    /// complete and the bucket answered a listing recently (within
+    /// [`READY_POLL_INTERVALS`] poll intervals, and at least
+    /// [`READY_MIN_WINDOW`]). `Err` says why not.
     pub fn readiness(&self, initial_complete: bool, poll_interval: Duration) -> Result<(), String> {
+        if let Some(reason) = self.stopped.lock().expect("stopped lock").clone() {
+            return Err(format!("not following the bucket: {reason}"));
+        }
         let window = (poll_interval * READY_POLL_INTERVALS).max(READY_MIN_WINDOW);
         let last = self.last_successful_round();
         let fresh = last.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() <= window);
@@ -114,5 +131,27 @@ impl Health {
             )),
             (true, true) => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_engine_is_not_ready_however_fresh_its_polls() {
+        let h = Health::default();
+        let every = Duration::from_secs(1);
+        h.round_ok();
+        assert_eq!(h.readiness(true, every), Ok(()));
+        h.set_stopped(Some("gap in the log: logs/a.bin ... logs/c.bin".into()));
+        h.round_ok();
+        let why = h.readiness(true, every).unwrap_err();
+        assert!(
+            why.contains("not following") && why.contains("logs/c.bin"),
+            "{why}"
+        );
+        h.set_stopped(None);
+        assert_eq!(h.readiness(true, every), Ok(()));
     }
 }

@@ -27,6 +27,7 @@ use crate::health::Health;
 use crate::metrics;
 use crate::progress::Progress;
 use crate::source::SourceError;
+use crate::source::{IfChanged, ObjectVersion};
 use crate::store::pitr::Retention;
 use crate::store::{Store, StoreError, SyncState};
 
@@ -43,6 +44,35 @@ pub enum SyncError {
     EmptySource(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A hole in the log: `before` ends inside commit `commit` and the next
+    /// listed object, `after`, starts another commit, so the end of
+    /// `commit` is missing. Applying on would merge two commits into one
+    /// state that never existed.
+    #[error(
+        "gap in the log: {before} ends inside commit {commit} but the next object, {after}, \
+         starts commit {next}; the rest of commit {commit} is missing. The replica stays at \
+         its last complete commit and resumes by itself when the missing object appears \
+         (its name sorts between these two)"
+    )]
+    LogGap {
+        before: String,
+        after: String,
+        commit: Versionstamp,
+        next: Versionstamp,
+    },
+    /// The backup under this prefix is no longer the export the replica
+    /// was built from: its logs do not continue this replica's history.
+    #[error(
+        "the backup was re-exported under the same prefix: {what}. This replica keeps serving \
+         its last state and no longer follows the bucket. Build a new replica file from the new \
+         export (`kvreplica sync --source {backup} --db NEW_FILE`, then serve NEW_FILE) or delete \
+         {db} and sync again"
+    )]
+    Reexported {
+        what: String,
+        backup: String,
+        db: String,
+    },
 }
 
 impl SyncError {
@@ -50,7 +80,7 @@ impl SyncError {
     /// settings, a file built from another backup): the operator must act.
     pub fn is_permanent(&self) -> bool {
         match self {
-            SyncError::EmptySource(_) => true,
+            SyncError::EmptySource(_) | SyncError::Reexported { .. } => true,
             SyncError::Source(e) => !e.is_retryable(),
             SyncError::Store(
                 StoreError::BoundToOtherSource { .. } | StoreError::SchemaTooNew { .. },
@@ -69,7 +99,18 @@ impl SyncError {
             SyncError::Store(_) => "store",
             SyncError::EmptySource(_) => "empty_source",
             SyncError::Task(_) => "internal",
+            SyncError::LogGap { .. } => "log_gap",
+            SyncError::Reexported { .. } => "reexported",
         }
+    }
+
+    /// Errors that stop the replica from following while it keeps serving
+    /// its last good state: readiness fails until a round succeeds.
+    fn stops_following(&self) -> bool {
+        matches!(
+            self,
+            SyncError::LogGap { .. } | SyncError::Reexported { .. }
+        )
     }
 }
 
@@ -125,6 +166,21 @@ impl Default for SyncOptions {
 /// history bounded without taxing every round.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// A re-export rewrites `differential` after its snapshots, so a changed
+/// snapshot set is looked for whenever `differential` changed; this
+/// catches one whose `differential` has not been rewritten yet, at the
+/// cost of one listing of `snapshots/` per interval.
+const SNAPSHOTS_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// What the engine knows of the export it follows: the version of
+/// `differential` it last found unchanged, and when it last compared the
+/// snapshot set with the recorded one.
+#[derive(Debug, Default)]
+struct ExportSeen {
+    differential: Option<ObjectVersion>,
+    snapshots_checked: Option<std::time::Instant>,
+}
+
 /// Result of one poll round.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoundOutcome {
@@ -156,6 +212,8 @@ pub struct Syncer {
     /// The poll interval in ms; atomic so a config reload can change it
     /// while the loop runs.
     poll_interval_ms: AtomicU64,
+    /// See [`Syncer::check_export`].
+    export: Mutex<ExportSeen>,
 }
 
 impl Syncer {
@@ -183,6 +241,7 @@ impl Syncer {
             state,
             health: Health::default(),
             poll_interval_ms: AtomicU64::new(poll_ms),
+            export: Mutex::default(),
         })
     }
 
@@ -456,8 +515,123 @@ impl Syncer {
     }
 
     /// One poll round: consumes every log object listed after the cursor
-    /// that is older than the round start minus the settle window.
+    /// that is older than the round start minus the settle window, up to a
+    /// gap in the log, each listed page once the backup was found to be
+    /// still the export the replica was built from.
+    ///
+    /// A gap or a re-export stops the replica where it is (readiness says
+    /// why) until a round succeeds: after a gap the cursor stays on the
+    /// last object before it, so the next round lists from there and finds
+    /// the missing object when it lands.
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
+        let r = self.consume_listed().await;
+        match &r {
+            Ok(_) => self.health.set_stopped(None),
+            Err(e) if e.stops_following() => self.health.set_stopped(Some(e.to_string())),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Compares the bucket's export with the one the replica was built
+    /// from: `differential` by a conditional request per listed page (no
+    /// body while unchanged), the snapshot set when `differential` changed
+    /// and every [`SNAPSHOTS_CHECK_EVERY`].
+    async fn check_export(&self) -> Result<(), SyncError> {
+        let Some(dv) = self.state().dv else {
+            return Ok(());
+        };
+        let known = self
+            .export
+            .lock()
+            .expect("export lock")
+            .differential
+            .clone();
+        let name = self.source.differential_name();
+        let changed = match self.source.differential_if_changed(known.as_ref()).await? {
+            None => return Err(self.reexported(format!("{name} vanished")).await),
+            Some(IfChanged::Unchanged) => None,
+            Some(IfChanged::Changed { body, version }) => {
+                let now = format::parse_differential(&name, &body)?;
+                if now != dv {
+                    return Err(self
+                        .reexported(format!("{name} changed from {dv} to {now}"))
+                        .await);
+                }
+                Some(version)
+            }
+        };
+        let due = changed.is_some()
+            || self
+                .export
+                .lock()
+                .expect("export lock")
+                .snapshots_checked
+                .is_none_or(|t| t.elapsed() >= SNAPSHOTS_CHECK_EVERY);
+        if due {
+            if let Some(what) = self.snapshots_changed().await? {
+                return Err(self.reexported(what).await);
+            }
+        }
+        let mut seen = self.export.lock().expect("export lock");
+        if due {
+            seen.snapshots_checked = Some(std::time::Instant::now());
+        }
+        if let Some(v) = changed {
+            seen.differential = Some(v);
+        }
+        Ok(())
+    }
+
+    /// How the listed snapshot ranges differ from those the replica
+    /// recorded for its initial load; `None` when they are the same (or
+    /// none were recorded yet).
+    async fn snapshots_changed(&self) -> Result<Option<String>, SyncError> {
+        let Some(recorded) = self.with_store(|s| s.snapshot_ranges()).await? else {
+            return Ok(None);
+        };
+        let recorded: std::collections::BTreeSet<SnapshotName> =
+            recorded.into_iter().map(|r| r.0).collect();
+        let listed: std::collections::BTreeSet<SnapshotName> = self
+            .source
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        if recorded == listed {
+            return Ok(None);
+        }
+        let gone = recorded.difference(&listed).next();
+        let new = listed.difference(&recorded).next();
+        let example = match (gone, new) {
+            (Some(g), _) => format!("{} is gone", crate::backup::snapshot_key(g)),
+            (None, Some(n)) => format!("{} is new", crate::backup::snapshot_key(n)),
+            (None, None) => unreachable!("the sets differ"),
+        };
+        Ok(Some(format!(
+            "the snapshot set changed ({} ranges recorded, {} listed; {example})",
+            recorded.len(),
+            listed.len()
+        )))
+    }
+
+    /// The error for a re-exported backup (the follow loop logs it).
+    async fn reexported(&self, what: String) -> SyncError {
+        let db = self
+            .locked(|s| s.path().display().to_string())
+            .await
+            .unwrap_or_else(|_| "the replica file".into());
+        SyncError::Reexported {
+            what,
+            backup: self.source.identity(),
+            db,
+        }
+    }
+
+    /// Lists and consumes log objects page after page (see
+    /// [`Syncer::round`]).
+    async fn consume_listed(&self) -> Result<RoundOutcome, SyncError> {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
         let page = self.opts.page_size;
@@ -466,6 +640,10 @@ impl Syncer {
         loop {
             let cursor = self.state().cursor;
             let listed = self.source.list_logs(cursor.as_ref(), page).await?;
+            // After the listing: a re-export that replaced `differential`
+            // before this page was listed is seen before any of the page
+            // is applied.
+            self.check_export().await?;
             self.health.alive();
             let full_page = listed.len() >= page;
             let ready: Vec<Listed<LogName>> = listed
@@ -477,12 +655,26 @@ impl Syncer {
                 out.held_back = true;
             }
             metrics::objects_behind(listed.len());
-            if ready.is_empty() {
+            let gap = find_gap(cursor, &ready);
+            let ready = match &gap {
+                Some((i, _)) => ready[..*i].to_vec(),
+                None => ready,
+            };
+            if ready.is_empty() && gap.is_none() {
                 out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
             let n_ready = ready.len();
             out.objects += self.consume_logs(ready).await?;
+            if let Some((i, before)) = gap {
+                let after = &listed[i].name;
+                return Err(SyncError::LogGap {
+                    before: self.source.describe_log(&before),
+                    after: self.source.describe_log(after),
+                    commit: before.last.versionstamp(),
+                    next: after.first.versionstamp(),
+                });
+            }
             // Each page applied counts for readiness, so a long catch-up
             // round does not look like a stuck one; a page that fails to
             // apply (a corrupt object) does not.
@@ -680,6 +872,24 @@ impl Syncer {
             }
         }
     }
+}
+
+/// The first of `listed` (consumed in order after `prev`) that starts a
+/// commit other than the one its predecessor ends inside: its index and
+/// that predecessor. Names carry their objects' first and last stamps, so
+/// a gap is found before anything is downloaded. (A gap that falls on a
+/// commit boundary cannot be seen from stamps, which are not dense.)
+fn find_gap(prev: Option<LogName>, listed: &[Listed<LogName>]) -> Option<(usize, LogName)> {
+    let mut prev = prev;
+    for (i, l) in listed.iter().enumerate() {
+        if let Some(p) = prev {
+            if !p.last.is_commit_end() && l.name.first.versionstamp() != p.last.versionstamp() {
+                return Some((i, p));
+            }
+        }
+        prev = Some(l.name);
+    }
+    None
 }
 
 fn jitter(d: Duration) -> Duration {

@@ -295,7 +295,9 @@ impl Store {
     /// redo and the visible state stays put.
     ///
     /// Fails without writing anything when an object overlaps or precedes
-    /// the previous one, or when the snapshot is not fully loaded.
+    /// the previous one, when the previous one ends inside a commit that
+    /// this one does not continue (a gap: the end of that commit is
+    /// missing), or when the snapshot is not fully loaded.
     pub fn apply_logs(&mut self, batches: Vec<LogBatch>) -> Result<ApplyOutcome, StoreError> {
         if batches.is_empty() {
             return Ok(ApplyOutcome::default());
@@ -325,6 +327,19 @@ impl Store {
                         crate::backup::log_key(&p),
                         b.name.first,
                         p.last
+                    )));
+                }
+            }
+            if let Some(p) = prev.filter(|p| !p.last.is_commit_end()) {
+                // `p` ends inside a commit: only the rest of that commit
+                // may follow, or two commits would become one state.
+                if b.name.first.versionstamp() != p.last.versionstamp() {
+                    return Err(StoreError::Corrupt(format!(
+                        "gap in the log: {} ends inside commit {} but {} starts commit {}",
+                        crate::backup::log_key(&p),
+                        p.last.versionstamp(),
+                        crate::backup::log_key(&b.name),
+                        b.name.first.versionstamp()
                     )));
                 }
             }

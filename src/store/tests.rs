@@ -417,3 +417,42 @@ fn retention_prunes_old_points_and_keeps_the_rest_recoverable() {
         .unwrap();
     assert!(undo > 0 && undo < 60 * 4);
 }
+
+#[test]
+fn an_object_that_skips_the_end_of_a_commit_is_refused_and_nothing_is_written() {
+    // Find a cut: object j-1 ends inside a commit that j ends, and j+1
+    // starts another one; then leave j out.
+    let (commits, batches, j) = (1..)
+        .find_map(|seed| {
+            let mut rng = Rng(seed);
+            let commits = history(&mut rng, 30);
+            let batches = objects(&mut rng, &commits);
+            let j = (1..batches.len() - 1).find(|&j| {
+                let before = batches[j - 1].name.last;
+                !before.is_commit_end()
+                    && batches[j + 1].name.first.versionstamp() != before.versionstamp()
+            })?;
+            Some((commits, batches, j))
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
+    store.apply_logs(batches[..j].to_vec()).unwrap();
+    let (state, rows) = (store.state().clone(), kv(&store));
+
+    let err = store.apply_logs(batches[j + 1..].to_vec()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("gap in the log"), "{msg}");
+    for b in [&batches[j - 1], &batches[j + 1]] {
+        assert!(msg.contains(&crate::backup::log_key(&b.name)), "{msg}");
+    }
+    assert_eq!(store.state(), &state, "nothing moved");
+    assert_eq!(kv(&store), rows, "nothing written");
+
+    // The missing object arrives: everything applies in order.
+    store.apply_logs(batches[j..].to_vec()).unwrap();
+    assert_eq!(
+        kv(&store),
+        model_after(&Model::new(), &commits, commits.len() - 1)
+    );
+}

@@ -239,6 +239,18 @@ impl ServeProcess {
         );
     }
 
+    /// An unauthenticated `GET` of the admin listener's `path` (`/readyz`,
+    /// `/metrics`).
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http(
+            Method::Get,
+            &format!("{}{path}", self.admin_url()),
+            &[],
+            Vec::new(),
+        )
+        .unwrap()
+    }
+
     /// One admin API call with the test admin token: the status and the
     /// JSON answer (`Null` when there is none). A `Null` body sends none.
     pub fn admin(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
