@@ -30,14 +30,22 @@ fn run_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
     )
 }
 
-#[test]
-fn printing_commands_exit_quietly_when_the_reader_is_gone() {
+/// The sample backup in a scratch directory, synced into `r.sqlite` there;
+/// the source URL.
+fn synced() -> (Sample, tempfile::TempDir, String) {
     let sample = Sample::load("sample-1");
     let tmp = tempfile::tempdir().unwrap();
     let source = sample.install_initial(&tmp.path().join("bucket"));
     let db = tmp.path().join("r.sqlite");
+    run_ok(&["sync", "--source", &source, "--db", db.to_str().unwrap()]);
+    (sample, tmp, source)
+}
+
+#[test]
+fn printing_commands_exit_quietly_when_the_reader_is_gone() {
+    let (sample, tmp, source) = synced();
+    let db = tmp.path().join("r.sqlite");
     let db = db.to_str().unwrap();
-    run_ok(&["sync", "--source", &source, "--db", db]);
     let point = sample.json0.points()[1].0.clone();
     for args in [
         vec!["pitr", "--db", db, "info"],
@@ -63,12 +71,9 @@ fn printing_commands_exit_quietly_when_the_reader_is_gone() {
 
 #[test]
 fn pitr_list_marks_points_that_share_a_time() {
-    let sample = Sample::load("sample-1");
-    let tmp = tempfile::tempdir().unwrap();
-    let source = sample.install_initial(&tmp.path().join("bucket"));
+    let (sample, tmp, _) = synced();
     let db = tmp.path().join("r.sqlite");
     let db = db.to_str().unwrap();
-    run_ok(&["sync", "--source", &source, "--db", db]);
     let points = sample.json0.points();
     let out = run_ok(&["pitr", "--db", db, "list"]);
     let text = String::from_utf8(out.stdout).unwrap();

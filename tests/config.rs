@@ -610,22 +610,28 @@ fn addresses_take_host_names_and_the_port_alone() {
     assert!(line_of(&out, "addr").contains("0.0.0.0:4600"), "{out}");
 }
 
+/// `source` (the example backup) and `db` (in `dir`) as config lines.
+fn sample_config(dir: &Path) -> String {
+    format!(
+        "source = \"file://{}/\"\ndb = {:?}\n",
+        root().join("examples/sample-backup").display(),
+        dir.join("replica.sqlite").display().to_string()
+    )
+}
+
 /// `sync` and `pitr` do not use the `[server]` and `[admin]` keys: a bad
 /// value there is reported as a warning and they go on; an unknown key is
 /// still an error.
 #[test]
 fn sync_and_pitr_go_on_over_a_bad_key_they_do_not_use() {
     let tmp = tempfile::tempdir().unwrap();
-    let backup = root().join("examples/sample-backup");
-    let db = tmp.path().join("replica.sqlite");
+    let backup_and_db = sample_config(tmp.path());
     let config = write(
         tmp.path(),
         "k.toml",
         &format!(
-            "source = \"file://{}/\"\ndb = {:?}\n[server]\naddr = \"nowhere\"\nreaders = 0\n\
-             [admin]\naddr = \"127.0.0.1:port\"\n",
-            backup.display(),
-            db.display().to_string()
+            "{backup_and_db}[server]\naddr = \"nowhere\"\nreaders = 0\n\
+             [admin]\naddr = \"127.0.0.1:port\"\n"
         ),
     );
     let r = run(&["sync", "--config", &config], &[]);
@@ -649,11 +655,7 @@ fn sync_and_pitr_go_on_over_a_bad_key_they_do_not_use() {
     let typo = write(
         tmp.path(),
         "typo.toml",
-        &format!(
-            "source = \"file://{}/\"\ndb = {:?}\n[server]\nadress = \"x\"\n",
-            backup.display(),
-            db.display().to_string()
-        ),
+        &format!("{backup_and_db}[server]\nadress = \"x\"\n"),
     );
     for args in [
         vec!["sync", "--config", &typo],
