@@ -154,7 +154,9 @@ fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
 struct PointsQuery {
     start: Option<String>,
     end: Option<String>,
-    limit: Option<usize>,
+    /// Text, so that a bad value gets this API's message rather than
+    /// serde's ("invalid digit").
+    limit: Option<String>,
     before: Option<String>,
 }
 
@@ -195,25 +197,50 @@ async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminE
         .as_deref()
         .map(|s| parse_stamp(s, "before"))
         .transpose()?;
-    let limit = q.limit.unwrap_or(DEFAULT_POINTS_PAGE);
-    if limit == 0 || limit > MAX_POINTS_PAGE {
-        return Err(AdminError::BadRequest(format!(
-            "limit must be 1..={MAX_POINTS_PAGE}"
-        )));
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_POINTS_PAGE,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_POINTS_PAGE).contains(&n) => n,
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "limit={raw:?}: write a whole number from 1 to {MAX_POINTS_PAGE} \
+                     (default {DEFAULT_POINTS_PAGE})"
+                )))
+            }
+        },
+    };
+    // Like /pitr/current: no points to list until the initial snapshot is
+    // in, rather than an empty list that reads as "no history".
+    if !ctx.syncer.state().initial_complete() {
+        return Err(AdminError::NotReady);
     }
     let page = ctx
         .read(move |h| {
-            Ok(h.points(
+            let page = h.points(
                 start.map(|t| t.timestamp_millis()),
                 end.map(|t| t.timestamp_millis()),
                 before,
                 limit,
-            )?)
+            )?;
+            let mut out = Vec::with_capacity(page.len());
+            for p in page {
+                let n = h.points_at(p.ts_ms)?;
+                out.push((p, n));
+            }
+            Ok(out)
         })
         .await?;
-    let next = (page.len() == limit).then(|| page.last().map(|p| p.versionstamp.to_string()));
+    let next = (page.len() == limit).then(|| page.last().map(|p| p.0.versionstamp.to_string()));
+    let points: Vec<_> = page
+        .iter()
+        .map(|(p, n)| {
+            let mut j = point_json(p);
+            j["points_at_time"] = json!(n);
+            j
+        })
+        .collect();
     Ok(warp::reply::json(&json!({
-        "points": page.iter().map(point_json).collect::<Vec<_>>(),
+        "points": points,
         "next_before": next.flatten(),
     }))
     .into_response())
@@ -270,20 +297,25 @@ async fn checkout(ctx: &Arc<AdminContext>, body: &Bytes) -> Result<Response, Adm
     .into_response())
 }
 
-/// Readiness, as [`crate::health::Health::readiness`] judges it.
-fn readyz(ctx: &Arc<AdminContext>) -> Response {
-    let (ready, reason, status) = match ctx.syncer.health().readiness(
+/// Readiness, as [`crate::health::Health::readiness`] judges it. Anyone
+/// gets the status; the `detail` (which can quote the last sync error,
+/// with the bucket URL or an S3 access key id) needs the admin token.
+fn readyz(ctx: &Arc<AdminContext>, authorized: bool) -> Response {
+    let readiness = ctx.syncer.health().readiness(
         ctx.syncer.state().initial_complete(),
         ctx.syncer.poll_interval(),
-    ) {
-        Ok(()) => (true, "ok".to_string(), StatusCode::OK),
-        Err(reason) => (false, reason, StatusCode::SERVICE_UNAVAILABLE),
+    );
+    let (mut body, status) = match &readiness {
+        Ok(()) => (json!({"ready": true, "reason": "ok"}), StatusCode::OK),
+        Err(not) => (
+            json!({"ready": false, "reason": not.status}),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
     };
-    warp::reply::with_status(
-        warp::reply::json(&json!({"ready": ready, "reason": reason})),
-        status,
-    )
-    .into_response()
+    if let (true, Err(not)) = (authorized, &readiness) {
+        body["detail"] = json!(not.detail);
+    }
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 fn metrics(ctx: &Arc<AdminContext>) -> Response {
@@ -311,33 +343,40 @@ async fn dispatch(
     auth: Option<String>,
     body: Bytes,
 ) -> Result<Response, AdminError> {
-    match (path.as_str(), &method) {
+    let path = path.as_str();
+    let authorized = !ctx.tokens.is_empty() && ctx.tokens.check(auth.as_deref()).is_some();
+    // Health and metrics need no token; an unknown path is 404 for anyone.
+    match (path, &method) {
         ("/healthz", &Method::GET) => {
             return Ok(warp::reply::json(&json!({"status": "alive"})).into_response())
         }
-        ("/readyz", &Method::GET) => return Ok(readyz(&ctx)),
+        ("/readyz", &Method::GET) => return Ok(readyz(&ctx, authorized)),
         ("/metrics", &Method::GET) => return Ok(metrics(&ctx)),
+        ("/healthz" | "/readyz" | "/metrics", m) => {
+            return Err(AdminError::MethodNotAllowed(m.clone()))
+        }
+        (p, _) if !PITR_PATHS.contains(&p) => return Err(AdminError::NotFound(p.to_string())),
         _ => {}
     }
     if ctx.tokens.is_empty() {
         return Err(AdminError::NotFound(format!(
-            "{} (the PITR admin API is disabled: set an admin token with --admin-token or KVREPLICA_ADMIN_TOKEN)",
-            path.as_str()
+            "{} (the PITR admin API is disabled: give it a token file with --admin-token-file, KVREPLICA_ADMIN_TOKEN_FILE or admin.token_file)",
+            path
         )));
     }
-    if ctx.tokens.check(auth.as_deref()).is_none() {
+    if !authorized {
         return Err(AdminError::Unauthorized);
     }
-    match (path.as_str(), &method) {
+    match (path, &method) {
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
-        ("/pitr/points" | "/pitr/current" | "/pitr/checkout", m) => {
-            Err(AdminError::MethodNotAllowed(m.clone()))
-        }
-        (p, _) => Err(AdminError::NotFound(p.to_string())),
+        (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
 }
+
+/// The endpoints behind the admin token.
+const PITR_PATHS: [&str; 3] = ["/pitr/points", "/pitr/current", "/pitr/checkout"];
 
 /// The admin API as a warp filter (every request answers; errors are JSON).
 pub fn routes(

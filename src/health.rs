@@ -111,27 +111,62 @@ impl Health {
     /// complete and the bucket answered a listing recently (within
     /// [`READY_POLL_INTERVALS`] poll intervals, and at least
     /// [`READY_MIN_WINDOW`]). `Err` says why not.
-    pub fn readiness(&self, initial_complete: bool, poll_interval: Duration) -> Result<(), String> {
+    pub fn readiness(
+        &self,
+        initial_complete: bool,
+        poll_interval: Duration,
+    ) -> Result<(), NotReady> {
         if let Some(reason) = self.stopped.lock().expect("stopped lock").clone() {
-            return Err(format!("not following the bucket: {reason}"));
+            return Err(NotReady {
+                status: NotReady::STOPPED,
+                detail: format!("{}: {reason}", NotReady::STOPPED),
+            });
         }
         let window = (poll_interval * READY_POLL_INTERVALS).max(READY_MIN_WINDOW);
         let last = self.last_successful_round();
         let fresh = last.is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() <= window);
         match (initial_complete, fresh) {
-            (false, _) => Err("initial snapshot in progress".to_string()),
-            (true, false) => Err(format!(
-                "no successful poll of the bucket for more than {}s (last: {}){}",
-                window.as_secs(),
-                last.map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "never".into()),
-                self.last_error()
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default()
-            )),
+            (false, _) => Err(NotReady {
+                status: NotReady::LOADING,
+                detail: NotReady::LOADING.to_string(),
+            }),
+            (true, false) => Err(NotReady {
+                status: NotReady::STALE,
+                detail: format!(
+                    "no successful poll of the bucket for more than {}s (last: {}){}",
+                    window.as_secs(),
+                    last.map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "never".into()),
+                    self.last_error()
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                ),
+            }),
             (true, true) => Ok(()),
         }
     }
+}
+
+/// Why the replica is not ready, in two forms: `status`, a fixed phrase
+/// anyone may read, and `detail`, which can quote the last sync error (and
+/// with it the bucket URL or an S3 access key id), for the admin token only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    /// One of [`NotReady::LOADING`], [`NotReady::STALE`] or
+    /// [`NotReady::STOPPED`].
+    pub status: &'static str,
+    /// The status with times and the last error.
+    pub detail: String,
+}
+
+impl NotReady {
+    /// The initial snapshot has not been loaded yet.
+    pub const LOADING: &'static str = "initial snapshot in progress";
+    /// The bucket has not answered a poll recently.
+    pub const STALE: &'static str = "no recent successful poll of the bucket";
+    /// The engine stopped following the bucket (a gap in the log, a
+    /// re-exported backup) and serves its last good state.
+    pub const STOPPED: &'static str = "not following the bucket";
 }
 
 #[cfg(test)]
@@ -147,9 +182,10 @@ mod tests {
         h.set_stopped(Some("gap in the log: logs/a.bin ... logs/c.bin".into()));
         h.round_ok();
         let why = h.readiness(true, every).unwrap_err();
+        assert_eq!(why.status, NotReady::STOPPED);
         assert!(
-            why.contains("not following") && why.contains("logs/c.bin"),
-            "{why}"
+            why.detail.contains("not following") && why.detail.contains("logs/c.bin"),
+            "{why:?}"
         );
         h.set_stopped(None);
         assert_eq!(h.readiness(true, every), Ok(()));

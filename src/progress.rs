@@ -67,58 +67,71 @@ impl Progress {
         )
     }
 
-    /// Reports progress on stderr until the returned guard is dropped: a
-    /// spinner line on a terminal, an `info` log line every `every` otherwise.
+    /// Reports progress on stderr until the returned guard is finished or
+    /// dropped: a spinner line on a terminal, an `info` log line every
+    /// `every` otherwise.
     pub fn report(self: &Arc<Self>, every: Duration) -> ReportGuard {
         let me = self.clone();
         let start = Instant::now();
-        let handle = if std::io::stderr().is_terminal() {
+        let (handle, bar) = if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(200));
-            tokio::spawn(async move {
-                let _clear = ClearOnDrop(bar.clone());
+            let shown = bar.clone();
+            let handle = tokio::spawn(async move {
                 loop {
-                    bar.set_message(me.line(start.elapsed()));
+                    shown.set_message(me.line(start.elapsed()));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-            })
+            });
+            (handle, Some(bar))
         } else {
-            tokio::spawn(async move {
+            let handle = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     tracing::info!("sync progress: {}", me.line(start.elapsed()));
                 }
-            })
+            });
+            (handle, None)
         };
         ReportGuard {
             handle,
+            bar,
             progress: self.clone(),
             start,
         }
     }
 }
 
-struct ClearOnDrop(indicatif::ProgressBar);
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
-}
-
-/// Stops the reporter and logs a final summary line.
+/// Stops the reporter when dropped, clearing the progress line before
+/// anything else is logged; [`ReportGuard::finish`] also logs a summary.
 pub struct ReportGuard {
     handle: tokio::task::JoinHandle<()>,
+    /// The spinner on a terminal. Cleared here, synchronously: an aborted
+    /// task is dropped later, after the caller's next log line.
+    bar: Option<indicatif::ProgressBar>,
     progress: Arc<Progress>,
     start: Instant,
+}
+
+impl ReportGuard {
+    /// The sync reached its goal: stops the reporter and logs the summary.
+    /// A sync that failed or was stopped just drops the guard, so that its
+    /// error is not preceded by a "finished" line.
+    pub fn finish(self) {
+        let (elapsed, line) = (
+            self.start.elapsed(),
+            self.progress.line(self.start.elapsed()),
+        );
+        drop(self);
+        tracing::info!("sync finished in {:.1}s: {line}", elapsed.as_secs_f64());
+    }
 }
 
 impl Drop for ReportGuard {
     fn drop(&mut self) {
         self.handle.abort();
-        tracing::info!(
-            "sync finished in {:.1}s: {}",
-            self.start.elapsed().as_secs_f64(),
-            self.progress.line(self.start.elapsed())
-        );
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }

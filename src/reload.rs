@@ -10,12 +10,17 @@
 //! Directories are watched rather than files, because editors and
 //! deployment tools replace a file by renaming a new one over it (and
 //! Kubernetes swaps a symlink), which a watch on the old file would miss.
-//! Any event in a watched directory triggers a re-read after a short quiet
-//! period; a re-read that finds nothing changed does nothing.
+//! Those directories also hold other files (often the replica and its
+//! WAL, written many times a second), and reading the config itself opens
+//! it: so only events that name a configuration file (or a Kubernetes
+//! `..data` swap) count, and after a short quiet period the files are
+//! re-read only when one of them changed on disk (size, time, inode). A
+//! change is read once, valid or not: an invalid edit logs one error.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -88,6 +93,55 @@ enum Trigger {
     Sighup,
 }
 
+/// Whether a file system event may concern the configuration: it names one
+/// of `names` (the files' names) or a Kubernetes atomic-writer entry
+/// (`..data`, `..2024_…`), and it is not a mere read (the loader opening
+/// the file would otherwise trigger itself).
+fn concerns(ev: &notify::Event, names: &BTreeSet<OsString>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    if let EventKind::Access(a) = ev.kind {
+        if a != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
+    ev.paths.is_empty()
+        || ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+        })
+}
+
+/// What the files look like on disk: a change of any of them (an edit in
+/// place, a file renamed over, a symlink swapped) changes this.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<Option<(u64, std::time::SystemTime, u64)>>);
+
+impl Fingerprint {
+    fn of(files: &[PathBuf]) -> Fingerprint {
+        Fingerprint(
+            files
+                .iter()
+                .map(|f| {
+                    let m = std::fs::metadata(f).ok()?;
+                    #[cfg(unix)]
+                    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+                    #[cfg(not(unix))]
+                    let inode = 0;
+                    Some((m.len(), m.modified().ok()?, inode))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The file names of `files`, for [`concerns`].
+fn names(files: &[PathBuf]) -> BTreeSet<OsString> {
+    files
+        .iter()
+        .filter_map(|f| f.file_name().map(OsString::from))
+        .collect()
+}
+
 fn watched_dirs(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     files
         .iter()
@@ -141,8 +195,11 @@ pub async fn run(
 ) {
     let (tx, mut rx) = mpsc::channel::<Trigger>(16);
     let fs_tx = tx.clone();
+    let watched_names = Arc::new(Mutex::new(names(&current.files)));
+    let filter = watched_names.clone();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        let Ok(ev) = ev else { return };
+        if concerns(&ev, &filter.lock().expect("names lock")) {
             let _ = fs_tx.try_send(Trigger::FileChanged);
         }
     }) {
@@ -190,6 +247,7 @@ pub async fn run(
     drop(tx);
 
     let loader = Arc::new(loader);
+    let mut seen = Fingerprint::of(&current.files);
     let mut stop = std::pin::pin!(stop);
     loop {
         let mut trigger = tokio::select! {
@@ -202,6 +260,14 @@ pub async fn run(
                 trigger = t;
             }
         }
+        // An event on a file that did not change (touched, read, or a
+        // change already read): nothing to do.
+        let now = Fingerprint::of(&current.files);
+        if trigger == Trigger::FileChanged && now == seen {
+            continue;
+        }
+        seen = now;
+        tracing::debug!(?trigger, "re-reading the configuration");
         let load = loader.clone();
         let loaded = tokio::task::spawn_blocking(move || load())
             .await
@@ -215,6 +281,8 @@ pub async fn run(
             Ok(new) => {
                 apply(&current, &new, &targets);
                 watch(&mut watcher, &new.files);
+                *watched_names.lock().expect("names lock") = names(&new.files);
+                seen = Fingerprint::of(&new.files);
                 current = new;
             }
             Err(e) => {

@@ -114,6 +114,7 @@ async fn points_current_and_checkout_over_http() {
 
     // Newest first, paginated with next_before.
     let mut listed = Vec::new();
+    let mut at_time = Vec::new();
     let mut path = "/pitr/points?limit=7".to_string();
     loop {
         let (status, body) = api.get(&path).await;
@@ -123,6 +124,7 @@ async fn points_current_and_checkout_over_http() {
                 p["versionstamp"].as_str().unwrap().to_string(),
                 p["time"].as_str().unwrap().to_string(),
             ));
+            at_time.push(p["points_at_time"].as_u64().unwrap());
         }
         match body["next_before"].as_str() {
             Some(b) => path = format!("/pitr/points?limit=7&before={b}"),
@@ -135,6 +137,15 @@ async fn points_current_and_checkout_over_http() {
         .map(|(_, vs, ms)| (vs.clone(), rfc3339_ms(*ms)))
         .collect();
     assert_eq!(listed, want);
+    // Commits of one backup object share its time: each point says how
+    // many points carry its time.
+    let want_at_time: Vec<u64> = points
+        .iter()
+        .rev()
+        .map(|p| points.iter().filter(|q| q.2 == p.2).count() as u64)
+        .collect();
+    assert_eq!(at_time, want_at_time);
+    assert!(at_time.iter().any(|&n| n > 1), "the fixture shares times");
 
     // Time filter: start <= time < end.
     let (lo, hi) = (points[3].2, points[points.len() - 3].2);
@@ -229,6 +240,12 @@ async fn errors_are_clear_json_answers() {
         ),
         ("GET", "/pitr/checkout", Some(TOKEN), "", 405),
         ("GET", "/nope", Some(TOKEN), "", 404),
+        // Unknown paths are unknown to anyone, token or not.
+        ("GET", "/nope", None, "", 404),
+        ("POST", "/pitr", None, "", 404),
+        ("GET", "/pitr/points?limit=-1", Some(TOKEN), "", 400),
+        ("GET", "/pitr/points?limit=10001", Some(TOKEN), "", 400),
+        ("POST", "/readyz", None, "", 405),
     ] {
         let (status, body) = api.call(method, path, token, body).await;
         assert_eq!(status, want, "{method} {path} {body}");
@@ -238,6 +255,15 @@ async fn errors_are_clear_json_answers() {
             "{method} {path}: no error message in {body}"
         );
         assert!(!msg.contains(TOKEN), "{method} {path}: token leaked");
+    }
+    // A bad limit says what is allowed.
+    for bad in ["-1", "abc", "0", "10001"] {
+        let (_, body) = api.get(&format!("/pitr/points?limit={bad}")).await;
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("from 1 to 10000") && !msg.contains("invalid digit"),
+            "limit={bad}: {body}"
+        );
     }
     // The initial point is not recoverable; a time before the first point
     // is refused; both say so.
@@ -279,11 +305,19 @@ async fn checkout_waits_for_the_initial_snapshot_and_needs_a_token() {
     let api = Api::start(&tmp.path().join("prefix"), &db, vec![TOKEN.into()], false).await;
     let (status, body) = api.checkout(r#"{"latest":true}"#).await;
     assert_eq!(status, 409, "{body}");
-    let (status, _) = api.call("GET", "/readyz", None, "").await;
+    // Listing and the position agree while loading: both 409.
+    let (status, body) = api.get("/pitr/current").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.get("/pitr/points").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.call("GET", "/readyz", None, "").await;
     assert_eq!(status, 503);
+    assert_eq!(body["reason"], "initial snapshot in progress", "{body}");
     api.syncer.initial().await.unwrap();
     let (status, _) = api.call("GET", "/readyz", None, "").await;
     assert_eq!(status, 200);
+    let (status, body) = api.get("/pitr/points").await;
+    assert_eq!(status, 200, "{body}");
     api.stop().await;
 
     // No admin token configured: PITR endpoints are disabled, health is on.

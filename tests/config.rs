@@ -353,7 +353,8 @@ fn validation_errors_name_the_key_and_the_line() {
         ("[sync]\nretain_points = 0\n", "sync.retain_points", 6),
         ("[sync]\nretain_for = \"forever\"\n", "sync.retain_for", 6),
         ("addr = \"0.0.0.0\"\n", "server.addr", 5),
-        ("[admin]\naddr = \"localhost:4513\"\n", "admin.addr", 6),
+        // A host name needs its port (`localhost:4513` is an address).
+        ("[admin]\naddr = \"localhost\"\n", "admin.addr", 6),
         ("[admin]\ntoken = \"short\"\n", "admin.token", 6),
         ("[admin]\ntoken = \"client-token-0001\"\n", "admin.token", 6),
         (
@@ -515,4 +516,285 @@ fn serve_refuses_a_bad_config_before_starting() {
         r.stderr
     );
     assert_no_secret(&r.stderr);
+}
+
+/// A bad value reads the same from a flag, a variable and the file: the
+/// key, where it came from, and what to write instead.
+#[test]
+fn a_bad_value_gets_one_message_wherever_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("KVREPLICA_ACCESS_TOKEN", ACCESS)];
+    let base = ["--source", "file:///tmp/b/", "--db", "/tmp/r.sqlite"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    let reason = |e: &str, key: &str| -> String {
+        let line = e
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no {key} in {e}"));
+        let from_key = &line[line.find(key).unwrap()..];
+        from_key
+            .split_once(": ")
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default()
+    };
+    for (key, flag, var, value) in [
+        (
+            "sync.poll_interval",
+            "--poll-interval",
+            "KVREPLICA_POLL_INTERVAL",
+            "5 parsecs",
+        ),
+        ("server.addr", "--addr", "KVREPLICA_ADDR", "nowhere"),
+        (
+            "admin.addr",
+            "--admin-addr",
+            "KVREPLICA_ADMIN_ADDR",
+            "127.0.0.1:port",
+        ),
+    ] {
+        let from_flag = check_err(&with(&base, &[flag, value]), &env);
+        let mut env_too = env.to_vec();
+        env_too.push((var, value));
+        let from_env = check_err(&with(&base, &[]), &env_too);
+        let (table, leaf) = key.split_once('.').unwrap();
+        let config = write(
+            tmp.path(),
+            "bad.toml",
+            &format!("[{table}]\n{leaf} = {value:?}\n"),
+        );
+        let from_file = check_err(&with(&base, &["--config", &config]), &env);
+        assert!(
+            from_flag.contains(&format!("{key} from flag {flag}")),
+            "{from_flag}"
+        );
+        assert!(
+            from_env.contains(&format!("{key} from environment variable {var}")),
+            "{from_env}"
+        );
+        assert!(
+            from_file.contains(&format!("{key} in {config} line 2")),
+            "{from_file}"
+        );
+        let r = reason(&from_flag, key);
+        assert_eq!(r, reason(&from_env, key), "{from_flag}\n{from_env}");
+        assert_eq!(r, reason(&from_file, key), "{from_flag}\n{from_file}");
+        assert!(
+            !r.contains("expected number") && !r.contains("invalid socket"),
+            "{r}"
+        );
+        assert!(r.contains("write"), "{r}");
+    }
+}
+
+/// Host names and `:PORT` are listener addresses, from a flag, a variable
+/// or the file.
+#[test]
+fn addresses_take_host_names_and_the_port_alone() {
+    let env = [("KVREPLICA_ACCESS_TOKEN", ACCESS)];
+    let base = ["--source", "file:///tmp/b/", "--db", "/tmp/r.sqlite"];
+    let out = check(
+        &[
+            &base[..],
+            &["--addr", "localhost:4512", "--admin-addr", ":4513"],
+        ]
+        .concat(),
+        &env,
+    );
+    assert!(line_of(&out, "addr").contains("127.0.0.1:4512"), "{out}");
+    assert!(out.contains("0.0.0.0:4513"), "{out}");
+    let mut env_too = env.to_vec();
+    env_too.push(("KVREPLICA_ADDR", ":4600"));
+    let out = check(&base, &env_too);
+    assert!(line_of(&out, "addr").contains("0.0.0.0:4600"), "{out}");
+}
+
+/// `source` (the example backup) and `db` (in `dir`) as config lines.
+fn sample_config(dir: &Path) -> String {
+    format!(
+        "source = \"file://{}/\"\ndb = {:?}\n",
+        root().join("examples/sample-backup").display(),
+        dir.join("replica.sqlite").display().to_string()
+    )
+}
+
+/// `sync` and `pitr` do not use the `[server]` and `[admin]` keys: a bad
+/// value there is reported as a warning and they go on; an unknown key is
+/// still an error.
+#[test]
+fn sync_and_pitr_go_on_over_a_bad_key_they_do_not_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backup_and_db = sample_config(tmp.path());
+    let config = write(
+        tmp.path(),
+        "k.toml",
+        &format!(
+            "{backup_and_db}[server]\naddr = \"nowhere\"\nreaders = 0\n\
+             [admin]\naddr = \"127.0.0.1:port\"\n"
+        ),
+    );
+    let r = run(&["sync", "--config", &config], &[]);
+    assert!(r.ok, "sync failed: {}", r.stderr);
+    assert!(r.stderr.contains("WARN"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("server.addr") && r.stderr.contains("line 4"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["pitr", "--config", &config, "info"], &[]);
+    assert!(r.ok, "pitr failed: {}", r.stderr);
+    assert!(r.stdout.contains("current versionstamp"), "{}", r.stdout);
+    // serve and check-config use them: still an error.
+    let e = check_err(
+        &["--config", &config],
+        &[("KVREPLICA_ACCESS_TOKEN", ACCESS)],
+    );
+    assert!(e.contains("server.addr") || e.contains("admin.addr"), "{e}");
+    // An unknown key is an error for every command.
+    let typo = write(
+        tmp.path(),
+        "typo.toml",
+        &format!("{backup_and_db}[server]\nadress = \"x\"\n"),
+    );
+    for args in [
+        vec!["sync", "--config", &typo],
+        vec!["pitr", "--config", &typo, "info"],
+    ] {
+        let r = run(&args, &[]);
+        assert!(
+            !r.ok && r.stderr.contains("unknown key `server.adress`"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // sync --help names every key it reads, db included.
+    let help = run(&["sync", "--help"], &[]).stdout;
+    let config_help: String = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("--config"))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+        .map(|(_, l)| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for key in ["source", "db", "[s3]", "[gcs]", "[sync]", "[log]"] {
+        assert!(config_help.contains(key), "{key} missing: {config_help}");
+    }
+}
+
+/// The README's install steps (section "Run under systemd"), run as written
+/// in a scratch root: `/etc` and `/etc/systemd/system` moved under it, the
+/// `kvreplica` group left out, and the steps that need root and systemd
+/// (`useradd`, `systemctl`, `journalctl`) skipped. `check-config` runs from
+/// the repository, not from the config's directory, as an operator would.
+#[test]
+fn the_readme_install_steps_work_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Run under systemd")
+        .nth(1)
+        .expect("a Run under systemd section");
+    let steps = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("an sh block of install steps");
+    assert!(steps.contains("check-config"), "{steps}");
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().display().to_string();
+    std::fs::create_dir_all(tmp.path().join("etc/systemd/system")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_kvreplica");
+    let mut ran = 0;
+    for line in steps.lines() {
+        let line = line.trim();
+        if line.is_empty()
+            || ["useradd ", "systemctl ", "journalctl "]
+                .iter()
+                .any(|c| line.starts_with(c))
+        {
+            continue;
+        }
+        let line = line
+            .replace(" -g kvreplica", "")
+            .replace("/etc/", &format!("{scratch}/etc/"))
+            .replace("kvreplica check-config", &format!("{bin} check-config"));
+        let out = Command::new("sh")
+            .args(["-ec", &line])
+            .current_dir(root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README step failed: {line}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 5, "{steps}");
+}
+
+/// Outside systemd a relative secret file that is not found says where
+/// it was looked for and how to set `$CREDENTIALS_DIRECTORY`.
+#[test]
+fn a_relative_secret_file_outside_systemd_says_how_to_find_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = root()
+        .join("config/kvreplica-s3.toml")
+        .display()
+        .to_string();
+    let e = check_err(&["--config", &config], &[]);
+    assert!(e.contains("access-token"), "{e}");
+    assert!(e.contains("$CREDENTIALS_DIRECTORY"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "CREDENTIALS_DIRECTORY={} kvreplica check-config",
+            root().join("config").display()
+        )),
+        "{e}"
+    );
+    // Under systemd (the variable set) the message is the plain one.
+    let creds = tmp.path().display().to_string();
+    let e = check_err(&["--config", &config], &[("CREDENTIALS_DIRECTORY", &creds)]);
+    assert!(!e.contains("is looked up in"), "{e}");
+}
+
+/// Every command line the README shows keeps tokens off it: a token as a
+/// flag value or in curl's arguments is visible to every local user in the
+/// process list. The file forms are shown instead.
+#[test]
+fn the_readme_keeps_tokens_off_command_lines() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut in_code = false;
+    for (n, line) in readme.lines().enumerate() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        for bad in [
+            "--access-token ",
+            "--admin-token ",
+            "Bearer $",
+            "token \"$(",
+        ] {
+            assert!(
+                !line.contains(bad),
+                "README.md line {}: a token on a command line ({bad:?}): {line}",
+                n + 1
+            );
+        }
+    }
+    for form in [
+        "--access-tokens-file",
+        "--admin-token-file",
+        "KVREPLICA_ACCESS_TOKENS_FILE",
+    ] {
+        assert!(readme.contains(form), "README.md does not show {form}");
+    }
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, Fixture, Spec};
-use common::serve::ServeProcess;
+use common::serve::{Method, ServeProcess};
 use common::{pitr_list, read_replica};
 
 const BUCKET: &str = "kv-backup";
@@ -121,10 +121,18 @@ impl Bucket {
     }
 }
 
-/// `/readyz`: status and body.
+/// `/readyz` as the admin sees it (the detail needs the admin token): status
+/// and body. Anyone else gets the status phrase only, never the detail.
 fn readyz(serve: &ServeProcess) -> (u16, String) {
-    let r = serve.get("/readyz");
-    (r.status, r.text())
+    let anonymous = serve.get("/readyz");
+    let (status, body) = serve.admin(Method::Get, "/readyz", serde_json::Value::Null);
+    assert_eq!(anonymous.status, status, "same status for anyone");
+    assert!(
+        anonymous.text().find("detail").is_none(),
+        "the detail is for the admin token only: {}",
+        anonymous.text()
+    );
+    (status, body.to_string())
 }
 
 /// One sample of `/metrics` (0 when absent).

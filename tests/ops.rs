@@ -330,6 +330,37 @@ fn metrics_and_readiness_follow_the_sync() {
     wait_until("/readyz 503 after failed polls", &serve, || {
         readyz(&serve) == 503
     });
+    // Anyone sees the status; only the admin token sees the last error,
+    // which names the bucket (and could name an S3 access key id).
+    let ready_body = |token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = http(
+            Method::Get,
+            &format!("{}/readyz", serve.admin_url()),
+            &headers,
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 503);
+        serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()
+    };
+    let public = ready_body(None);
+    assert_eq!(public["ready"], false, "{public}");
+    assert_eq!(
+        public["reason"], "no recent successful poll of the bucket",
+        "{public}"
+    );
+    assert!(public.get("detail").is_none(), "{public}");
+    let bucket_name = tmp.path().display().to_string();
+    assert!(!public.to_string().contains(&bucket_name), "{public}");
+    assert!(!public.to_string().contains("last error"), "{public}");
+    let private = ready_body(Some(common::serve::ADMIN_TOKEN));
+    let detail = private["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("last error"), "{private}");
+    let wrong = ready_body(Some("not-the-admin-token-at-all"));
+    assert!(wrong.get("detail").is_none(), "{wrong}");
     let m = scrape(&serve);
     let errors: f64 = m
         .iter()
@@ -437,6 +468,81 @@ fn editing_the_config_file_rotates_tokens_without_a_restart() {
     assert!(serve.terminate().success());
 }
 
+/// Lines of `log` that contain `needle`.
+fn lines_with(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_config_next_to_the_replica_is_read_once_per_change() {
+    let sample = Sample::load("sample-1");
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    let source = sample.install_initial(&bucket);
+    // The config file, the replica and its WAL share one directory.
+    let dir = tmp.path().join("var");
+    std::fs::create_dir(&dir).unwrap();
+    let db = dir.join("r.sqlite");
+    let conf = dir.join("kvreplica.toml");
+    let config = |access: &str| {
+        format!(
+            "source = \"{source}\"\ndb = \"{}\"\n\n[sync]\npoll_interval = \"50ms\"\n\n\
+             [server]\naddr = \"127.0.0.1:0\"\naccess_tokens = [\"{access}\"]\n\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"{}\"\n",
+            db.display(),
+            common::serve::ADMIN_TOKEN
+        )
+    };
+    replace_file(&conf, &config("first-access-token-1"));
+    let mut serve = ServeProcess::start_bare(
+        &["--config", conf.to_str().unwrap()],
+        &[("RUST_LOG", "info,kvreplica::reload=debug")],
+    );
+    serve.wait_ready();
+    // Sync load: the later traffic is applied (the replica and its WAL
+    // change), and another file in the directory is written all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (stop, path) = (stop.clone(), dir.join("other.log"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&path, n.to_string()).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    sample.install_append(&bucket);
+    serve.wait_at(&sample.json1.latest_point());
+    std::thread::sleep(Duration::from_secs(1));
+    let reads = |serve: &ServeProcess| lines_with(&serve.log(), "re-reading the configuration");
+    assert_eq!(reads(&serve), 0, "no edit, no re-read:\n{}", serve.log());
+
+    // A valid edit: read once.
+    replace_file(&conf, &config("second-access-token-2"));
+    wait_until("the new token is accepted", &serve, || {
+        metadata_status(&serve, "second-access-token-2") == 200
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after_valid = reads(&serve);
+
+    // An invalid edit: one error, however long it stays.
+    replace_file(&conf, &config("short"));
+    wait_until("the bad config is reported", &serve, || {
+        serve.log().contains("keeping the previous one")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let log = serve.log();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+    assert_eq!(lines_with(&log, "keeping the previous one"), 1, "{log}");
+    assert_eq!(after_valid, 1, "one re-read for the valid edit: {log}");
+    assert_eq!(reads(&serve), 2, "{log}");
+    assert_eq!(metadata_status(&serve, "second-access-token-2"), 200);
+    assert!(serve.terminate().success());
+}
+
 #[test]
 fn a_corrupt_object_stops_the_sync_shows_in_readyz_and_metrics_and_reads_go_on() {
     let sample = Sample::load("sample-1");
@@ -465,10 +571,14 @@ fn a_corrupt_object_stops_the_sync_shows_in_readyz_and_metrics_and_reads_go_on()
     wait_until("/readyz 503 on the corrupt object", &serve, || {
         readyz(&serve) == 503
     });
+    // The detail (with the last error) is for the admin token only.
     let r = http(
         Method::Get,
         &format!("{}/readyz", serve.admin_url()),
-        &[],
+        &[(
+            "authorization",
+            &format!("Bearer {}", common::serve::ADMIN_TOKEN),
+        )],
         Vec::new(),
     )
     .unwrap();

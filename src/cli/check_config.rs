@@ -22,6 +22,6 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<()> {
     settings
         .open_source()
         .map_err(|e| anyhow::anyhow!("source settings (source, [s3], [gcs]): {e}"))?;
-    print!("{}", settings.render());
+    super::print_out(&settings.render())?;
     Ok(())
 }

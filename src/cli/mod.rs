@@ -35,6 +35,20 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
 }
 
+/// Writes `text` to stdout and flushes it. A reader that went away
+/// (`kvreplica pitr list | head -1`) is not an error: the answer is
+/// `Ok(false)`, and the caller stops writing and exits quietly (`print!`
+/// would panic with exit 101).
+fn print_out(text: &str) -> std::io::Result<bool> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -25,7 +25,8 @@ pub struct PitrArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PitrCommand {
-    /// List recoverable points, newest first: `<versionstamp>\t<time>`.
+    /// List recoverable points, newest first: `<versionstamp>\t<time>`,
+    /// and `\t<n> points at this time` when several share the time.
     List {
         /// Only points at or after this time (RFC 3339, e.g. 2026-11-23T10:15:00Z).
         #[arg(long, value_parser = parse_time)]
@@ -54,9 +55,18 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
 }
 
-/// One line of `pitr list`, in the format `denokv pitr list` prints.
-pub fn list_line(p: &Point) -> String {
-    format!("{}\t{}", p.versionstamp, p.time_rfc3339())
+/// One line of `pitr list`, in the format `denokv pitr list` prints, with
+/// a third column when `at_time` (the points sharing its time) is over 1:
+/// a checkout by that time lands on the newest of them.
+pub fn list_line(p: &Point, at_time: u64) -> String {
+    match at_time {
+        0 | 1 => format!("{}\t{}", p.versionstamp, p.time_rfc3339()),
+        n => format!(
+            "{}\t{}\t{n} points at this time",
+            p.versionstamp,
+            p.time_rfc3339()
+        ),
+    }
 }
 
 pub fn run(args: PitrArgs) -> anyhow::Result<()> {
@@ -72,7 +82,6 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             let conn = store::open_read_only(&path)?;
             let state = store::read_state(&conn)?;
             let view = HistoryView::new(&conn, &state);
-            let mut out = std::io::stdout().lock();
             let mut before = None;
             let mut left = limit.unwrap_or(usize::MAX);
             // Page through so a long history never sits in memory at once.
@@ -83,13 +92,13 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                     before,
                     left.min(10_000),
                 )?;
+                let mut text = String::new();
                 for p in &page {
-                    use std::io::Write;
-                    match writeln!(out, "{}", list_line(p)) {
-                        // `pitr list | head` closes the pipe early: not an error.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                        r => r?,
-                    }
+                    text += &list_line(p, view.points_at(p.ts_ms)?);
+                    text.push('\n');
+                }
+                if !super::print_out(&text)? {
+                    return Ok(());
                 }
                 left -= page.len();
                 match page.last() {
@@ -104,8 +113,10 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             let state = store::read_state(&conn)?;
             let view = HistoryView::new(&conn, &state);
             let Some(pos) = view.position()? else {
-                println!("source: {}", state.source.unwrap_or_default());
-                println!("initial snapshot: in progress (no visible state yet)");
+                super::print_out(&format!(
+                    "source: {}\ninitial snapshot: in progress (no visible state yet)\n",
+                    state.source.unwrap_or_default()
+                ))?;
                 return Ok(());
             };
             let time = |ms: Option<i64>| {
@@ -118,24 +129,25 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 })
                 .unwrap_or_else(|| "unknown".into())
             };
-            println!("source: {}", state.source.unwrap_or_default());
-            println!("current versionstamp: {}", pos.visible);
-            println!("current time: {}", time(pos.visible_ts_ms));
-            println!(
-                "mode: {}",
-                if pos.pinned {
-                    "pinned (new commits are stored, not shown)"
-                } else {
-                    "following the newest commit"
-                }
-            );
-            println!("latest versionstamp: {}", pos.latest.versionstamp);
-            println!("latest time: {}", pos.latest.time_rfc3339());
-            println!("points behind latest: {}", pos.points_behind);
-            println!("initial point: {}", pos.initial_point);
-            println!("recoverable points: {}", pos.points_total);
             let keys: i64 = conn.query_row("select count(*) from kv", [], |r| r.get(0))?;
-            println!("keys: {keys}");
+            let mode = if pos.pinned {
+                "pinned (new commits are stored, not shown)"
+            } else {
+                "following the newest commit"
+            };
+            super::print_out(&format!(
+                "source: {}\ncurrent versionstamp: {}\ncurrent time: {}\nmode: {mode}\n\
+                 latest versionstamp: {}\nlatest time: {}\npoints behind latest: {}\n\
+                 initial point: {}\nrecoverable points: {}\nkeys: {keys}\n",
+                state.source.unwrap_or_default(),
+                pos.visible,
+                time(pos.visible_ts_ms),
+                pos.latest.versionstamp,
+                pos.latest.time_rfc3339(),
+                pos.points_behind,
+                pos.initial_point,
+                pos.points_total,
+            ))?;
             Ok(())
         }
         PitrCommand::Checkout { target } => {
@@ -144,15 +156,17 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 Ok(s) => s,
                 Err(StoreError::Locked { .. }) => bail!(
                     "{} is held by a running kvreplica (serve or sync --follow). Check out through \
-                     its admin API instead, e.g.\n  curl -X POST -H \"Authorization: Bearer $KVREPLICA_ADMIN_TOKEN\" \
-                     -d '{{\"latest\":true}}' http://127.0.0.1:4513/pitr/checkout",
+                     its admin API instead, e.g. (the header in a file keeps the token out of the process list)\n  \
+                     (umask 077; printf 'Authorization: Bearer %s\\n' \"$(cat /etc/kvreplica/admin-token)\" > ~/.kvreplica-admin)\n  \
+                     curl -X POST -H @$HOME/.kvreplica-admin -d '{{\"latest\":true}}' http://127.0.0.1:4513/pitr/checkout",
                     path.display()
                 ),
                 Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
             };
             let out = store.checkout(target)?;
-            println!(
-                "checked out {} ({}); {}",
+            // The checkout is committed: a closed pipe only loses this line.
+            super::print_out(&format!(
+                "checked out {} ({}); {}\n",
                 out.to.versionstamp,
                 out.to.time_rfc3339(),
                 if out.pinned {
@@ -160,7 +174,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 } else {
                     "following new commits"
                 }
-            );
+            ))?;
             Ok(())
         }
     }

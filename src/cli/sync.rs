@@ -30,6 +30,9 @@ impl SyncArgs {
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let settings = args.inputs().resolve()?;
     let _log = crate::logging::init(settings.log.format, &settings.log.level)?;
+    for e in settings.ignored() {
+        tracing::warn!("{e} (ignored: sync does not use this key)");
+    }
     let url = &settings.source;
     let db = &settings.db;
     let source = settings.open_source()?;
@@ -47,14 +50,20 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     {
-        let _report = syncer.progress().report(Duration::from_secs(5));
+        let report = syncer.progress().report(Duration::from_secs(5));
         let caught_up = async {
             syncer.initial().await?;
             syncer.catch_up().await
         };
         tokio::select! {
-            r = caught_up => r?,
+            r = caught_up => {
+                // On an error the guard clears the progress line and the
+                // error alone is reported.
+                r?;
+                report.finish();
+            }
             _ = stopped(stop_rx.clone()) => {
+                drop(report);
                 tracing::info!("stopped; the replica keeps its last committed state");
                 if args.follow {
                     return Ok(());

@@ -8,14 +8,13 @@
 //! resolution, so that a flag always wins and an unset flag never hides
 //! the file.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::builder::ValueParser;
 use clap::{value_parser, Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
 use super::table::{Commands, Kind, Setting, SETTINGS};
-use super::{Flags, LogFormat};
+use super::Flags;
 
 /// `--config` and the flags of every setting that command `C`
 /// ([`super::SYNC`] or [`super::SERVE`]) takes; flatten it into the
@@ -49,8 +48,9 @@ impl<const C: Commands> SettingArgs<C> {
 fn config_arg(c: Commands) -> Arg {
     let help = match c {
         super::SYNC => {
-            "TOML config file; flags and environment variables override its keys. Only the \
-             source, [s3], [gcs], [sync] and [log] keys apply to sync [env: KVREPLICA_CONFIG]"
+            "TOML config file; flags and environment variables override its keys. Sync reads \
+             source, db, [s3], [gcs], [sync] and [log]; a bad value of another key (e.g. \
+             [server]) is a warning, an unknown key an error [env: KVREPLICA_CONFIG]"
         }
         _ => {
             "TOML config file (see config/ for examples); flags and environment variables \
@@ -95,18 +95,14 @@ fn arg(key: &'static Setting) -> Arg {
         .value_parser(parser(key.kind))
 }
 
-/// Checks a flag's syntax as clap did for the typed fields of before.
+/// Takes a flag's value as typed: it is parsed and checked at resolution,
+/// by the same code as a variable's or the file's, so that a bad value
+/// gets one message wherever it is given (clap's own parsers said
+/// "expected number at 0" or "invalid socket address syntax").
 fn parser(kind: Kind) -> ValueParser {
     match kind {
-        Kind::Count { .. } => value_parser!(u64).into(),
-        Kind::Duration { .. } => ValueParser::new(humantime::parse_duration),
-        Kind::Bool => value_parser!(bool),
-        Kind::Addr => value_parser!(SocketAddr).into(),
-        Kind::LogFormat => ValueParser::new(|s: &str| s.parse::<LogFormat>()),
         Kind::Path | Kind::KeyFile | Kind::FileOf { .. } => value_parser!(PathBuf),
-        Kind::Text | Kind::LogLevel | Kind::Source | Kind::Secret | Kind::Tokens => {
-            value_parser!(String)
-        }
+        _ => value_parser!(String),
     }
 }
 

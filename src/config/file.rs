@@ -13,13 +13,28 @@ use super::value;
 use super::{ConfigError, Origin};
 
 /// Parses the config file at `path` (its text is `text`) into a layer.
-pub(super) fn layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+///
+/// One file serves every command, so a bad value of a key the command does
+/// not use (`uses` says which it does) does not stop it: the error goes to
+/// `skipped`, for a warning, and the key is left out. Unknown keys and bad
+/// TOML stay errors.
+pub(super) fn layer(
+    path: &Path,
+    text: &str,
+    uses: &dyn Fn(&'static Setting) -> bool,
+    skipped: &mut Vec<ConfigError>,
+) -> Result<Layer, ConfigError> {
     let root = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
         path: path.to_path_buf(),
         line: line_of(text, e.span().map(|s| s.start).unwrap_or(0)),
         message: e.message().trim().to_string(),
     })?;
-    let file = File { path, text };
+    let file = File {
+        path,
+        text,
+        uses,
+        skipped: std::cell::RefCell::new(skipped),
+    };
     let mut found = Vec::new();
     file.walk(root.get_ref(), "", &mut found)?;
     let given = |s: &'static Setting| found.iter().find(|e: &&Entry| e.given_as.name == s.name);
@@ -39,6 +54,8 @@ pub(super) fn layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
 struct File<'a> {
     path: &'a Path,
     text: &'a str,
+    uses: &'a dyn Fn(&'static Setting) -> bool,
+    skipped: std::cell::RefCell<&'a mut Vec<ConfigError>>,
 }
 
 impl File<'_> {
@@ -61,7 +78,16 @@ impl File<'_> {
             let name = dotted(prefix, k.get_ref());
             let origin = self.at(v.span().start);
             if let Some(key) = SETTINGS.iter().find(|s| s.name == name) {
-                let value = value::from_toml(key, v.get_ref(), &origin)?;
+                let checked = value::from_toml(key, v.get_ref(), &origin)
+                    .and_then(|value| value::validate(key, &value, &origin).map(|()| value));
+                let value = match checked {
+                    Ok(value) => value,
+                    Err(e) if !(self.uses)(key) => {
+                        self.skipped.borrow_mut().push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 found.push(Entry {
                     value,
                     origin,

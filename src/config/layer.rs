@@ -158,8 +158,8 @@ pub(super) fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, Co
 
 /// Values given on the command line, by setting name (a file form under
 /// its own name); the CLI fills it from the flags of the table, tests by
-/// hand. Every value is a string as typed (clap has checked its syntax),
-/// parsed here like an environment variable's.
+/// hand. Every value is a string as typed (clap checks nothing but paths),
+/// parsed here like an environment variable's, for one message.
 #[derive(Clone, Default)]
 pub struct Flags {
     given: BTreeMap<&'static str, Vec<String>>,

@@ -194,12 +194,15 @@ pub enum ConfigError {
         origin: Origin,
     },
     /// A `*_file` secret (or key file) cannot be read.
-    #[error("{key} {origin}: cannot read {}: {error}", path.display())]
+    #[error("{key} {origin}: cannot read {}: {error}{hint}", path.display())]
     SecretFile {
         key: &'static str,
         origin: Origin,
         path: PathBuf,
         error: std::io::Error,
+        /// How a relative name was looked up, when systemd did not set
+        /// `$CREDENTIALS_DIRECTORY`; else empty.
+        hint: String,
     },
 }
 
@@ -299,6 +302,8 @@ pub struct Settings {
     secret_files: BTreeMap<&'static str, PathBuf>,
     /// The config file and every file a secret was read from.
     watched: Vec<PathBuf>,
+    /// Bad values in the file of keys this command does not use, left out.
+    ignored: Vec<String>,
     /// What these settings were resolved from, for [`Settings::reload`].
     inputs: Arc<Inputs>,
 }
@@ -347,6 +352,13 @@ impl Settings {
         self.origins.get(key)
     }
 
+    /// Bad values in the config file of keys the command does not use
+    /// (`[server]` for `sync`): left out, each a message to log as a
+    /// warning once logging is set up.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
+    }
+
     /// The inputs these settings were resolved from.
     pub fn inputs(&self) -> &Inputs {
         &self.inputs
@@ -389,8 +401,12 @@ pub fn resolve_db(config: Option<&Path>, flag: Option<PathBuf>) -> Result<PathBu
             path: path.clone(),
             error,
         })?;
-        let file = file::layer(&path, &text)?;
+        let mut skipped = Vec::new();
+        let file = file::layer(&path, &text, &|s| s.name == db.name, &mut skipped)?;
         file.validate()?;
+        for e in skipped {
+            tracing::warn!("{e} (ignored: pitr reads only `db` from the file)");
+        }
         if let Some(value::Value::Path(p)) = file.get(db.name).map(|e| &e.value) {
             return Ok(p.clone());
         }

@@ -29,6 +29,7 @@ pub fn resolve_with(
         secret_files: BTreeMap::new(),
         watched: Vec::new(),
     };
+    let mut skipped = Vec::new();
     let file_layer = match &config_path {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|error| ConfigError::ReadConfig {
@@ -36,7 +37,7 @@ pub fn resolve_with(
                 error,
             })?;
             r.watched.push(path.clone());
-            file::layer(path, &text)?
+            file::layer(path, &text, &used_by(inputs.purpose), &mut skipped)?
         }
         None => Layer::default(),
     };
@@ -67,7 +68,24 @@ pub fn resolve_with(
     s.origins = r.origins;
     s.secret_files = r.secret_files;
     s.watched = r.watched;
+    s.ignored = skipped.iter().map(ToString::to_string).collect();
     Ok(s)
+}
+
+/// Whether the command `purpose` stands for uses a key: its flag (or its
+/// file form's) is one of the command's.
+fn used_by(purpose: Purpose) -> impl Fn(&'static Setting) -> bool {
+    let command = match purpose {
+        Purpose::Sync => super::SYNC,
+        Purpose::Serve => super::SERVE,
+    };
+    move |key| {
+        let slot = key.slot();
+        [Some(slot), slot.file_form()]
+            .into_iter()
+            .flatten()
+            .any(|s| s.flag.as_ref().is_some_and(|f| f.commands & command != 0))
+    }
 }
 
 impl Settings {
@@ -99,6 +117,7 @@ impl Settings {
             origins: BTreeMap::new(),
             secret_files: BTreeMap::new(),
             watched: Vec::new(),
+            ignored: Vec::new(),
             inputs,
         }
     }
@@ -227,6 +246,30 @@ impl Resolution {
         Ok(())
     }
 
+    /// For a relative secret file that could not be read outside systemd:
+    /// where it was looked for and how to point kvreplica at the
+    /// credentials (the example configs name them relatively, as
+    /// `LoadCredential=` wants). Empty otherwise.
+    fn lookup_hint(&self, given: &Path, origin: &Origin) -> String {
+        if self.credentials_dir.is_some() || !given.is_relative() {
+            return String::new();
+        }
+        let dir = match origin {
+            Origin::File { path, .. } => path
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "<directory of the secret files>".into()),
+            _ => "<directory of the secret files>".into(),
+        };
+        format!(
+            "\n  a relative secret file is looked up in $CREDENTIALS_DIRECTORY, which systemd sets \
+             for LoadCredential=; it is not set here, so the working directory was used. \
+             Outside systemd, set it to the directory that holds the files, e.g.\n    \
+             CREDENTIALS_DIRECTORY={dir} kvreplica check-config …\n  or name the file by \
+             its absolute path"
+        )
+    }
+
     /// Reads the file `given` names for its secret (resolved against
     /// `$CREDENTIALS_DIRECTORY`).
     fn read(&mut self, given: &Entry, file: &Path) -> Result<(String, PathBuf), ConfigError> {
@@ -236,6 +279,7 @@ impl Resolution {
             origin: given.origin.clone(),
             path: path.clone(),
             error,
+            hint: self.lookup_hint(file, &given.origin),
         })?;
         self.watched.push(path.clone());
         self.secret_files
@@ -302,6 +346,7 @@ impl Resolution {
             origin: origin.clone(),
             path: path.clone(),
             error,
+            hint: self.lookup_hint(given, origin),
         })?;
         self.watched.push(path.clone());
         Ok(path)

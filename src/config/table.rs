@@ -31,7 +31,7 @@ pub(crate) enum Kind {
     Count { min: u64, max: u64 },
     /// A humantime duration such as `"250ms"`; `positive` refuses zero.
     Duration { positive: bool },
-    /// `IP:PORT`.
+    /// `IP:PORT`, `HOST:PORT` or `:PORT` (see `value::addr`).
     Addr,
     /// A backup location URL.
     Source,

@@ -69,21 +69,19 @@ pub(super) fn parse(
             Ok(n) => Value::Count(n),
             Err(_) => return fail(format!("{raw:?} is not a whole number")),
         },
+        // humantime's own reason ("expected number at 0") is left out: it
+        // reads as a parser's, not as advice.
         Kind::Duration { .. } => match humantime::parse_duration(raw.trim()) {
             Ok(d) => Value::Duration(d),
-            Err(e) => {
+            Err(_) => {
                 return fail(format!(
-                    "{raw:?} is not a duration ({e}); write e.g. \"1s\", \"250ms\", \"7d\""
+                    "{raw:?} is not a duration: write a number and a unit, e.g. \"1s\", \"250ms\", \"7d\""
                 ))
             }
         },
-        Kind::Addr => match raw.trim().parse::<SocketAddr>() {
+        Kind::Addr => match addr(raw.trim()) {
             Ok(a) => Value::Addr(a),
-            Err(_) => {
-                return fail(format!(
-                "{raw:?} is not an address: write IP:PORT, e.g. \"127.0.0.1:4512\" or \"[::]:4512\""
-            ))
-            }
+            Err(reason) => return fail(reason),
         },
         Kind::Source => match SourceUrl::parse(raw.trim()) {
             Ok(u) => Value::Source(u),
@@ -100,6 +98,46 @@ pub(super) fn parse(
             _ => Value::Secret(SecretInput::File(PathBuf::from(raw))),
         },
     })
+}
+
+/// The address forms, for errors.
+const ADDR_FORMS: &str = "write IP:PORT, HOST:PORT or :PORT, e.g. \"127.0.0.1:4512\", \
+     \"[::1]:4512\", \"localhost:4512\" or \":4512\" (every IPv4 interface)";
+
+/// A listener address: `IP:PORT` (`[IPv6]:PORT`), `HOST:PORT` or `:PORT`.
+///
+/// `:PORT` is Go's `net.Listen` shorthand for "every interface" (denokv
+/// takes only `IP:PORT`); here it is `0.0.0.0:PORT`, every IPv4
+/// interface, as the default `server.addr` (denokv's `0.0.0.0:4512`);
+/// `[::]:PORT` adds IPv6. A host name is resolved when the settings are
+/// read, and the listener binds one of its addresses, IPv4 first (as Go
+/// does): `localhost:4512` is `127.0.0.1:4512`.
+fn addr(raw: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = raw.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let not = || format!("{raw:?} is not an address: {ADDR_FORMS}");
+    let (host, port) = raw.rsplit_once(':').ok_or_else(not)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{raw:?}: {port:?} is not a port (0 to 65535); {ADDR_FORMS}"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if host.contains([':', '[', ']', '/']) || host.chars().any(char::is_whitespace) {
+        return Err(not());
+    }
+    let found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{raw:?}: cannot resolve the host name {host:?} ({e}); {ADDR_FORMS}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{raw:?}: the host name {host:?} has no address; {ADDR_FORMS}"))
 }
 
 /// A TOML type, as errors name it.
@@ -265,6 +303,26 @@ pub(super) fn string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_take_host_names_and_the_port_alone() {
+        let ok = |s: &str| super::addr(s).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:4512"), "127.0.0.1:4512");
+        assert_eq!(ok("[::1]:4512"), "[::1]:4512");
+        assert_eq!(ok(":4512"), "0.0.0.0:4512");
+        assert_eq!(ok("localhost:4512"), "127.0.0.1:4512");
+        for bad in [
+            "4512",
+            "localhost",
+            ":port",
+            "a b:1",
+            "[::1:4512",
+            "x:70000",
+        ] {
+            let e = super::addr(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT or :PORT"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn strings_are_escaped() {
         assert_eq!(super::string(r#"a"b\c"#), r#""a\"b\\c""#);

@@ -148,6 +148,16 @@ impl<'a> HistoryView<'a> {
         HistoryView { conn, state }
     }
 
+    /// How many recoverable points carry the time `ts_ms`. A backup stamps
+    /// commits with its objects' times, so several commits often share one:
+    /// a checkout by that time lands on the newest of them.
+    pub fn points_at(&self, ts_ms: i64) -> Result<u64, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("select count(*) from kvr_points where ts_ms = ?1")?;
+        Ok(stmt.query_row([ts_ms], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// Recoverable points with `start_ms <= time < end_ms`, newest first, at
     /// most `limit`, strictly older than `before` when paginating.
     pub fn points(

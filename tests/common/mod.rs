@@ -354,7 +354,10 @@ pub fn pitr_list(db: &Path) -> Vec<(String, String)> {
         .unwrap()
         .lines()
         .map(|l| {
-            let (vs, t) = l.split_once('\t').expect("tab-separated line");
+            // <versionstamp>\t<time>[\t<n> points at this time]
+            let mut fields = l.split('\t');
+            let vs = fields.next().unwrap();
+            let t = fields.next().expect("tab-separated line");
             (vs.to_string(), t.to_string())
         })
         .collect();
