@@ -191,7 +191,10 @@ fn one_address_cannot_hold_every_connection_slot() {
         assert!(*took < Duration::from_secs(2), "a read took {took:?}");
     }
     assert_eq!(held, PER_ADDRESS, "{summary}");
-    assert_eq!(refused, FLOOD - PER_ADDRESS, "{summary}");
+    // The rest are refused: answered 503 while few are being answered
+    // (the server bounds that work), closed at once beyond.
+    assert_eq!(refused + closed, FLOOD - PER_ADDRESS, "{summary}");
+    assert!(refused > 0, "{summary}");
     drop(fates);
 
     let text = http(

@@ -22,6 +22,7 @@ use common::Sample;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::client::Resumption;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
@@ -164,21 +165,25 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
-/// The served TLS files, at fixed names the server is configured with:
-/// symbolic links into a directory of their own (as Kubernetes mounts
-/// secrets), which the server does not watch.
+/// The served TLS files, at fixed names the server is configured with,
+/// alone in their directory (which the server watches): symbolic links
+/// into another directory (as Kubernetes mounts secrets), which it does
+/// not watch.
 struct Served {
     cert: PathBuf,
     key: PathBuf,
+    _links: tempfile::TempDir,
     behind: tempfile::TempDir,
 }
 
 impl Served {
-    fn install(ca: &TestCa, (cert, key): &(PathBuf, PathBuf)) -> Served {
+    fn install((cert, key): &(PathBuf, PathBuf)) -> Served {
+        let links = tempfile::tempdir().unwrap();
         let behind = tempfile::tempdir().unwrap();
         let served = Served {
-            cert: ca.path("served-cert.pem"),
-            key: ca.path("served-key.pem"),
+            cert: links.path().join("served-cert.pem"),
+            key: links.path().join("served-key.pem"),
+            _links: links,
             behind,
         };
         served.change_behind(cert, key);
@@ -241,6 +246,9 @@ fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Every connection a full handshake: a resumed session reports the
+    // certificate of the session it resumed.
+    config.resumption = Resumption::disabled();
     TlsConnector::from(Arc::new(config))
 }
 
@@ -258,11 +266,46 @@ async fn connect(tls: &TlsConnector, addr: &str) -> (Tls, Vec<u8>, Option<Vec<u8
     (s, cert, alpn)
 }
 
-/// `GET /healthz` over an HTTP/1.1 keep-alive connection: the status.
-async fn healthz(s: &mut Tls) -> u16 {
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
+/// One listener: its `host:port` and a request it answers 200.
+struct Target {
+    addr: String,
+    probe: Vec<u8>,
+}
+
+/// KV Connect (its metadata exchange) and the admin API (`/healthz`).
+fn targets(server: &ServeProcess) -> [Target; 2] {
+    let addr = |url: String| url.trim_start_matches("https://").to_string();
+    [
+        Target {
+            addr: addr(server.kv_url()),
+            probe: metadata_request(),
+        },
+        Target {
+            addr: addr(server.admin_url()),
+            probe: b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".to_vec(),
+        },
+    ]
+}
+
+/// KV Connect's metadata exchange as an HTTP/1.1 request.
+fn metadata_request() -> Vec<u8> {
+    {
+        let body = br#"{"supportedVersions":[2,3]}"#;
+        let mut r = format!(
+            "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            common::serve::ACCESS_TOKEN,
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+}
+
+/// One request over an HTTP/1.1 keep-alive connection: the status.
+async fn exchange(s: &mut Tls, request: &[u8]) -> u16 {
+    s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -314,7 +357,7 @@ fn final_keys(sample: &Sample) -> u64 {
 fn deno_node_and_the_admin_api_over_tls() {
     let mut ca = TestCa::new();
     let leaf = ca.issue("leaf");
-    let served = Served::install(&ca, &leaf);
+    let served = Served::install(&leaf);
     let dir = tempfile::tempdir().unwrap();
     let (server, sample) = serve_tls(dir.path(), &served, &ca.ca(), &[]);
     let url = server.kv_url();
@@ -382,17 +425,16 @@ fn deno_node_and_the_admin_api_over_tls() {
     // listeners; plain HTTP on a TLS port gets no answer.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let kv = url.trim_start_matches("https://");
-        let admin = server.admin_url();
-        let admin = admin.trim_start_matches("https://");
-        for addr in [kv, admin] {
+        let targets = targets(&server);
+        for t in &targets {
+            let addr = &t.addr;
             let (_, _, alpn) = connect(&connector(&ca.ca(), &[b"h2", b"http/1.1"]), addr).await;
             assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "{addr}");
             let (mut s, _, alpn) = connect(&connector(&ca.ca(), &[b"http/1.1"]), addr).await;
             assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "{addr}");
-            assert_eq!(healthz(&mut s).await, 200, "{addr}");
+            assert_eq!(exchange(&mut s, &t.probe).await, 200, "{addr}");
         }
-        let mut plain = TcpStream::connect(kv).await.unwrap();
+        let mut plain = TcpStream::connect(&targets[0].addr).await.unwrap();
         plain
             .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -409,11 +451,11 @@ fn deno_node_and_the_admin_api_over_tls() {
     assert!(!log.contains("plain HTTP"), "{log}");
 }
 
-/// Opens a connection to `addr` and checks it is served with `cert`.
-async fn assert_serves(h1: &TlsConnector, addr: &str, cert: &Path, what: &str) {
-    let (mut s, got, _) = connect(h1, addr).await;
-    assert_eq!(got, der(cert), "{addr}: {what}");
-    assert_eq!(healthz(&mut s).await, 200, "{addr}: {what}");
+/// Opens a connection to `t` and checks it is served with `cert`.
+async fn assert_serves(h1: &TlsConnector, t: &Target, cert: &Path, what: &str) {
+    let (mut s, got, _) = connect(h1, &t.addr).await;
+    assert_eq!(got, der(cert), "{}: {what}", t.addr);
+    assert_eq!(exchange(&mut s, &t.probe).await, 200, "{}: {what}", t.addr);
 }
 
 #[test]
@@ -422,33 +464,29 @@ fn a_rotated_certificate_serves_new_connections_and_spares_open_ones() {
     let first = ca.issue("first");
     let second = ca.issue("second");
     let third = ca.issue("third");
-    let served = Served::install(&ca, &first);
+    let served = Served::install(&first);
     let dir = tempfile::tempdir().unwrap();
     let (server, _sample) = serve_tls(dir.path(), &served, &ca.ca(), &[]);
-    let kv_url = server.kv_url();
-    let admin_url = server.admin_url();
-    let addrs = [
-        kv_url.trim_start_matches("https://"),
-        admin_url.trim_start_matches("https://"),
-    ];
+    let targets = targets(&server);
     let h1 = connector(&ca.ca(), &[b"http/1.1"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // Open connections on both listeners, on the first certificate.
     let mut open = rt.block_on(async {
         let mut open = Vec::new();
-        for addr in addrs {
-            let (mut s, cert, _) = connect(&h1, addr).await;
-            assert_eq!(cert, der(&first.0), "{addr}");
-            assert_eq!(healthz(&mut s).await, 200);
+        for t in &targets {
+            let (mut s, cert, _) = connect(&h1, &t.addr).await;
+            assert_eq!(cert, der(&first.0), "{}", t.addr);
+            assert_eq!(exchange(&mut s, &t.probe).await, 200);
             open.push(s);
         }
         open
     });
     let check_open = |open: &mut Vec<Tls>, what: &str| {
         rt.block_on(async {
-            for (s, addr) in open.iter_mut().zip(addrs) {
-                assert_eq!(healthz(s).await, 200, "{addr}: the open connection, {what}");
+            for (s, t) in open.iter_mut().zip(&targets) {
+                let status = exchange(s, &t.probe).await;
+                assert_eq!(status, 200, "{}: the open connection, {what}", t.addr);
             }
         })
     };
@@ -456,7 +494,7 @@ fn a_rotated_certificate_serves_new_connections_and_spares_open_ones() {
     // SIGHUP: files changed where no watch sees them are read on SIGHUP.
     served.change_behind(&second.0, &second.1);
     std::thread::sleep(Duration::from_secs(1));
-    rt.block_on(assert_serves(&h1, addrs[0], &first.0, "before SIGHUP"));
+    rt.block_on(assert_serves(&h1, &targets[0], &first.0, "before SIGHUP"));
     let status = Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()
@@ -465,8 +503,8 @@ fn a_rotated_certificate_serves_new_connections_and_spares_open_ones() {
     wait_for_log(&server, "TLS certificate reloaded", 2);
     check_open(&mut open, "after SIGHUP");
     rt.block_on(async {
-        for addr in addrs {
-            assert_serves(&h1, addr, &second.0, "after SIGHUP").await;
+        for t in &targets {
+            assert_serves(&h1, t, &second.0, "after SIGHUP").await;
         }
     });
 
@@ -475,8 +513,8 @@ fn a_rotated_certificate_serves_new_connections_and_spares_open_ones() {
     wait_for_log(&server, "TLS certificate reloaded", 4);
     check_open(&mut open, "after a rotation");
     rt.block_on(async {
-        for addr in addrs {
-            assert_serves(&h1, addr, &third.0, "after a rotation").await;
+        for t in &targets {
+            assert_serves(&h1, t, &third.0, "after a rotation").await;
         }
     });
 
@@ -491,8 +529,8 @@ fn a_rotated_certificate_serves_new_connections_and_spares_open_ones() {
     );
     check_open(&mut open, "after a broken rotation");
     rt.block_on(async {
-        for addr in addrs {
-            assert_serves(&h1, addr, &third.0, "after a broken rotation").await;
+        for t in &targets {
+            assert_serves(&h1, t, &third.0, "after a broken rotation").await;
         }
     });
 }
