@@ -39,9 +39,11 @@ struct TestCa {
     serial: u32,
 }
 
-fn openssl(args: &[&str], cwd: &Path) {
+/// Runs `openssl` with `args`, split at whitespace.
+fn openssl(args: &str, cwd: &Path) {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new("openssl")
-        .args(args)
+        .args(&args)
         .current_dir(cwd)
         .output()
         .expect("the openssl command line (the TLS tests generate their certificates with it)");
@@ -52,31 +54,17 @@ fn openssl(args: &[&str], cwd: &Path) {
     );
 }
 
+/// `openssl req` arguments for a new ECDSA P-256 key, unencrypted.
+const NEW_KEY: &str = "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+
 impl TestCa {
     fn new() -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=kvreplica test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign",
-            ],
+            &format!(
+                "{NEW_KEY} -x509 -keyout ca.key -out ca.pem -days 2 -subj /CN=kvreplica-test-CA \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+            ),
             dir.path(),
         );
         std::fs::write(
@@ -106,41 +94,14 @@ impl TestCa {
         );
         let serial = self.serial.to_string();
         openssl(
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
+            &format!("{NEW_KEY} -keyout {key} -out {csr} -subj /CN=127.0.0.1"),
             self.dir.path(),
         );
         openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                &serial,
-                "-days",
-                "2",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                &cert,
-            ],
+            &format!(
+                "x509 -req -in {csr} -CA ca.pem -CAkey ca.key -set_serial {serial} -days 2 \
+                 -extfile leaf.ext -out {cert}"
+            ),
             self.dir.path(),
         );
         (self.path(&cert), self.path(&key))
@@ -577,48 +538,46 @@ fn bad_certificate_files_are_refused_naming_the_file() {
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let garbage = garbage.to_str().unwrap();
 
-    let refused_start = |args: &[&str]| refused_start(ca.dir.path(), args);
-    let e = refused_start(&["--tls-cert-file", missing, "--tls-key-file", key]);
-    assert!(
-        e.contains("server.tls_cert_file") && e.contains(missing),
-        "{e}"
-    );
-    let e = refused_start(&[
-        "--admin-tls-cert-file",
-        cert,
-        "--admin-tls-key-file",
-        missing,
-    ]);
-    assert!(
-        e.contains("admin.tls_key_file") && e.contains(missing),
-        "{e}"
-    );
-    let e = refused_start(&["--tls-cert-file", cert]);
-    assert!(
-        e.contains("server.tls_cert_file is set but server.tls_key_file is not"),
-        "{e}"
-    );
-    let e = refused_start(&["--tls-cert-file", cert, "--tls-key-file", other_key]);
-    assert!(
-        e.contains(&format!(
-            "the TLS key in {other_key} does not belong to the certificate in {cert}"
-        )),
-        "{e}"
-    );
-    let e = refused_start(&["--tls-cert-file", garbage, "--tls-key-file", key]);
-    assert!(
-        e.contains(&format!(
-            "the TLS certificate file {garbage} holds no PEM certificate"
-        )),
-        "{e}"
-    );
-    let e = refused_start(&["--tls-cert-file", cert, "--tls-key-file", garbage]);
-    assert!(
-        e.contains(&format!(
-            "the TLS key file {garbage} holds no usable private key"
-        )),
-        "{e}"
-    );
+    let half = "server.tls_cert_file is set but server.tls_key_file is not".to_string();
+    let mismatch =
+        format!("the TLS key in {other_key} does not belong to the certificate in {cert}");
+    let no_cert = format!("the TLS certificate file {garbage} holds no PEM certificate");
+    let no_key = format!("the TLS key file {garbage} holds no usable private key");
+    let cases: [(&[&str], Vec<String>); 6] = [
+        (
+            &["--tls-cert-file", missing, "--tls-key-file", key],
+            vec!["server.tls_cert_file".into(), missing.into()],
+        ),
+        (
+            &[
+                "--admin-tls-cert-file",
+                cert,
+                "--admin-tls-key-file",
+                missing,
+            ],
+            vec!["admin.tls_key_file".into(), missing.into()],
+        ),
+        (&["--tls-cert-file", cert], vec![half]),
+        (
+            &["--tls-cert-file", cert, "--tls-key-file", other_key],
+            vec![mismatch],
+        ),
+        (
+            &["--tls-cert-file", garbage, "--tls-key-file", key],
+            vec![no_cert],
+        ),
+        (
+            &["--tls-cert-file", cert, "--tls-key-file", garbage],
+            vec![no_key],
+        ),
+    ];
+    let mut e = String::new();
+    for (args, wanted) in cases {
+        e = refused_start(ca.dir.path(), args);
+        for w in wanted {
+            assert!(e.contains(&w), "serve {args:?}: no {w:?} in:\n{e}");
+        }
+    }
     // Key material never shows in an error.
     let key_text = std::fs::read_to_string(key).unwrap();
     let body = key_text.lines().nth(1).unwrap();
