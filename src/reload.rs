@@ -1,7 +1,8 @@
 //! Hot reload: when the config file or a secret file changes (or on
 //! SIGHUP), re-read the configuration and apply what can change safely in a
-//! running replica: access tokens, the admin token, the poll interval and
-//! the log level. Everything else (source, replica file, addresses) needs a
+//! running replica: access tokens, the admin token, the poll interval, the
+//! log level and the listeners' TLS certificates (re-read on every reload,
+//! since a certificate renewed in place keeps its file name). Everything else (source, replica file, addresses) needs a
 //! restart, and a reload that changes it says so in the log.
 //!
 //! An invalid new configuration is refused with a log line and the old one

@@ -3,7 +3,8 @@
 //!
 //! One listener speaks HTTP/1.1 (Node's fetch) and HTTP/2 cleartext with
 //! prior knowledge (the Deno CLI): warp's server detects the HTTP/2
-//! preface on each connection. The metadata exchange (`POST /`) hands out
+//! preface on each connection. With a certificate ([`tls`]) it speaks TLS
+//! instead, offering HTTP/2 and HTTP/1.1 by ALPN. The metadata exchange (`POST /`) hands out
 //! the data path `/v2`; `snapshot_read` and `watch` read the visible state
 //! through a pool of read-only SQLite connections, and `atomic_write` is
 //! refused. Nothing here ever writes to the replica.
