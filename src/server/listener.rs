@@ -686,7 +686,11 @@ pub(crate) async fn serve<S, B>(
                     "one client address reached its connection limit: its new connections are refused"
                 );
             }
-            if let Ok(place) = refusing.clone().try_acquire_owned() {
+            // A TLS connection is closed at once (see `refuse`); a plain
+            // one is answered while few are, else closed.
+            if tls {
+                drop(stream);
+            } else if let Ok(place) = refusing.clone().try_acquire_owned() {
                 tasks.spawn(async move {
                     let _place = place;
                     refuse(stream, tls).await
