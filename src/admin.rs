@@ -431,7 +431,7 @@ pub fn routes(
 /// the admin listener's [`limits`].
 pub async fn serve(
     ctx: Arc<AdminContext>,
-    listener: tokio::net::TcpListener,
+    listener: impl Into<crate::server::Listener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     serve_with(ctx, listener, limits(), shutdown).await
@@ -440,14 +440,16 @@ pub async fn serve(
 /// [`serve`] with other limits.
 pub async fn serve_with(
     ctx: Arc<AdminContext>,
-    listener: tokio::net::TcpListener,
+    listener: impl Into<crate::server::Listener>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let listener = listener.into();
+    let scheme = listener.scheme();
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     match addr {
-        Some(addr) => tracing::info!(%addr, "admin API listening"),
-        None => tracing::info!("admin API listening"),
+        Some(addr) => tracing::info!(%addr, scheme, "admin API listening"),
+        None => tracing::info!(scheme, "admin API listening"),
     }
     let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(ctx)));
     crate::server::listener::serve("admin", service, listener, limits, shutdown).await;

@@ -32,7 +32,8 @@
 //!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
-//!   accept loop and its limits, reads, watch.
+//!   accept loop and its limits (both listeners), TLS with certificate
+//!   rotation (`server::tls`), reads, watch.
 //! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
 //! - [`auth`]: bearer tokens shared by both listeners.
 //!
@@ -40,8 +41,8 @@
 //! - `config` *(internal)*: every setting declared once in one table, and
 //!   what is derived from it: flags, environment, file, precedence with
 //!   origins, `check-config`, the reload's restart list, README's table.
-//! - `reload` *(internal)*: hot reload of tokens, poll interval and log
-//!   level on a changed file or SIGHUP.
+//! - `reload` *(internal)*: hot reload of tokens, poll interval, log
+//!   level and TLS certificates on a changed file or SIGHUP.
 //! - `notify` *(internal)*: systemd readiness, status and watchdog.
 //! - `logging` *(internal)*: structured logs (plain or JSON) with a
 //!   changeable level.

@@ -1,7 +1,8 @@
 //! Hot reload: when the config file or a secret file changes (or on
 //! SIGHUP), re-read the configuration and apply what can change safely in a
-//! running replica: access tokens, the admin token, the poll interval and
-//! the log level. Everything else (source, replica file, addresses) needs a
+//! running replica: access tokens, the admin token, the poll interval, the
+//! log level and the listeners' TLS certificates (re-read on every reload,
+//! since a certificate renewed in place keeps its file name). Everything else (source, replica file, addresses) needs a
 //! restart, and a reload that changes it says so in the log.
 //!
 //! An invalid new configuration is refused with a log line and the old one
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Tokens;
 use crate::metrics;
+use crate::server::tls::{Certs, TlsPaths};
 use crate::sync::Syncer;
 
 /// Changes to the watched files arrive in bursts (write, chmod, rename):
@@ -50,6 +52,9 @@ pub struct Reloadable {
     pub restart_only: crate::config::RestartOnly,
     /// The config file and every secret file it names.
     pub files: Vec<PathBuf>,
+    /// TLS certificate and key paths of KV Connect and the admin API, in
+    /// the order of [`Targets::certs`].
+    pub tls: [TlsPaths; 2],
 }
 
 impl std::fmt::Debug for Reloadable {
@@ -66,6 +71,7 @@ impl std::fmt::Debug for Reloadable {
             .field("poll_interval", &self.poll_interval)
             .field("log_level", &self.log_level)
             .field("files", &self.files)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -78,6 +84,9 @@ pub struct Targets {
     pub access_tokens: Arc<Tokens>,
     pub admin_tokens: Arc<Tokens>,
     pub syncer: Arc<Syncer>,
+    /// Each listener's settings table (`server`, `admin`) and its
+    /// certificates, `None` for a plain listener.
+    pub certs: [(&'static str, Option<Arc<Certs>>); 2],
     /// Changes the process's log filter.
     pub set_log_level: SetLogLevel,
 }
@@ -185,6 +194,38 @@ fn apply(old: &Reloadable, new: &Reloadable, targets: &Targets) {
     }
 }
 
+/// Re-reads each TLS listener's certificate and key, on every reload:
+/// the files may have new contents under the same names. A changed pair
+/// serves new handshakes; open connections keep theirs. A bad pair is
+/// refused and the current one stays. Turning TLS on or off needs a
+/// restart.
+fn reload_certs(new: &Reloadable, targets: &Targets) {
+    for ((listener, certs), paths) in targets.certs.iter().zip(&new.tls) {
+        let files = match paths.files(listener) {
+            Ok(files) => files,
+            Err(e) => {
+                metrics::error("tls_reload");
+                tracing::error!(error = %e, "TLS certificate not reloaded");
+                continue;
+            }
+        };
+        match (certs, files) {
+            (Some(certs), Some(files)) => match certs.reload(&files) {
+                Ok(true) => {
+                    tracing::info!(listener, cert = %files.cert.display(), "TLS certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    metrics::error("tls_reload");
+                    tracing::error!(listener, error = %e, "TLS certificate not reloaded; keeping the current one");
+                }
+            },
+            (None, None) => {}
+            _ => tracing::warn!(listener, "turning TLS on or off takes a restart"),
+        }
+    }
+}
+
 /// Watches the configuration until `stop` resolves, applying each valid
 /// change. `current` is what the process runs with now.
 pub async fn run(
@@ -272,6 +313,9 @@ pub async fn run(
         let loaded = tokio::task::spawn_blocking(move || load())
             .await
             .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        if let Ok(new) = &loaded {
+            reload_certs(new, &targets);
+        }
         match loaded {
             Ok(new) if new == current => {
                 if trigger == Trigger::Sighup {

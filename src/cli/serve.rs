@@ -16,7 +16,8 @@ use crate::auth::Tokens;
 use crate::config::{Inputs, RestartOnly, SettingArgs, Settings, SERVE};
 use crate::notify;
 use crate::reload;
-use crate::server::{self, KvConnect, ServerOptions};
+use crate::server::tls::{Certs, TlsPaths};
+use crate::server::{self, KvConnect, Limits, Listener, ServerOptions};
 use crate::store::Store;
 use crate::sync::Syncer;
 
@@ -47,6 +48,36 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for {what}"))
 }
 
+/// Binds one listener, with TLS when `tls` names a certificate and key
+/// (their certificates, for reloads); plain HTTP on an address other
+/// machines can reach is worth one warning.
+async fn listen(
+    addr: SocketAddr,
+    what: &str,
+    tls: &TlsPaths,
+    table: &'static str,
+) -> anyhow::Result<(Listener, Option<Arc<Certs>>)> {
+    let certs = match tls.files(table)? {
+        Some(files) => Some(Certs::load(files)?),
+        None => None,
+    };
+    let tcp = bind(addr, what).await?;
+    Ok(match certs {
+        Some(certs) => (Listener::tls(tcp, certs.clone()), Some(certs)),
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "{what} serves plain HTTP on an address other machines can reach: tokens travel \
+                     in clear text; set {table}.tls_cert_file and {table}.tls_key_file, or listen on \
+                     127.0.0.1 behind a TLS proxy"
+                );
+            }
+            (tcp.into(), None)
+        }
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.inputs().resolve()?;
     let log = crate::logging::init(settings.log.format, &settings.log.level)?;
@@ -58,8 +89,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
     let syncer = Arc::new(Syncer::new(source, store, settings.sync.clone())?);
 
-    let kv_listener = bind(settings.addr, "KV Connect").await?;
-    let admin_listener = bind(settings.admin_addr, "the admin API").await?;
+    let (kv_listener, kv_certs) =
+        listen(settings.addr, "KV Connect", &settings.tls, "server").await?;
+    let (admin_listener, admin_certs) = listen(
+        settings.admin_addr,
+        "the admin API",
+        &settings.admin_tls,
+        "admin",
+    )
+    .await?;
     let database_id = server::database_id(&url);
     let kv = KvConnect::new(
         syncer.clone(),
@@ -68,7 +106,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokens: access_tokens.clone(),
             database_id,
             readers: settings.readers,
-            limits: Default::default(),
+            limits: Limits {
+                max_connections_per_address: settings.max_connections_per_address,
+                ..Default::default()
+            },
         },
     )?;
     let admin_ctx = AdminContext::new(syncer.clone(), admin_tokens.clone(), &db)?;
@@ -104,6 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             access_tokens,
             admin_tokens,
             syncer: syncer.clone(),
+            certs: [("server", kv_certs), ("admin", admin_certs)],
             set_log_level: Box::new(move |level| log.set_level(level).map_err(|e| e.to_string())),
         },
         stopped(stop_rx.clone()),
@@ -142,6 +184,7 @@ fn reloadable(settings: &Settings) -> reload::Reloadable {
         poll_interval: settings.sync.poll_interval,
         log_level: settings.log.level.clone(),
         restart_only: RestartOnly::of(settings),
+        tls: [settings.tls.clone(), settings.admin_tls.clone()],
         files: settings.watched_files().to_vec(),
     }
 }

@@ -294,6 +294,13 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Read-only SQLite connections serving KV Connect (`server.readers`).
     pub readers: usize,
+    /// KV Connect's TLS certificate and key (`server.tls_*_file`).
+    pub tls: crate::server::tls::TlsPaths,
+    /// Open KV Connect connections per client address
+    /// (`server.max_connections_per_address`).
+    pub max_connections_per_address: usize,
+    /// The admin API's TLS certificate and key (`admin.tls_*_file`).
+    pub admin_tls: crate::server::tls::TlsPaths,
     /// Log level and format (`[log]`).
     pub log: LogSettings,
     /// Where each key's value came from, by dotted key name.

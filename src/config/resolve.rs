@@ -110,6 +110,9 @@ impl Settings {
             admin_addr: addr("127.0.0.1:4513"),
             admin_token: None,
             readers: crate::server::default_readers(),
+            tls: Default::default(),
+            max_connections_per_address: crate::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            admin_tls: Default::default(),
             log: super::LogSettings {
                 level: "info".into(),
                 format: super::LogFormat::default(),

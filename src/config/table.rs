@@ -461,6 +461,18 @@ settings! {
     /// Read-only SQLite connections serving KV Connect requests
     "server.readers": Kind::Count { min: 1, max: ANY } => field(readers), flag "--readers" <N> @26 in SERVE,
         env ["KVREPLICA_READERS"], default "2 per core, 4 to 32",
+    /// PEM certificate chain for KV Connect over TLS
+    /// (Deno.openKv("https://HOST:PORT")); with server.tls_key_file.
+    /// Re-read when it changes
+    "server.tls_cert_file": Kind::KeyFile => field(tls.cert_file), flag "--tls-cert-file" <PATH> @27 in SERVE,
+        env ["KVREPLICA_TLS_CERT_FILE"], reloadable true,
+    /// PEM private key of server.tls_cert_file
+    "server.tls_key_file": Kind::KeyFile => field(tls.key_file), flag "--tls-key-file" <PATH> @28 in SERVE,
+        env ["KVREPLICA_TLS_KEY_FILE"], reloadable true,
+    /// Open KV Connect connections from one client address (IPv6: one
+    /// /64); more are refused. Behind a reverse proxy, raise it to 1024
+    "server.max_connections_per_address": Kind::Count { min: 1, max: ANY } => field(max_connections_per_address), flag "--max-connections-per-address" <N> @29 in SERVE,
+        env ["KVREPLICA_MAX_CONNECTIONS_PER_ADDRESS"],
     /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics
     "admin.addr": Kind::Addr => field(admin_addr), flag "--admin-addr" <ADDR> @23 in SERVE,
         env ["KVREPLICA_ADMIN_ADDR"],
@@ -472,6 +484,13 @@ settings! {
     /// File holding the admin token
     "admin.token_file": Kind::FileOf { of: "admin.token" } => none(), flag "--admin-token-file" <PATH> @25 in SERVE,
         env ["KVREPLICA_ADMIN_TOKEN_FILE"], reloadable true,
+    /// PEM certificate chain for the admin API over TLS; with
+    /// admin.tls_key_file. Re-read when it changes
+    "admin.tls_cert_file": Kind::KeyFile => field(admin_tls.cert_file), flag "--admin-tls-cert-file" <PATH> @30 in SERVE,
+        env ["KVREPLICA_ADMIN_TLS_CERT_FILE"], reloadable true,
+    /// PEM private key of admin.tls_cert_file
+    "admin.tls_key_file": Kind::KeyFile => field(admin_tls.key_file), flag "--admin-tls-key-file" <PATH> @31 in SERVE,
+        env ["KVREPLICA_ADMIN_TLS_KEY_FILE"], reloadable true,
     /// Log level filter, e.g. info or warn,kvreplica=debug
     "log.level": Kind::LogLevel => field(log.level), flag "--log-level" <FILTER> @18 in RUN,
         env ["KVREPLICA_LOG_LEVEL", "RUST_LOG"], reloadable true,

@@ -4,12 +4,17 @@
 //!
 //! Each connection speaks HTTP/1.1 or HTTP/2 cleartext with prior
 //! knowledge (hyper-util's `auto` builder detects the h2 preface), so the
-//! Deno CLI (h2c) and `@deno/kv` (HTTP/1.1) share one port.
+//! Deno CLI (h2c) and `@deno/kv` (HTTP/1.1) share one port. A listener
+//! with TLS ([`Listener::tls`]) offers HTTP/2 and HTTP/1.1 by ALPN instead.
 //!
 //! What a connection may do:
+//! - One client address (an IPv4 address, an IPv6 /64) holds at most
+//!   [`Limits::max_connections_per_address`]; a connection over that is
+//!   refused at once, so one address cannot take every slot.
 //! - It waits for a free slot when [`Limits::max_connections`] are open,
 //!   for at most [`CONNECTION_WAIT`]; then it is answered 503 (HTTP/1.1) or
-//!   GOAWAY (h2c) and closed.
+//!   GOAWAY (h2c) and closed. (With TLS it is closed without an answer.)
+//! - A TLS handshake must finish within [`Limits::header_read_timeout`].
 //! - Its first request, and on HTTP/1 every request's headers, must arrive
 //!   within [`Limits::header_read_timeout`] (slowloris). On HTTP/1 the same
 //!   timer closes a keep-alive connection idle for that long.
@@ -26,8 +31,10 @@
 //! in-flight requests (HTTP/2: GOAWAY) and whatever is left after
 //! [`SHUTDOWN_GRACE`] is dropped.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,16 +44,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use warp::http::header::CONNECTION;
 use warp::http::{HeaderValue, Request, Response, Version};
 use warp::hyper;
 use warp::hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::tls::Certs;
 use crate::metrics;
 
 /// Bounds on what clients of one listener may hold. The defaults suit a
@@ -59,6 +68,14 @@ pub struct Limits {
     /// [`CONNECTION_WAIT`] for a slot, then is refused. Keep it under the
     /// process's file limit (the systemd unit sets 65536).
     pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64), counted
+    /// within [`Limits::max_connections`]. Connections before
+    /// authentication cost the same as any, so without this bound one
+    /// host reconnecting in a loop could hold every slot and turn real
+    /// clients away. A connection over it is refused at once. Behind a
+    /// reverse proxy every client has the proxy's address: raise it to
+    /// `max_connections` there.
+    pub max_connections_per_address: usize,
     /// Open `watch` streams across all connections (KV Connect only).
     /// Every stream re-reads its keys when a commit becomes visible, so
     /// this bounds the read work of one commit. Over the cap, a new
@@ -83,6 +100,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_watch_streams: 1000,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -91,6 +109,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// [`Limits::max_connections_per_address`] by default: an eighth of the
+/// connection cap, far above what the applications of one host open (the
+/// Deno CLI uses one HTTP/2 connection per database).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 
 /// How long a connection over [`Limits::max_connections`] waits for a
 /// slot before it is refused.
@@ -498,12 +521,117 @@ fn tune(stream: &TcpStream, limits: &Limits) {
     let _ = limits;
 }
 
+/// A bound listener, plain or with TLS. A `TcpListener` converts into a
+/// plain one.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<Certs>>,
+}
+
+impl Listener {
+    /// Connections to `tcp` speak TLS with the certificate `certs` holds
+    /// at the time of their handshake.
+    pub fn tls(tcp: TcpListener, certs: Arc<Certs>) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(certs),
+        }
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// `https` with TLS, else `http`: for logs.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+}
+
+/// The key one client address is counted under: an IPv4 address (also
+/// when it arrives mapped into IPv6), or the /64 of an IPv6 address, the
+/// block one host usually holds.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts a connection from `ip`, unless that address has `cap` open.
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= cap.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Logs a warning at most once a minute.
+struct RareWarning(Option<Instant>);
+
+impl RareWarning {
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves. `what` names
 /// the listener in logs and metrics.
 pub(crate) async fn serve<S, B>(
     what: &'static str,
     service: S,
-    listener: TcpListener,
+    listener: Listener,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -521,31 +649,62 @@ pub(crate) async fn serve<S, B>(
 {
     let builder = Arc::new(builder(&limits));
     let limits = Arc::new(limits);
+    let acceptor = listener.tls.as_ref().map(Certs::acceptor);
+    let listener = listener.tcp;
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = Arc::new(PerAddress::default());
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    // Connections refused for their address, being answered at once.
+    let refusing = Arc::new(Semaphore::new(MAX_WAITING));
     let (closing_tx, closing) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut last_warning: Option<Instant> = None;
+    let mut full_warning = RareWarning(None);
+    let mut address_warning = RareWarning(None);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 accept_failed(what, e).await;
                 continue;
             }
         };
         tune(&stream, &limits);
+        let tls = acceptor.is_some();
+        let Some(address) = per_address.take(peer.ip(), limits.max_connections_per_address) else {
+            metrics::error("address_connection_limit");
+            if address_warning.due() {
+                tracing::warn!(
+                    listener = what,
+                    address = %address_key(peer.ip()),
+                    max_connections_per_address = limits.max_connections_per_address,
+                    "one client address reached its connection limit: its new connections are refused"
+                );
+            }
+            // A TLS connection is closed at once (see `refuse`); a plain
+            // one is answered while few are, else closed.
+            if tls {
+                drop(stream);
+            } else if let Ok(place) = refusing.clone().try_acquire_owned() {
+                tasks.spawn(async move {
+                    let _place = place;
+                    refuse(stream, tls).await
+                });
+            }
+            continue;
+        };
         let conn = Conn {
             builder: builder.clone(),
             service: service.clone(),
             limits: limits.clone(),
             closing: closing.clone(),
+            tls: acceptor.clone(),
+            _address: address,
         };
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
@@ -553,8 +712,7 @@ pub(crate) async fn serve<S, B>(
             }
             Err(_) => {
                 metrics::error("connection_limit");
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    last_warning = Some(Instant::now());
+                if full_warning.due() {
                     tracing::warn!(
                         listener = what,
                         max_connections = limits.max_connections,
@@ -573,7 +731,7 @@ pub(crate) async fn serve<S, B>(
                             drop(_place);
                             conn.run(stream, slot).await
                         }
-                        _ => refuse(stream).await,
+                        _ => refuse(stream, tls).await,
                     }
                 });
             }
@@ -614,10 +772,15 @@ async fn accept_failed(what: &str, e: std::io::Error) {
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Refuses a connection over the cap in the client's protocol: a 503 for
+/// Refuses a connection over a cap in the client's protocol: a 503 for
 /// HTTP/1, a GOAWAY (ENHANCE_YOUR_CALM) for h2c. Reads what the client
 /// sent for a moment after, so closing does not reset the answer away.
-async fn refuse(mut stream: TcpStream) {
+/// A TLS connection is closed before its handshake: answering would cost
+/// the handshake the cap is there to save.
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
     const MESSAGE: &str = "Too many connections to this replica; try again shortly.\n";
     let mut first = [0u8; 24];
     let n = stream.try_read(&mut first).unwrap_or(0);
@@ -666,6 +829,9 @@ struct Conn<S> {
     service: S,
     limits: Arc<Limits>,
     closing: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+    /// Counts the connection against its client's address while it lives.
+    _address: AddressSlot,
 }
 
 impl<S, B> Conn<S>
@@ -681,9 +847,32 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Serves the connection until it ends, an idle or stall deadline
-    /// fires, or the server shuts down. `slot` is held throughout.
-    async fn run(mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+    /// Serves the connection (after its TLS handshake, on a TLS listener)
+    /// until it ends, an idle or stall deadline fires, or the server shuts
+    /// down. `slot` is held throughout.
+    async fn run(self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve(stream, slot).await;
+        };
+        // A handshake is bounded like a request's headers (slowloris).
+        let timeout = self.limits.header_read_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve(tls, slot).await,
+            Ok(Err(e)) => {
+                metrics::error("tls_handshake");
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                metrics::error("tls_handshake");
+                tracing::debug!("closing a connection whose TLS handshake did not finish in time");
+            }
+        }
+    }
+
+    async fn serve<I>(mut self, io: I, slot: OwnedSemaphorePermit)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let _slot = slot;
         let activity = Activity::new();
         let service = ConnService {
@@ -691,7 +880,7 @@ where
             activity: activity.clone(),
             body_timeout: self.limits.body_read_timeout,
         };
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         // How long the connection may take to wind down once told to.
         let grace = loop {
@@ -781,6 +970,22 @@ mod tests {
         }
         assert!(is_body_timeout(&Outer(BodyTimeout(Duration::from_secs(1)))));
         assert!(!is_body_timeout(&std::fmt::Error));
+    }
+
+    #[test]
+    fn addresses_count_by_host() {
+        let key = |s: &str| address_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        let table = Arc::new(PerAddress::default());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = table.take(ip, 2).unwrap();
+        let _b = table.take(ip, 2).unwrap();
+        assert!(table.take(ip, 2).is_none());
+        assert!(table.take("127.0.0.2".parse().unwrap(), 2).is_some());
+        drop(a);
+        assert!(table.take(ip, 2).is_some());
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //!
 //! One listener speaks HTTP/1.1 (Node's fetch) and HTTP/2 cleartext with
 //! prior knowledge (the Deno CLI): warp's server detects the HTTP/2
-//! preface on each connection. The metadata exchange (`POST /`) hands out
+//! preface on each connection. With a certificate ([`tls`]) it speaks TLS
+//! instead, offering HTTP/2 and HTTP/1.1 by ALPN. The metadata exchange (`POST /`) hands out
 //! the data path `/v2`; `snapshot_read` and `watch` read the visible state
 //! through a pool of read-only SQLite connections, and `atomic_write` is
 //! refused. Nothing here ever writes to the replica.
@@ -19,6 +20,7 @@
 
 pub(crate) mod listener;
 mod read;
+pub mod tls;
 mod watch;
 
 use std::convert::Infallible;
@@ -46,7 +48,9 @@ use crate::source::SourceUrl;
 use crate::store::StoreError;
 use crate::sync::Syncer;
 
-pub use listener::{Limits, CONNECTION_WAIT, SHUTDOWN_GRACE};
+pub use listener::{
+    Limits, Listener, CONNECTION_WAIT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, SHUTDOWN_GRACE,
+};
 pub use read::ReaderPool;
 pub use watch::KEEPALIVE;
 
@@ -568,17 +572,20 @@ pub fn routes(
         .unify()
 }
 
-/// Serves KV Connect on `listener` (HTTP/1.1 and h2c) until `shutdown`
-/// resolves; then ends watch streams and lets in-flight requests finish
-/// (for at most [`SHUTDOWN_GRACE`]).
+/// Serves KV Connect on `listener` (HTTP/1.1 and h2c; with TLS, HTTP/2
+/// and HTTP/1.1 by ALPN) until `shutdown` resolves; then ends watch
+/// streams and lets in-flight requests finish (for at most
+/// [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     kv: Arc<KvConnect>,
-    listener: tokio::net::TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let listener = listener.into();
+    let scheme = listener.scheme();
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "KV Connect listening"),
-        Err(_) => tracing::info!("KV Connect listening"),
+        Ok(addr) => tracing::info!(%addr, scheme, "KV Connect listening"),
+        Err(_) => tracing::info!(scheme, "KV Connect listening"),
     }
     let closer = kv.clone();
     let limits = kv.limits.clone();

@@ -70,6 +70,8 @@ pub struct ServeProcess {
     log: Arc<Captured>,
     kv_addr: String,
     admin_addr: String,
+    /// The CA the clients trust, for a server with TLS on both listeners.
+    ca: Option<PathBuf>,
 }
 
 impl ServeProcess {
@@ -166,6 +168,7 @@ impl ServeProcess {
             log,
             kv_addr,
             admin_addr,
+            ca: None,
         }
     }
 
@@ -174,14 +177,29 @@ impl ServeProcess {
         self.child.id()
     }
 
+    /// For a server started with TLS on both listeners: the URLs are
+    /// `https`, and this process's requests trust the PEM CA `ca`.
+    pub fn trusting(mut self, ca: &Path) -> ServeProcess {
+        self.ca = Some(ca.to_path_buf());
+        self
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The KV Connect base URL clients open.
     pub fn kv_url(&self) -> String {
-        format!("http://{}", self.kv_addr)
+        format!("{}://{}", self.scheme(), self.kv_addr)
     }
 
     /// The admin API base URL.
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin_addr)
+        format!("{}://{}", self.scheme(), self.admin_addr)
     }
 
     /// Everything the process wrote to stderr so far.
@@ -197,7 +215,7 @@ impl ServeProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             self.assert_running();
-            match http(Method::Get, &url, &[], Vec::new()) {
+            match http_trusting(self.ca.as_deref(), Method::Get, &url, &[], Vec::new()) {
                 Ok(r) if r.status == 200 => return,
                 Ok(r) => last = format!("{} {}", r.status, r.text()),
                 Err(e) => last = e,
@@ -220,7 +238,8 @@ impl ServeProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             self.assert_running();
-            match http(Method::Get, &url, &[("authorization", &auth)], Vec::new()) {
+            let headers = [("authorization", auth.as_str())];
+            match http_trusting(self.ca.as_deref(), Method::Get, &url, &headers, Vec::new()) {
                 Ok(r) if r.status == 200 => {
                     let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
                     if v["versionstamp"] == versionstamp {
@@ -260,7 +279,8 @@ impl ServeProcess {
         } else {
             body.to_string().into_bytes()
         };
-        let r = http(
+        let r = http_trusting(
+            self.ca.as_deref(),
             method,
             &format!("{}{path}", self.admin_url()),
             &[
@@ -323,12 +343,31 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<HttpResponse, String> {
+    http_trusting(None, method, url, headers, body)
+}
+
+/// [`http`] trusting the PEM CA `ca` (only it) for `https` URLs.
+pub fn http_trusting(
+    ca: Option<&Path>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+            client = client
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+        }
+        let client = client.build().map_err(|e| e.to_string())?;
         let mut req = match method {
             Method::Get => client.get(url),
             Method::Post => client.post(url).body(body),
@@ -544,11 +583,17 @@ impl Drop for Script {
 /// Starts `deno run --unstable-kv -A tests/clients/<script> <args>` in
 /// `cwd`, with the test access token and a cache dir of its own.
 pub fn spawn_deno(script: &str, args: &[&str], cwd: &Path) -> Script {
+    spawn_deno_env(script, args, cwd, &[])
+}
+
+/// [`spawn_deno`] with extra environment variables (e.g. `DENO_CERT`).
+pub fn spawn_deno_env(script: &str, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Script {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(deno_bin());
     cmd.args(["run", "--unstable-kv", "-A"])
         .arg(clients_dir().join(script))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd);
     Script::spawn(format!("deno {script} {args:?}"), cmd, home)
 }
@@ -558,15 +603,33 @@ pub fn run_deno(script: &str, args: &[&str], cwd: &Path, timeout: Duration) -> S
     spawn_deno(script, args, cwd).wait(timeout)
 }
 
+/// [`run_deno`] with extra environment variables.
+pub fn run_deno_env(
+    script: &str,
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> ScriptOutput {
+    spawn_deno_env(script, args, cwd, env).wait(timeout)
+}
+
 /// Starts `node tests/clients/<script> <args>` with `@deno/kv` resolvable
 /// (the scripts are CommonJS, which honours NODE_PATH) and the test access
 /// token.
 pub fn spawn_node(script: &str, args: &[&str]) -> Script {
+    spawn_node_env(script, args, &[])
+}
+
+/// [`spawn_node`] with extra environment variables (e.g.
+/// `NODE_EXTRA_CA_CERTS`).
+pub fn spawn_node_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> Script {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("node");
     cmd.arg(clients_dir().join(script))
         .args(args)
         .env("NODE_PATH", node_modules())
+        .envs(env.iter().copied())
         .current_dir(home.path());
     Script::spawn(format!("node {script} {args:?}"), cmd, home)
 }
@@ -574,4 +637,14 @@ pub fn spawn_node(script: &str, args: &[&str]) -> Script {
 /// Runs a Node client script to its end, killing it after `timeout`.
 pub fn run_node(script: &str, args: &[&str], timeout: Duration) -> ScriptOutput {
     spawn_node(script, args).wait(timeout)
+}
+
+/// [`run_node`] with extra environment variables.
+pub fn run_node_env(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> ScriptOutput {
+    spawn_node_env(script, args, env).wait(timeout)
 }
