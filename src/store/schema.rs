@@ -261,9 +261,13 @@ fn list_tables(tables: &[String]) -> String {
 
 /// What a file that does not start like a SQLite database appears to be.
 fn not_sqlite(head: &[u8]) -> String {
-    let text = std::str::from_utf8(head)
-        .map(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()))
-        .unwrap_or(false);
+    // The first bytes may end inside a multi-byte character.
+    let valid = match std::str::from_utf8(head) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    let text = valid.is_some_and(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()));
     if text {
         "not a SQLite database (a text file)".into()
     } else {
