@@ -14,13 +14,12 @@ mod common;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use common::fixture::{assert_rows_eq, Fixture, Spec};
-use common::serve::{deno_bin, http, Method, ServeProcess};
+use common::serve::{deno_bin, ServeProcess};
 use common::{pitr_list, read_replica};
 use s3_server::S3Server;
 
@@ -401,24 +400,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Prometheus samples `name{labels}` → value.
-fn metrics(serve: &ServeProcess) -> BTreeMap<String, f64> {
-    let r = http(
-        Method::Get,
-        &format!("{}/metrics", serve.admin_url()),
-        &[],
-        Vec::new(),
-    )
-    .expect("GET /metrics");
-    assert_eq!(r.status, 200);
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
-}
-
 #[test]
 fn object_times_ahead_of_the_local_clock_neither_prune_nor_stall() {
     let tmp = tempfile::tempdir().unwrap();
@@ -492,7 +473,7 @@ fn object_times_ahead_of_the_local_clock_neither_prune_nor_stall() {
         let mut serve = ServeProcess::start_with_env(&args, &env);
         serve.wait_at(&last_vs);
         std::thread::sleep(Duration::from_millis(600));
-        let m = metrics(&serve);
+        let m = serve.metrics();
         let counted: f64 = m
             .iter()
             .filter(|(k, _)| k.starts_with("kvreplica_future_object_times_total"))
