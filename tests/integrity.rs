@@ -212,6 +212,19 @@ fn text_file(path: &Path) {
     std::fs::write(path, "name,total\nada,3\ngrace,4\n").unwrap();
 }
 
+/// The names of `path` and the files beside it that start with its name
+/// (`-wal`, `-shm`, `.lock`).
+fn beside(path: &Path) -> Vec<String> {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&name))
+        .collect();
+    names.sort();
+    names
+}
+
 const FOREIGN: &[Foreign] = &[
     Foreign {
         label: "another application's SQLite database",
@@ -245,6 +258,7 @@ fn files_kvreplica_did_not_create_are_refused_unchanged() {
             let db = tmp.path().join(format!("{place_label}-{i}.db"));
             (kind.make)(&db);
             let before = std::fs::read(&db).unwrap();
+            let beside_before = beside(&db);
             let out = place.sync(&place.url(), &db, &[]);
             let err = stderr(&out);
             let label = format!("{place_label}: {}", kind.label);
@@ -261,9 +275,10 @@ fn files_kvreplica_did_not_create_are_refused_unchanged() {
                 std::fs::read(&db).unwrap() == before,
                 "{label}: the file's bytes changed"
             );
-            assert!(
-                !Path::new(&format!("{}.lock", db.display())).exists(),
-                "{label}: a lock file was left beside it"
+            assert_eq!(
+                beside(&db),
+                beside_before,
+                "{label}: files were left beside it (lock, -wal, -shm)"
             );
         }
 

@@ -184,7 +184,15 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
     if !head.is_empty() && head != SQLITE_HEADER {
         return Err(refuse(not_sqlite(&head)));
     }
-    let conn = match super::open_read_only(path) {
+    // Without a write-ahead log beside it the file holds every commit, and
+    // `immutable` reads it without creating `-shm`/`-wal` files next to
+    // another program's database.
+    let opened = if has_wal(path) {
+        super::open_read_only(path)
+    } else {
+        super::open_immutable(path)
+    };
+    let conn = match opened {
         Ok(c) => c,
         Err(StoreError::Sqlite(e)) => return Err(refuse(format!("not a SQLite database ({e})"))),
         Err(e) => return Err(e),
@@ -213,8 +221,9 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
         let keys: i64 = conn
             .query_row("select count(*) from kv", [], |r| r.get(0))
             .unwrap_or(0);
+        let plural = if keys == 1 { "" } else { "s" };
         return Err(refuse(format!(
-            "a Deno KV database (the Deno CLI's layout) holding {keys} keys of its own"
+            "a Deno KV database (the Deno CLI's layout) holding {keys} key{plural} of its own"
         )));
     }
     if has("kv") {
