@@ -13,6 +13,7 @@
 //! later than the local clock, see `Store::prune_history`).
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,7 +70,7 @@ impl BucketClock {
     /// first sighting of each object warns and counts.
     pub(crate) fn ahead(
         &self,
-        object: &str,
+        object: &dyn Display,
         which: ObjectTime,
         time: DateTime<Utc>,
         now: DateTime<Utc>,
@@ -78,17 +79,18 @@ impl BucketClock {
         if time <= now + bound {
             return None;
         }
+        let object = object.to_string();
         let mut ahead = self.ahead.lock().expect("bucket clock lock");
-        if let Some(first) = ahead.get(&(object.to_string(), which)) {
+        if let Some(first) = ahead.get(&(object.clone(), which)) {
             return Some(*first);
         }
         if ahead.len() >= REMEMBERED {
             ahead.clear();
         }
-        ahead.insert((object.to_string(), which), now);
+        ahead.insert((object.clone(), which), now);
         metrics::future_object_time(which.label());
         tracing::warn!(
-            object,
+            object = %object,
             time = %time.to_rfc3339(),
             local_time = %now.to_rfc3339(),
             "{} of {object} is {} ahead of the local clock: not used (check the clocks of \
@@ -107,7 +109,7 @@ impl BucketClock {
     /// stored "ahead" is judged by when this process first listed it.
     pub(crate) fn settled(
         &self,
-        object: &str,
+        object: &dyn Display,
         last_modified: DateTime<Utc>,
         started: DateTime<Utc>,
         settle: Duration,
@@ -121,7 +123,7 @@ impl BucketClock {
 
     /// Reports a log object whose commit time is ahead (its points then
     /// never count for age-based retention).
-    pub(crate) fn check_commit_time(&self, object: &str, commit_ms: i64) {
+    pub(crate) fn check_commit_time(&self, object: &dyn Display, commit_ms: i64) {
         if let Some(time) = DateTime::<Utc>::from_timestamp_millis(commit_ms) {
             self.ahead(object, ObjectTime::CommitTime, time, Utc::now());
         }
@@ -137,30 +139,30 @@ mod tests {
         let clock = BucketClock::default();
         let now = Utc::now();
         let year = chrono::Duration::days(365);
-        assert_eq!(clock.ahead("a", ObjectTime::LastModified, now, now), None);
+        assert_eq!(clock.ahead(&"a", ObjectTime::LastModified, now, now), None);
         let skewed = now + chrono::Duration::seconds(60);
         assert_eq!(
-            clock.ahead("a", ObjectTime::LastModified, skewed, now),
+            clock.ahead(&"a", ObjectTime::LastModified, skewed, now),
             None
         );
         assert_eq!(
-            clock.ahead("b", ObjectTime::LastModified, now + year, now),
+            clock.ahead(&"b", ObjectTime::LastModified, now + year, now),
             Some(now)
         );
         let later = now + chrono::Duration::seconds(5);
         assert_eq!(
-            clock.ahead("b", ObjectTime::LastModified, now + year, later),
+            clock.ahead(&"b", ObjectTime::LastModified, now + year, later),
             Some(now),
             "remembered from the first sighting"
         );
         let settle = Duration::from_secs(2);
-        assert!(!clock.settled("c", now + year, now, settle));
-        assert!(!clock.settled("c", now + year, now + chrono::Duration::seconds(1), settle));
-        assert!(clock.settled("c", now + year, now + chrono::Duration::seconds(2), settle));
-        assert!(clock.settled("d", now + year, now, Duration::ZERO));
+        assert!(!clock.settled(&"c", now + year, now, settle));
+        assert!(!clock.settled(&"c", now + year, now + chrono::Duration::seconds(1), settle));
+        assert!(clock.settled(&"c", now + year, now + chrono::Duration::seconds(2), settle));
+        assert!(clock.settled(&"d", now + year, now, Duration::ZERO));
         // Times not ahead keep the settle rule as it was.
-        assert!(!clock.settled("e", now, now, Duration::ZERO));
-        assert!(clock.settled("e", now - chrono::Duration::seconds(3), now, settle));
-        assert!(!clock.settled("e", now - chrono::Duration::seconds(1), now, settle));
+        assert!(!clock.settled(&"e", now, now, Duration::ZERO));
+        assert!(clock.settled(&"e", now - chrono::Duration::seconds(3), now, settle));
+        assert!(!clock.settled(&"e", now - chrono::Duration::seconds(1), now, settle));
     }
 }

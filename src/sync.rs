@@ -477,9 +477,8 @@ impl Syncer {
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
                 .take_while(|l| {
-                    let name = l.name.to_string();
                     self.clock
-                        .settled(&name, l.last_modified, started, self.opts.settle)
+                        .settled(&l.name, l.last_modified, started, self.opts.settle)
                 })
                 .cloned()
                 .collect();
@@ -522,8 +521,7 @@ impl Syncer {
                 let (batch, len) = self
                     .decode("log", body, move |b| format::decode_log(&name, b))
                     .await?;
-                self.clock
-                    .check_commit_time(&name.to_string(), batch.timestamp_ms);
+                self.clock.check_commit_time(&name, batch.timestamp_ms);
                 Ok::<_, SyncError>((batch, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
