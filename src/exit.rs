@@ -33,7 +33,8 @@ pub(crate) enum Exit {
     /// (EX_UNAVAILABLE).
     Refused = 69,
     /// The replica file cannot be used for this source: built from another
-    /// backup, or by a newer kvreplica (EX_CANTCREAT).
+    /// backup, by a newer kvreplica, or not a replica at all (another
+    /// program's file, refused unchanged) (EX_CANTCREAT).
     ReplicaMismatch = 73,
     /// The object store refused the credentials (EX_NOPERM).
     AccessDenied = 77,
@@ -52,7 +53,7 @@ Exit codes:
   65  the backup is corrupt
   66  no backup at the source (no such bucket or directory, empty prefix)
   69  the object store refused a request for a lasting reason
-  73  the replica file belongs to another backup or a newer kvreplica
+  73  the replica file belongs to another backup or a newer kvreplica, or is not a replica
   77  access to the object store denied
   78  invalid configuration
 Codes other than 0 and 1 need an operator: systemd/kvreplica.service does not restart them.";
@@ -110,9 +111,9 @@ fn source(e: &SourceError) -> Exit {
 
 fn store(e: &StoreError) -> Exit {
     match e {
-        StoreError::BoundToOtherSource { .. } | StoreError::SchemaTooNew { .. } => {
-            Exit::ReplicaMismatch
-        }
+        StoreError::BoundToOtherSource { .. }
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::NotAReplica { .. } => Exit::ReplicaMismatch,
         StoreError::Corrupt(_) => Exit::CorruptBackup,
         StoreError::Sqlite(_)
         | StoreError::Io { .. }
@@ -170,6 +171,12 @@ mod tests {
             path: "r.db".into(),
         })
         .context("opening replica r.db");
+        assert_eq!(Exit::of(&e), Exit::ReplicaMismatch);
+        let e = anyhow::Error::from(StoreError::NotAReplica {
+            path: "app.db".into(),
+            what: "another application's SQLite database (tables: users)".into(),
+        })
+        .context("opening replica app.db");
         assert_eq!(Exit::of(&e), Exit::ReplicaMismatch);
         assert_eq!(Exit::of(&anyhow::anyhow!("anything")), Exit::Failure);
     }

@@ -24,6 +24,9 @@
 //!   source binding.
 //! - [`checkout`]: point-in-time checkout of a replica the engine runs on
 //!   (move the visible state, wake watchers, count it).
+//! - `clock` *(internal)*: times from the bucket (`LastModified`, commit
+//!   times) checked against the local clock: one far ahead is reported and
+//!   never used to settle or prune.
 //! - `health` *(internal)*: the engine's liveness (last good round, last
 //!   error, last sign of life), read by readiness and the watchdog.
 //! - `progress` *(internal)*: sync progress counters and their reporting
@@ -55,6 +58,7 @@ pub mod auth;
 pub mod backup;
 pub mod checkout;
 pub mod cli;
+mod clock;
 mod config;
 mod exit;
 pub mod format;

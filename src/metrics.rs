@@ -47,6 +47,9 @@ pub struct Metrics {
     pub initial_complete: IntGauge,
     /// 1 while pinned by a checkout.
     pub pinned: IntGauge,
+    /// Objects with a time too far ahead of the local clock to be used,
+    /// by which time (`last_modified`, `commit_time`).
+    pub future_object_times: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -192,6 +195,18 @@ impl Metrics {
                 &r,
                 IntGauge::new("pinned", "1 while a checkout pins the visible state").unwrap(),
             ),
+            future_object_times: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "future_object_times_total",
+                        "Objects whose time (LastModified or commit time) was too far ahead \
+                         of the local clock to be used, by which time",
+                    ),
+                    &["time"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }
@@ -322,6 +337,15 @@ pub fn applied(kind: &str, objects: u64, bytes: u64) {
         .with_label_values(&[kind])
         .inc_by(objects);
     METRICS.bytes_applied.inc_by(bytes);
+}
+
+/// An object's time (`which`: `last_modified`, `commit_time`) was found
+/// too far ahead of the local clock to be used.
+pub fn future_object_time(which: &str) {
+    METRICS
+        .future_object_times
+        .with_label_values(&[which])
+        .inc();
 }
 
 #[cfg(test)]

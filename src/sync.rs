@@ -22,6 +22,7 @@ use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backup::{Backup, Listed};
+use crate::clock::BucketClock;
 use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
 use crate::health::Health;
 use crate::metrics;
@@ -83,7 +84,9 @@ impl SyncError {
             SyncError::EmptySource(_) | SyncError::Reexported { .. } => true,
             SyncError::Source(e) => !e.is_retryable(),
             SyncError::Store(
-                StoreError::BoundToOtherSource { .. } | StoreError::SchemaTooNew { .. },
+                StoreError::BoundToOtherSource { .. }
+                | StoreError::SchemaTooNew { .. }
+                | StoreError::NotAReplica { .. },
             ) => true,
             _ => false,
         }
@@ -214,17 +217,17 @@ pub struct Syncer {
     poll_interval_ms: AtomicU64,
     /// See [`Syncer::check_export`].
     export: Mutex<ExportSeen>,
+    /// Object times found ahead of the local clock (reported once each).
+    clock: BucketClock,
 }
 
 impl Syncer {
-    /// Binds `store` to `source` (refusing a file built from another
-    /// backup) and prepares the engine.
-    pub fn new(
-        source: Arc<Backup>,
-        mut store: Store,
-        opts: SyncOptions,
-    ) -> Result<Self, SyncError> {
-        store.bind_source(&source.identity())?;
+    /// Prepares the engine, refusing at once a file built from another
+    /// backup. A fresh file is bound to `source` only once its
+    /// `differential` has been read (see [`Syncer::initial`]): a mistyped
+    /// or unreachable source leaves it unbound.
+    pub fn new(source: Arc<Backup>, store: Store, opts: SyncOptions) -> Result<Self, SyncError> {
+        store.check_source(&source.identity())?;
         let visible = watch::Sender::new(store.state().visible());
         metrics::opened(store.state());
         let state = Mutex::new(store.state().clone());
@@ -242,6 +245,7 @@ impl Syncer {
             health: Health::default(),
             poll_interval_ms: AtomicU64::new(poll_ms),
             export: Mutex::default(),
+            clock: BucketClock::default(),
         })
     }
 
@@ -384,10 +388,13 @@ impl Syncer {
             return Ok(state.initial_point.expect("complete"));
         }
         let dv = match state.dv {
-            Some(dv) => dv,
-            None => {
+            Some(dv) if state.source.is_some() => dv,
+            _ => {
+                // The differential read is what makes this the file's
+                // backup: only now is the file bound to it.
                 let dv = self.wait_for_differential().await?;
-                self.with_store(move |s| s.set_dv(dv)).await?;
+                let identity = self.source.identity();
+                self.with_store(move |s| s.bind(&identity, dv)).await?;
                 dv
             }
         };
@@ -632,8 +639,7 @@ impl Syncer {
     /// Lists and consumes log objects page after page (see
     /// [`Syncer::round`]).
     async fn consume_listed(&self) -> Result<RoundOutcome, SyncError> {
-        let cutoff = Utc::now()
-            - chrono::Duration::from_std(self.opts.settle).unwrap_or(chrono::Duration::zero());
+        let started = Utc::now();
         let page = self.opts.page_size;
         let mut out = RoundOutcome::default();
         metrics::poll_round();
@@ -648,7 +654,10 @@ impl Syncer {
             let full_page = listed.len() >= page;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
-                .take_while(|l| l.last_modified < cutoff)
+                .take_while(|l| {
+                    self.clock
+                        .settled(&l.name, l.last_modified, started, self.opts.settle)
+                })
                 .cloned()
                 .collect();
             if ready.len() < listed.len() {
@@ -704,6 +713,7 @@ impl Syncer {
                 let (batch, len) = self
                     .decode("log", body, move |b| format::decode_log(&name, b))
                     .await?;
+                self.clock.check_commit_time(&name, batch.timestamp_ms);
                 Ok::<_, SyncError>((batch, len, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));

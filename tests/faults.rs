@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fixture::{assert_rows_eq, expected_rows, Fixture, Spec};
-use common::serve::{http, Method, ServeProcess};
+use common::serve::ServeProcess;
 use common::{integrity_ok, pitr_list, read_replica, Row, Sample};
 use fault_proxy::{Config, Fault, FaultProxy, Flavor, Mode};
 
@@ -714,24 +714,6 @@ fn one_kind_at_a_time(kind: &str, seed: u64) {
     );
 }
 
-/// Samples of the Prometheus text, `name{labels}` → value.
-fn metrics(serve: &ServeProcess) -> BTreeMap<String, f64> {
-    let r = http(
-        Method::Get,
-        &format!("{}/metrics", serve.admin_url()),
-        &[],
-        Vec::new(),
-    )
-    .expect("GET /metrics");
-    assert_eq!(r.status, 200);
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
-}
-
 fn errors_by_kind(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     m.iter()
         .filter(|(k, _)| k.starts_with("kvreplica_errors_total"))
@@ -741,7 +723,8 @@ fn errors_by_kind(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
 
 /// `kvreplica_errors_total{kind="source_transient"}` of a server.
 fn transient_errors(serve: &ServeProcess) -> f64 {
-    metrics(serve)
+    serve
+        .metrics()
         .get("kvreplica_errors_total{kind=\"source_transient\"}")
         .copied()
         .unwrap_or(0.0)
@@ -794,7 +777,7 @@ fn serve(kind: &str, seed: u64, outage: bool) {
     );
 
     // The retries absorbed every fault: no round has failed.
-    let errors = errors_by_kind(&metrics(&serve));
+    let errors = errors_by_kind(&serve.metrics());
     assert!(
         errors.values().all(|v| *v == 0.0),
         "{kind}: failed rounds under retryable faults: {errors:?}\n{}",
@@ -825,7 +808,7 @@ fn serve(kind: &str, seed: u64, outage: bool) {
     rig.put_all(&fx.append);
     serve.wait_at(&hex::encode(fx.commits[fx.last_commit()].versionstamp));
     assert_converged(&db, &fx, fx.last_commit(), "serve, after the outage");
-    let errors = errors_by_kind(&metrics(&serve));
+    let errors = errors_by_kind(&serve.metrics());
     eprintln!("{kind}: serve /metrics errors: {errors:?}");
     let transient = transient_errors(&serve);
     if outage {

@@ -309,6 +309,58 @@ fn normalize_prefix(p: &str) -> String {
     }
 }
 
+/// Whether two source identities (see [`Naming::identity`]) name the same
+/// backup. Identities are stored in replica files as they were spelled
+/// when the file was bound, by this version or an earlier one (which kept
+/// a directory's trailing slash, or an explicitly given AWS endpoint), so
+/// both sides are normalised here instead of rewriting what a file holds.
+pub fn same_backup(a: &str, b: &str) -> bool {
+    a == b || normalize_identity(a) == normalize_identity(b)
+}
+
+/// One spelling per backup: a directory without trailing or doubled
+/// slashes and `.` segments; a bucket prefix ending in `/`; an endpoint
+/// URL lower-cased without its default port; and AWS's own S3 endpoints
+/// (`https://s3.amazonaws.com`, `https://s3.<region>.amazonaws.com`),
+/// which all address the one global bucket namespace, as `s3://`.
+fn normalize_identity(id: &str) -> String {
+    if let Some(path) = id.strip_prefix("file://") {
+        let path: std::path::PathBuf = std::path::Path::new(path).components().collect();
+        return format!("file://{}", path.display());
+    }
+    for scheme in ["s3://", "gs://"] {
+        if let Some(rest) = id.strip_prefix(scheme) {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return format!("{scheme}{bucket}/{}", normalize_prefix(prefix));
+        }
+    }
+    let Ok(url) = url::Url::parse(id) else {
+        return id.to_string();
+    };
+    let (Some(host), "http" | "https") = (url.host_str(), url.scheme()) else {
+        return id.to_string();
+    };
+    let path = url.path().trim_start_matches('/');
+    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+    let prefix = normalize_prefix(prefix);
+    if url.scheme() == "https" && url.port().is_none() && is_aws_s3_endpoint(host) {
+        return format!("s3://{bucket}/{prefix}");
+    }
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}/{bucket}/{prefix}", url.scheme()),
+        None => format!("{}://{host}/{bucket}/{prefix}", url.scheme()),
+    }
+}
+
+/// `s3.amazonaws.com`, `s3.<region>.amazonaws.com`, `s3-<region>.amazonaws.com`
+/// and their dual-stack and FIPS variants: AWS's path-style S3 endpoints.
+fn is_aws_s3_endpoint(host: &str) -> bool {
+    host == "s3.amazonaws.com"
+        || host
+            .strip_suffix(".amazonaws.com")
+            .is_some_and(|h| h.starts_with("s3.") || h.starts_with("s3-"))
+}
+
 /// Everything [`open`] needs besides the URL.
 #[derive(Clone, Debug, Default)]
 pub struct SourceOptions {
@@ -394,6 +446,34 @@ mod tests {
             u.to_string(),
             "s3://b/backups/3f1c2a7e-0000-4000-8000-000000000001/"
         );
+    }
+
+    #[test]
+    fn spellings_of_one_backup_are_one_backup() {
+        let same = [
+            ("file:///x/sample", "file:///x/sample/"),
+            ("file:///x/sample", "file:///x//sample/./"),
+            ("s3://b/p/", "s3://b/p"),
+            ("s3://b/p/", "https://s3.amazonaws.com/b/p/"),
+            ("s3://b/p/", "https://s3.eu-west-1.amazonaws.com/b/p/"),
+            ("s3://b/p/", "https://S3.us-east-1.amazonaws.com:443/b/p"),
+            ("http://127.0.0.1:9000/b/p/", "http://127.0.0.1:9000/b/p"),
+            ("gs://b/p/", "gs://b/p"),
+        ];
+        for (a, b) in same {
+            assert!(same_backup(a, b), "{a} vs {b}");
+        }
+        let different = [
+            ("file:///x/sample", "file:///x/other"),
+            ("s3://b/p/", "s3://b/q/"),
+            ("s3://b/p/", "http://s3.amazonaws.com/b/p/"),
+            ("s3://b/p/", "http://127.0.0.1:9000/b/p/"),
+            ("http://127.0.0.1:9000/b/p/", "http://127.0.0.1:9001/b/p/"),
+            ("s3://b/p/", "gs://b/p/"),
+        ];
+        for (a, b) in different {
+            assert!(!same_backup(a, b), "{a} vs {b}");
+        }
     }
 
     #[test]

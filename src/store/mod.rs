@@ -7,7 +7,9 @@
 //! it, so a killed process resumes exactly where the last commit left off.
 //!
 //! One process at a time may write a replica file: [`Store::open`] takes an
-//! advisory lock on `<file>.lock`.
+//! advisory lock on `<file>.lock`. Only a missing or empty file, or one
+//! kvreplica created, is ever opened for writing: any other file is refused
+//! before anything is written to it ([`StoreError::NotAReplica`]).
 
 mod apply;
 pub mod pitr;
@@ -21,6 +23,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
+use crate::source::same_backup;
 
 pub use apply::ApplyOutcome;
 
@@ -51,6 +54,12 @@ pub enum StoreError {
         bound: String,
         requested: String,
     },
+    #[error(
+        "{path} is not a kvreplica replica: it appears to be {what}. kvreplica writes only to a \
+         missing or empty file or to a replica it created, and left this one as it was; \
+         choose another --db"
+    )]
+    NotAReplica { path: String, what: String },
     #[error("{path} has schema version {found}, newer than this kvreplica supports ({supported}); upgrade kvreplica")]
     SchemaTooNew {
         found: i64,
@@ -142,7 +151,8 @@ fn lock_path(path: &Path) -> PathBuf {
 
 impl Store {
     /// Opens (creating if needed) a replica file for writing, taking the
-    /// writer lock and migrating the schema.
+    /// writer lock and migrating the schema. A file that is neither empty
+    /// nor a replica is refused unchanged.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Self::open_inner(path).map_err(|e| explain(path, e))
     }
@@ -155,6 +165,7 @@ impl Store {
                 error,
             })?;
         }
+        let lock_existed = lock_path(path).exists();
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -175,6 +186,14 @@ impl Store {
                     error,
                 })
             }
+        }
+        if let Err(e) = schema::examine(path) {
+            drop(lock);
+            if !lock_existed {
+                // Leave nothing of ours beside another program's file.
+                let _ = std::fs::remove_file(lock_path(path));
+            }
+            return Err(e);
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -211,10 +230,11 @@ impl Store {
     }
 
     /// Binds a fresh file to `identity`, or checks that an existing file was
-    /// built from the same backup.
+    /// built from the same backup (in any spelling of it). The engine binds
+    /// with [`Store::bind`] instead, once the backup's `differential` is read.
     pub fn bind_source(&mut self, identity: &str) -> Result<(), StoreError> {
         match &self.state.source {
-            Some(bound) if bound == identity => Ok(()),
+            Some(bound) if same_backup(bound, identity) => Ok(()),
             Some(bound) => Err(StoreError::BoundToOtherSource {
                 path: self.path.display().to_string(),
                 bound: bound.clone(),
@@ -226,6 +246,59 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Refuses a file bound to another backup than `identity`, before the
+    /// engine reads anything. Spellings of one backup are one backup (see
+    /// [`crate::source::same_backup`]). A binding made before the backup's
+    /// `differential` was ever read (by an earlier version, whose first
+    /// sync of a mistyped source still bound the file) holds nothing from
+    /// that backup and does not count: [`Store::bind`] replaces it.
+    pub fn check_source(&self, identity: &str) -> Result<(), StoreError> {
+        match &self.state.source {
+            Some(bound) if !self.binding_is_provisional() && !same_backup(bound, identity) => {
+                Err(StoreError::BoundToOtherSource {
+                    path: self.path.display().to_string(),
+                    bound: bound.clone(),
+                    requested: identity.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Binds the file to the backup `identity` whose `differential` was
+    /// just read as `dv`, in one transaction, or checks an existing binding
+    /// (see [`Store::check_source`] and [`Store::set_dv`]). A binding
+    /// stored in another spelling of the same backup is kept as it is.
+    pub fn bind(&mut self, identity: &str, dv: Versionstamp) -> Result<(), StoreError> {
+        self.check_source(identity)?;
+        let rebind = match &self.state.source {
+            Some(bound) => !same_backup(bound, identity),
+            None => true,
+        };
+        if !rebind || self.state.dv.is_some_and(|old| old != dv) {
+            return self.set_dv(dv);
+        }
+        if let Some(bound) = &self.state.source {
+            tracing::info!(
+                %bound, source = identity,
+                "the file was bound to a source whose differential was never read; binding it to this one"
+            );
+        }
+        let tx = self.conn.transaction()?;
+        set_meta(&tx, "source", identity.as_bytes())?;
+        set_meta(&tx, "dv", &dv.0)?;
+        tx.commit()?;
+        self.state.source = Some(identity.to_string());
+        self.state.dv = Some(dv);
+        Ok(())
+    }
+
+    /// A binding without a differential read and nothing loaded: what an
+    /// earlier version left after a failed first sync.
+    fn binding_is_provisional(&self) -> bool {
+        self.state.dv.is_none() && self.state.snapshot_ranges.is_none()
     }
 
     /// Records the differential versionstamp. A different DV than the one

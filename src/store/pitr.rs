@@ -585,8 +585,10 @@ fn decrement(s: &mut [u8; 12]) {
 /// and the file grows with the log (as with the reference replica).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retention {
-    /// Keep points whose commit time is at most this old (relative to the
-    /// newest point).
+    /// Keep points whose commit time is at most this old, relative to the
+    /// newest point, or to the local clock when that is earlier. A point
+    /// whose time is ahead of the local clock (see `clock`) is never the
+    /// reference, so one wrong clock cannot prune the whole history.
     pub max_age: Option<std::time::Duration>,
     /// Keep at most this many points.
     pub max_points: Option<u64>,
@@ -603,6 +605,15 @@ impl Store {
     /// needed. Never forgets the visible point or anything newer, so a
     /// pinned replica keeps what it shows. Returns the points removed.
     pub fn prune_history(&mut self, retention: Retention) -> Result<u64, StoreError> {
+        self.prune_history_at(retention, chrono::Utc::now().timestamp_millis())
+    }
+
+    /// [`Store::prune_history`] with the local clock at `now_ms`.
+    pub(crate) fn prune_history_at(
+        &mut self,
+        retention: Retention,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         if retention.is_unlimited() {
             return Ok(0);
         }
@@ -623,9 +634,14 @@ impl Store {
             keep_from = vs.or(keep_from);
         }
         if let Some(age) = retention.max_age {
-            let newest: Option<i64> =
-                tx.query_row("select max(ts_ms) from kvr_points", [], |r| r.get(0))?;
-            if let Some(newest) = newest {
+            // Age counts from the newest point whose time is not ahead of
+            // the local clock, and never from later than the local clock.
+            let newest: Option<i64> = tx.query_row(
+                "select max(ts_ms) from kvr_points where ts_ms <= ?",
+                [now_ms.saturating_add(crate::clock::max_ahead_ms())],
+                |r| r.get(0),
+            )?;
+            if let Some(newest) = newest.map(|n| n.min(now_ms)) {
                 let cutoff = newest.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
                 let vs: Option<Vec<u8>> = tx
                     .query_row(

@@ -6,6 +6,9 @@
 //! `denokv --read-only` open a copy of the replica as is. Everything that is
 //! kvreplica's own lives in `kvr_*` tables the Deno CLI ignores.
 
+use std::io::Read;
+use std::path::Path;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
@@ -143,4 +146,146 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Decides, before anything writes to it, whether the file at `path` may be
+/// opened as a replica: a missing or empty file, an empty SQLite database,
+/// or a file kvreplica created (it has `kvr_meta` with a schema version).
+/// Anything else is another program's data, which opening for writing would
+/// change (even setting the journal mode rewrites the header): it is
+/// refused with what the file appears to be. Only reads the file.
+pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
+    let refuse = |what: String| StoreError::NotAReplica {
+        path: path.display().to_string(),
+        what,
+    };
+    let io = |error| StoreError::Io {
+        path: path.display().to_string(),
+        error,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    if meta.is_dir() {
+        return Err(refuse("a directory".into()));
+    }
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
+        .map_err(io)?;
+    if head.is_empty() && !has_wal(path) {
+        return Ok(());
+    }
+    if !head.is_empty() && head != SQLITE_HEADER {
+        return Err(refuse(not_sqlite(&head)));
+    }
+    // Without a write-ahead log beside it the file holds every commit, and
+    // `immutable` reads it without creating `-shm`/`-wal` files next to
+    // another program's database.
+    let opened = if has_wal(path) {
+        super::open_read_only(path)
+    } else {
+        super::open_immutable(path)
+    };
+    let conn = match opened {
+        Ok(c) => c,
+        Err(StoreError::Sqlite(e)) => return Err(refuse(format!("not a SQLite database ({e})"))),
+        Err(e) => return Err(e),
+    };
+    let tables =
+        tables(&conn).map_err(|e| refuse(format!("an unreadable SQLite database ({e})")))?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let has = |t: &str| tables.iter().any(|n| n == t);
+    if has("kvr_meta") {
+        let version: Option<String> = conn
+            .query_row(
+                "select cast(v as text) from kvr_meta where k = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        if version.is_some() {
+            return Ok(());
+        }
+    }
+    let listed = list_tables(&tables);
+    if has("kv") && has("migration_state") && has("data_version") {
+        let keys: i64 = conn
+            .query_row("select count(*) from kv", [], |r| r.get(0))
+            .unwrap_or(0);
+        let plural = if keys == 1 { "" } else { "s" };
+        return Err(refuse(format!(
+            "a Deno KV database (the Deno CLI's layout) holding {keys} key{plural} of its own"
+        )));
+    }
+    if has("kv") {
+        return Err(refuse(format!(
+            "a SQLite database with a `kv` table that is not Deno KV's (tables: {listed})"
+        )));
+    }
+    Err(refuse(format!(
+        "another application's SQLite database (tables: {listed})"
+    )))
+}
+
+/// Whether a write-ahead log with contents lies beside `path`: an empty
+/// main file may still hold a database whose pages are all in its log.
+fn has_wal(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(Path::new(&wal)).is_ok_and(|m| m.len() > 0)
+}
+
+/// Names of the tables of `conn`'s database, sorted.
+fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "select name from sqlite_master where type = 'table' and name not like 'sqlite\\_%' escape '\\' order by name",
+    )?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names.collect()
+}
+
+/// At most eight table names, for a message.
+fn list_tables(tables: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = tables
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tables.len() > SHOWN {
+        s.push_str(&format!(" and {} more", tables.len() - SHOWN));
+    }
+    s
+}
+
+/// What a file that does not start like a SQLite database appears to be.
+fn not_sqlite(head: &[u8]) -> String {
+    // The first bytes may end inside a multi-byte character.
+    let valid = match std::str::from_utf8(head) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    let text = valid.is_some_and(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()));
+    if text {
+        "not a SQLite database (a text file)".into()
+    } else {
+        format!(
+            "not a SQLite database (it starts with bytes {})",
+            head.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
 }

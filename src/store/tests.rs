@@ -456,3 +456,46 @@ fn an_object_that_skips_the_end_of_a_commit_is_refused_and_nothing_is_written() 
         model_after(&Model::new(), &commits, commits.len() - 1)
     );
 }
+
+#[test]
+fn retention_never_counts_from_a_time_ahead_of_the_local_clock() {
+    let mut rng = Rng(12);
+    let commits = history(&mut rng, 40);
+    let mut batches = objects(&mut rng, &commits);
+    let newest_true = commits.last().unwrap().ts_ms;
+    let year_ms = 365 * 24 * 3600 * 1000i64;
+    batches.last_mut().unwrap().timestamp_ms = newest_true + year_ms;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
+    store.apply_logs(batches).unwrap();
+    let all = |s: &Store| s.history().points(None, None, None, usize::MAX).unwrap();
+    let age = super::pitr::Retention {
+        max_points: None,
+        max_age: Some(std::time::Duration::from_secs(5)),
+    };
+    // The local clock at the newest true commit: the point a year ahead is
+    // not the reference, the newest one not ahead is.
+    store.prune_history_at(age, newest_true).unwrap();
+    let kept = all(&store);
+    let trusted: Vec<i64> = kept
+        .iter()
+        .map(|p| p.ts_ms)
+        .filter(|t| *t <= newest_true)
+        .collect();
+    assert!(trusted.len() >= 3, "{kept:?}");
+    assert!(trusted.iter().all(|t| *t >= trusted[0] - 5000), "{kept:?}");
+    // A local clock behind the bucket's (within the bound): age counts from
+    // the local clock, so points younger than 5 s by it stay.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
+    store.apply_logs(objects(&mut Rng(12), &commits)).unwrap();
+    let now = commits[20].ts_ms;
+    store.prune_history_at(age, now).unwrap();
+    let oldest_kept = all(&store).last().unwrap().ts_ms;
+    // (Point times are their object's, a few seconds apart; counting from
+    // the newest point would keep nothing older than `now + 14 s`.)
+    assert!(
+        oldest_kept < now + 5000,
+        "oldest kept {oldest_kept}, now {now}"
+    );
+}

@@ -296,6 +296,24 @@ impl ServeProcess {
         )
     }
 
+    /// `GET /metrics` as samples, `name{labels}` → value.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let r = http(
+            Method::Get,
+            &format!("{}/metrics", self.admin_url()),
+            &[],
+            Vec::new(),
+        )
+        .expect("GET /metrics");
+        assert_eq!(r.status, 200);
+        r.text()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+
     fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("kvreplica serve exited ({status}):\n{}", self.log());
