@@ -2,14 +2,15 @@
 //! of their own (listed in the unit's `RestartPreventExitStatus=`), the
 //! rest with 1, which systemd restarts. See src/exit.rs.
 
+#[path = "common/bounded.rs"]
+mod bounded;
 #[path = "common/canned.rs"]
 mod canned;
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use canned::{http, Canned};
 use common::{kvreplica_bin, Sample};
@@ -32,39 +33,19 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// `kvreplica <args>` with a clean environment (no AWS setup, no
 /// `KVREPLICA_*` from the developer's shell), killed after [`RUN_TIMEOUT`].
 fn run(args: &[&str], home: &Path) -> Output {
-    let mut child = Command::new(kvreplica_bin())
-        .args(args)
-        .env_clear()
-        .env("HOME", home)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting kvreplica");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kvreplica {args:?} did not stop within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, stderr) = bounded::run(
+        Command::new(kvreplica_bin())
+            .args(args)
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_DISABLED", "true"),
+        RUN_TIMEOUT,
+    );
     Output {
         status,
         stdout: Vec::new(),
-        stderr: reader.join().unwrap(),
+        stderr,
     }
 }
 

@@ -5,6 +5,8 @@
 //! of the `kvreplica` binary through S3. What every store does is in
 //! `object_store.rs`.
 
+#[path = "common/bounded.rs"]
+mod bounded;
 #[path = "common/canned.rs"]
 mod canned;
 #[path = "common/s3_server.rs"]
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -371,31 +373,11 @@ async fn s3_refused_and_hung_connections_are_transient() {
 
 /// Runs the binary with a bounded wall time; returns (success, stderr).
 fn run_bounded(cmd: &mut Command) -> (bool, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvreplica");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + BINARY_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kvreplica did not finish within {BINARY_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.success(), reader.join().unwrap())
+    let (status, stderr) = bounded::run(cmd, BINARY_TIMEOUT);
+    (
+        status.success(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }
 
 /// `kvreplica` with a clean environment: nothing from the developer's AWS
