@@ -326,6 +326,39 @@ fn check_encoding(object: &dyn fmt::Display, key: &[u8], encoding: i64) -> Resul
     }
 }
 
+/// Deno KV refuses keys longer than this, so no backup of a real database
+/// holds one; a longer key in an object is corruption (or hostile input),
+/// and would otherwise make the replica hold what no client can address.
+pub const MAX_KEY_BYTES: usize = 2048;
+/// Deno KV's limit on a value's encoded size; see [`MAX_KEY_BYTES`].
+pub const MAX_VALUE_BYTES: usize = 65_536;
+
+/// Refuses an entry whose key or value is larger than Deno KV allows.
+fn check_sizes(object: &dyn fmt::Display, key: &[u8], value: &[u8]) -> Result<(), FormatError> {
+    let short = |k: &[u8]| hex::encode(&k[..k.len().min(32)]);
+    if key.len() > MAX_KEY_BYTES {
+        return Err(FormatError::corrupt(
+            object,
+            format!(
+                "key {}…: {} bytes, more than Deno KV's {MAX_KEY_BYTES}",
+                short(key),
+                key.len()
+            ),
+        ));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(FormatError::corrupt(
+            object,
+            format!(
+                "key {}: value of {} bytes, more than Deno KV's {MAX_VALUE_BYTES}",
+                hex::encode(key),
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Expiry as the Deno SQLite layout stores it: epoch ms, or -1 for none.
 pub const NO_EXPIRY: i64 = -1;
 
@@ -391,6 +424,7 @@ pub fn decode_snapshot(
                 ),
             ));
         }
+        check_sizes(&object, dkey, &data.value)?;
         let m = &meta.value;
         if m.len() != 11 && m.len() != 19 {
             return Err(FormatError::corrupt(
@@ -490,6 +524,7 @@ pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> 
             }
         }
         prev = Some(stamp);
+        check_sizes(&object, &e.key, &e.value)?;
         let kind = BackupKvMutationKind::try_from(e.kind).map_err(|_| {
             FormatError::corrupt(
                 &object,
@@ -750,6 +785,51 @@ mod tests {
         assert_eq!(entries[1].record.encoding, 2);
         assert_eq!(entries[1].record.expire_at_ms, NO_EXPIRY);
         assert!(decode_snapshot(&name, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_and_values_over_deno_kv_limits_are_corrupt_input() {
+        let name: SnapshotName = "0001_0000000000000001_0000000000000000".parse().unwrap();
+        let snapshot = |key: &[u8], value: &[u8]| {
+            let body = BackupSnapshotRange {
+                data_list: vec![pair(b'd', key, value)],
+                metadata_list: vec![pair(b'm', key, &meta(9, 3, None))],
+            }
+            .encode_to_vec();
+            decode_snapshot(&name, &body)
+        };
+        let at_limit = (vec![b'k'; MAX_KEY_BYTES], vec![0u8; MAX_VALUE_BYTES]);
+        assert!(snapshot(&at_limit.0, &at_limit.1).is_ok());
+        let e = snapshot(&vec![b'k'; MAX_KEY_BYTES + 1], b"v").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2049 bytes, more than Deno KV's 2048"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("snapshots/"),
+            "names the object: {e}"
+        );
+        let e = snapshot(b"k", &vec![0u8; MAX_VALUE_BYTES + 1]).unwrap_err();
+        assert!(e.to_string().contains("value of 65537 bytes"), "{e}");
+
+        let (a, b) = (stamp(9, 0), stamp(9, 0xffff));
+        let log = |e: BackupReplicationLogEntry| decode_log(&log_name(a, b), &log_body(vec![e]));
+        let mut big_key = entry(a, BackupKvMutationKind::MkSet);
+        big_key.key = vec![b'k'; MAX_KEY_BYTES + 1];
+        let e = log(big_key).unwrap_err();
+        assert!(e.to_string().contains("more than Deno KV's 2048"), "{e}");
+        assert!(e.to_string().contains("logs/"), "names the object: {e}");
+        let mut big_value = entry(a, BackupKvMutationKind::MkSet);
+        big_value.value = vec![0u8; MAX_VALUE_BYTES + 1];
+        assert!(log(big_value)
+            .unwrap_err()
+            .to_string()
+            .contains("value of 65537 bytes"));
+        let mut at_limit_log = entry(a, BackupKvMutationKind::MkSet);
+        at_limit_log.key = at_limit.0;
+        at_limit_log.value = at_limit.1;
+        assert!(log(at_limit_log).is_ok());
     }
 
     #[test]
