@@ -42,6 +42,36 @@ fn serve_dir(fx: &Fixture, dir: &Path, sock: &NotifySocket, env: &[(&str, &str)]
     )
 }
 
+/// Asserts that systemd's watchdog timer would not have fired between
+/// `from` and `to` (`while` says what went on).
+fn assert_pinged(
+    sock: &NotifySocket,
+    serve: &ServeProcess,
+    from: Instant,
+    to: Instant,
+    what: &str,
+) {
+    let silence = sock.longest_silence(from, to);
+    eprintln!("longest silence {what}: {silence:?}");
+    assert!(
+        silence < WATCHDOG,
+        "no watchdog ping for {silence:?} {what} (WatchdogSec {WATCHDOG:?}): \
+         systemd would kill a replica that serves reads.\n\
+         notify messages (s since it began):\n{}\nlog:\n{}",
+        sock.describe(from),
+        serve.log()
+    );
+}
+
+/// A small generated backup with no objects to append.
+fn small_backup(seed: u64) -> Fixture {
+    Fixture::generate(Spec {
+        seed,
+        append_commits: 0,
+        ..Spec::default()
+    })
+}
+
 #[test]
 fn a_long_checkout_keeps_the_pings_coming() {
     // About 13 000 entries after DV: four chunks for a checkout to walk,
@@ -89,18 +119,13 @@ fn a_long_checkout_keeps_the_pings_coming() {
         "the checkout took {:?}: too short to show anything ({out})",
         ended - started
     );
-    let silence = sock.longest_silence(started, ended);
-    eprintln!(
-        "checkout {out} took {:?}; longest silence {silence:?}",
-        ended - started
-    );
-    assert!(
-        silence < WATCHDOG,
-        "no watchdog ping for {silence:?} during a checkout making progress \
-         (WatchdogSec {WATCHDOG:?}): systemd would kill a healthy replica.\n\
-         notify messages (s since the checkout began):\n{}\nlog:\n{}",
-        sock.describe(started),
-        serve.log()
+    eprintln!("checkout {out} took {:?}", ended - started);
+    assert_pinged(
+        &sock,
+        &serve,
+        started,
+        ended,
+        "during a checkout making progress",
     );
     assert!(serve.terminate().success());
 }
@@ -108,11 +133,7 @@ fn a_long_checkout_keeps_the_pings_coming() {
 #[test]
 fn a_stalled_object_store_keeps_the_pings_coming() {
     const BUCKET: &str = "kv-backup";
-    let fx = Fixture::generate(Spec {
-        seed: 16,
-        append_commits: 0,
-        ..Spec::default()
-    });
+    let fx = small_backup(16);
     let tmp = tempfile::tempdir().unwrap();
     let s3 = s3_server::S3Server::start();
     s3.create_bucket(BUCKET);
@@ -172,30 +193,18 @@ fn a_stalled_object_store_keeps_the_pings_coming() {
         proxy.requests() > requests,
         "no request reached the stalled store"
     );
-    let silence = sock.longest_silence(started, ended);
     eprintln!(
-        "{} requests to the stalled store; longest silence {silence:?}",
+        "{} requests to the stalled store",
         proxy.requests() - requests
     );
-    assert!(
-        silence < WATCHDOG,
-        "no watchdog ping for {silence:?} while the bucket stalls \
-         (WatchdogSec {WATCHDOG:?}): systemd would kill a replica that serves reads.\n\
-         notify messages (s since the stall began):\n{}\nlog:\n{}",
-        sock.describe(started),
-        serve.log()
-    );
+    assert_pinged(&sock, &serve, started, ended, "while the bucket stalls");
     assert!(serve.terminate().success());
 }
 
 #[test]
 fn a_wedged_store_stops_the_pings_within_the_bound() {
     const PARKED: &str = "kvreplica test hook: parked before COMMIT";
-    let fx = Fixture::generate(Spec {
-        seed: 17,
-        append_commits: 0,
-        ..Spec::default()
-    });
+    let fx = small_backup(17);
     let tmp = tempfile::tempdir().unwrap();
     let sock = NotifySocket::bind(tmp.path());
     let began = Instant::now();
