@@ -4,8 +4,8 @@
 //! decides what they mean for the operator.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -26,7 +26,7 @@ pub struct Health {
     /// Why the last round failed, until a round succeeds.
     last_error: Mutex<Option<String>>,
     /// When the engine last made progress or finished a step, failed or
-    /// not (epoch ms): the watchdog's proof that the loop is not stuck.
+    /// not (epoch ms): reported when the watchdog ping is withheld.
     alive_ms: AtomicI64,
     /// The last round listed the bucket to its end (see
     /// [`crate::sync::RoundOutcome::listed_to_end`]).
@@ -147,6 +147,69 @@ impl Health {
     }
 }
 
+/// The store's side of liveness, read by the systemd watchdog: whether the
+/// sync store is held (a transaction under way) and when its holder last
+/// showed progress. A checkout or apply that walks rows or stores objects
+/// reports progress at every chunk, so however long it runs the time
+/// without progress stays at one chunk's; only a holder stuck inside one
+/// step (a hung disk, a deadlock, the test park hook) lets it grow.
+///
+/// Process-wide, because the store's code has no handle on the engine's
+/// [`Health`]; a process runs one sync engine. Monotonic times (ms since
+/// the first use), so a clock step never looks like a wedge.
+pub(crate) static STORE_WORK: StoreWork = StoreWork {
+    holders: AtomicI64::new(0),
+    progress_ms: AtomicI64::new(0),
+};
+
+/// See [`STORE_WORK`].
+#[derive(Debug)]
+pub(crate) struct StoreWork {
+    /// How many hold the store now (one in a server; more only in tests).
+    holders: AtomicI64,
+    /// When a holder last took the store or showed progress.
+    progress_ms: AtomicI64,
+}
+
+fn monotonic_ms() -> i64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
+impl StoreWork {
+    /// The store is taken until the returned guard is dropped; taking it
+    /// counts as progress.
+    pub(crate) fn hold(&'static self) -> StoreHold {
+        self.progress();
+        self.holders.fetch_add(1, Relaxed);
+        StoreHold(self)
+    }
+
+    /// The holder moved on: a chunk of rows walked, a batch stored.
+    pub(crate) fn progress(&self) {
+        self.progress_ms.store(monotonic_ms(), Relaxed);
+    }
+
+    /// How long the store has been held without progress; zero while
+    /// nobody holds it (waiting on the bucket is not being wedged).
+    pub(crate) fn stalled_for(&self) -> Duration {
+        if self.holders.load(Relaxed) <= 0 {
+            return Duration::ZERO;
+        }
+        let ms = monotonic_ms() - self.progress_ms.load(Relaxed);
+        Duration::from_millis(ms.max(0) as u64)
+    }
+}
+
+/// Holds the store in [`StoreWork`]'s eyes until dropped.
+pub(crate) struct StoreHold(&'static StoreWork);
+
+impl Drop for StoreHold {
+    fn drop(&mut self) {
+        self.0.holders.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Why the replica is not ready, in two forms: `status`, a fixed phrase
 /// anyone may read, and `detail`, which can quote the last sync error (and
 /// with it the bucket URL or an S3 access key id), for the admin token only.
@@ -189,5 +252,24 @@ mod tests {
         );
         h.set_stopped(None);
         assert_eq!(h.readiness(true, every), Ok(()));
+    }
+
+    #[test]
+    fn a_store_is_stalled_only_while_held_without_progress() {
+        static WORK: StoreWork = StoreWork {
+            holders: AtomicI64::new(0),
+            progress_ms: AtomicI64::new(0),
+        };
+        let pause = Duration::from_millis(30);
+        std::thread::sleep(pause);
+        assert_eq!(WORK.stalled_for(), Duration::ZERO, "not held");
+        let held = WORK.hold();
+        std::thread::sleep(pause);
+        assert!(WORK.stalled_for() >= pause);
+        WORK.progress();
+        assert!(WORK.stalled_for() < pause);
+        drop(held);
+        std::thread::sleep(pause);
+        assert_eq!(WORK.stalled_for(), Duration::ZERO, "released");
     }
 }

@@ -28,7 +28,8 @@
 //!   times) checked against the local clock: one far ahead is reported and
 //!   never used to settle or prune.
 //! - `health` *(internal)*: the engine's liveness (last good round, last
-//!   error, last sign of life), read by readiness and the watchdog.
+//!   error, last sign of life) read by readiness, and whether the store is
+//!   held with no progress, read by the watchdog.
 //! - `progress` *(internal)*: sync progress counters and their reporting
 //!   (a bar on a terminal, log lines otherwise).
 //! - [`metrics`]: the Prometheus registry, one function per event.

@@ -4,8 +4,21 @@
 //! (`NOTIFY_SOCKET` unset), so the same binary runs anywhere.
 //!
 //! [`supervise`] keeps systemd informed while a sync engine runs: the
-//! watchdog ping only while the engine's loop shows signs of life, and a
-//! `STATUS=` line from [`status_line`].
+//! watchdog ping while the process is alive in the sense that matters to
+//! readers, and a `STATUS=` line from [`status_line`].
+//!
+//! # What a watchdog ping means
+//!
+//! Each ping says two things. The runtime answers: the ping is sent by a
+//! task on it, on a timer, so a runtime with no worker left to run it sends
+//! none. And the store is not wedged: it is not held by a transaction that
+//! has shown no progress for `WatchdogSec` (see
+//! [`crate::health::STORE_WORK`]). A checkout or apply walking a million
+//! rows reports progress at every chunk and keeps the pings coming; a
+//! transaction stuck inside one step stops them and systemd restarts the
+//! process. A bucket that does not answer (timeouts, retries) is not a
+//! reason to restart: readiness (`/readyz`) already says so, and the
+//! replica goes on serving its last state.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +26,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::health::STORE_WORK;
 use crate::metrics::METRICS;
 use crate::sync::Syncer;
 
@@ -33,7 +47,7 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
-/// `WATCHDOG=1`: proof of life from the sync loop.
+/// `WATCHDOG=1`: proof of life (see the module's docs for what it proves).
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
@@ -69,9 +83,9 @@ pub fn status_line(syncer: &Syncer) -> String {
     }
 }
 
-/// Pings the systemd watchdog while `syncer`'s loop shows signs of life,
-/// and keeps `STATUS=` current, until `stop` resolves. Without a watchdog
-/// it only updates the status.
+/// Pings the systemd watchdog while the runtime answers and the store is
+/// not wedged (module docs), and keeps `STATUS=` current, until `stop`
+/// resolves. Without a watchdog it only updates the status.
 pub async fn supervise(syncer: Arc<Syncer>, stop: impl Future<Output = ()>) {
     let mut stop = std::pin::pin!(stop);
     let ping_every = watchdog_interval();
@@ -85,15 +99,18 @@ pub async fn supervise(syncer: Arc<Syncer>, stop: impl Future<Output = ()>) {
             _ = &mut stop => return,
         }
         if let Some(half) = ping_every {
-            // systemd's deadline is twice the ping interval; a loop silent
-            // for that long is stuck and should be restarted.
-            let silent_for = syncer.health().since_alive();
-            if silent_for < half * 2 {
+            // The bound is systemd's own deadline (twice the ping
+            // interval): one chunk of a checkout or one batch of an apply
+            // takes far less, so only a holder stuck in one step reaches it.
+            let bound = half * 2;
+            let stalled_for = STORE_WORK.stalled_for();
+            if stalled_for < bound {
                 watchdog();
             } else {
                 tracing::warn!(
-                    ?silent_for,
-                    "sync loop shows no progress; withholding the watchdog ping"
+                    ?stalled_for,
+                    sync_loop_silent_for = ?syncer.health().since_alive(),
+                    "the store is held with no progress; withholding the watchdog ping"
                 );
             }
         }

@@ -311,6 +311,7 @@ impl Syncer {
         let store = self.store.clone();
         let (state, out) = tokio::task::spawn_blocking(move || {
             let mut s = store.lock().expect("store lock");
+            let _held = crate::health::STORE_WORK.hold(); // for the watchdog
             let out = f(&mut s);
             (s.state().clone(), out)
         })

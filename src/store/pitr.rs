@@ -466,6 +466,8 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
         tx.prepare_cached("delete from kvr_redo where stamp > ? and stamp <= ?")?
             .execute([&after.0[..], &last.0[..]])?;
         done += n as u64;
+        crate::health::STORE_WORK.progress(); // for the watchdog
+        super::testhook::chunk_walked();
         after = last;
         if n < CHECKOUT_CHUNK {
             break;
@@ -558,6 +560,8 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
         tx.prepare_cached("delete from kvr_undo where stamp >= ? and stamp <= ?")?
             .execute([&oldest.0[..], &upto.0[..]])?;
         done += n as u64;
+        crate::health::STORE_WORK.progress(); // for the watchdog
+        super::testhook::chunk_walked();
         if n < CHECKOUT_CHUNK {
             break;
         }

@@ -1,6 +1,10 @@
-//! Test-only: parks the writer inside a write transaction, after its rows
-//! are written and before COMMIT, so the crash test (`tests/crash.rs`) can
-//! SIGKILL it at the one moment a kill between transactions never reaches.
+//! Test-only hooks inside the store's transactions: one that parks the
+//! writer (a wedged store), one that slows a checkout down (a long one).
+//!
+//! The park hook stops the writer after its rows are written and before
+//! COMMIT, so the crash test (`tests/crash.rs`) can SIGKILL it at the one
+//! moment a kill between transactions never reaches, and the watchdog test
+//! (`tests/watchdog.rs`) can show that a wedged store stops the pings.
 //!
 //! `KVREPLICA_TEST_PARK_IN_TXN=<n>` (n ≥ 1), read once at the first such
 //! transaction of the process, makes the n-th transaction that stores a
@@ -29,18 +33,19 @@ static SEEN: AtomicU64 = AtomicU64::new(0);
 /// `what` (a snapshot range or a log batch); parks when the hook says so.
 #[inline]
 pub(super) fn before_commit(what: impl FnOnce() -> String) {
-    let at = *PARK_AT.get_or_init(read_var);
+    let at = *PARK_AT.get_or_init(|| read_number(VAR, "a transaction number"));
     if at != 0 {
         park_if_nth(at, what());
     }
 }
 
-fn read_var() -> u64 {
-    let Ok(v) = std::env::var(VAR) else { return 0 };
+/// The number in `var`, 0 when unset or not a number (said on stderr).
+fn read_number(var: &str, what: &str) -> u64 {
+    let Ok(v) = std::env::var(var) else { return 0 };
     match v.parse() {
         Ok(n) => n,
         Err(_) => {
-            eprintln!("{VAR}={v:?} is not a transaction number: ignored");
+            eprintln!("{var}={v:?} is not {what}: ignored");
             0
         }
     }
@@ -54,5 +59,23 @@ fn park_if_nth(at: u64, what: String) {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
+    }
+}
+
+const SLOW_VAR: &str = "KVREPLICA_TEST_SLOW_CHECKOUT_MS";
+
+/// Milliseconds to sleep after each chunk a checkout walks; 0 when off.
+static SLOW_MS: OnceLock<u64> = OnceLock::new();
+
+/// Called by a checkout after each chunk of rows it walked (and reported
+/// as progress). `KVREPLICA_TEST_SLOW_CHECKOUT_MS=<ms>`, read once, makes
+/// it sleep that long, so a test gets a checkout of many seconds from a
+/// history of a few chunks: a million-row checkout in a test's time. Unset,
+/// it costs one branch on a cached value per chunk.
+#[inline]
+pub(super) fn chunk_walked() {
+    let ms = *SLOW_MS.get_or_init(|| read_number(SLOW_VAR, "a number of milliseconds"));
+    if ms != 0 {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
