@@ -90,6 +90,9 @@ for _ in $(seq 600); do
   if ! kill -0 "$server" 2>/dev/null; then
     echo "demo.sh: kvreplica serve stopped:" >&2
     cat "$tmp/serve.log" >&2
+    if grep -q 'Address already in use' "$tmp/serve.log"; then
+      echo "demo.sh: choose other ports: --port N --admin-port N (0: any free one)" >&2
+    fi
     exit 1
   fi
   kv="$(addr_of 'KV Connect')" admin="$(addr_of 'admin API')"
