@@ -30,26 +30,6 @@ fn expected() -> (PathBuf, Value) {
     (path, json)
 }
 
-/// Every file below `dir`, relative path → contents.
-fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// The first stdout line starting with `prefix`.
 fn line_starting(text: &str, prefix: &str) -> String {
     text.lines()
@@ -88,9 +68,15 @@ fn demo_serves_the_sample_and_stops_cleanly_on_ctrl_c() {
     let sample = root().join("examples/sample-backup");
     let fixture = fixtures_dir()
         .join("sample-1/bucket/kv-backup/backups/3f1c2a7e-0000-4000-8000-000000000001");
+    let same = Command::new("diff")
+        .arg("-rq")
+        .args([&sample, &fixture])
+        .output()
+        .unwrap();
     assert!(
-        tree(&sample) == tree(&fixture),
-        "examples/sample-backup/ is no longer sample-1's bucket: update this test's expectations"
+        same.status.success(),
+        "examples/sample-backup/ is no longer sample-1's bucket: update this test's expectations\n{}",
+        String::from_utf8_lossy(&same.stdout)
     );
     let (expected_path, expected) = expected();
     let final_state = expected["final_state"].as_object().unwrap();
