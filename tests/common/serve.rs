@@ -554,6 +554,39 @@ impl Script {
         }
     }
 
+    /// Starts any command as a script: output captured, killed when
+    /// dropped; e.g. a program that prints what its user should run next.
+    pub fn start(label: &str, cmd: Command) -> Script {
+        Script::spawn(label.into(), cmd, tempfile::tempdir().unwrap())
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the script's stdout holds `marker`, and returns all of
+    /// it; fails if the script ends first or `timeout` passes.
+    pub fn wait_for_stdout(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stdout.text.lock().unwrap().clone();
+            if text.contains(marker) {
+                return text;
+            }
+            let ended = self.child.try_wait().unwrap();
+            if ended.is_some() || Instant::now() > deadline {
+                panic!(
+                    "{} printed no {marker:?} ({}):\n--- stdout\n{text}\n--- stderr\n{}",
+                    self.label,
+                    ended.map_or("still running at its deadline".into(), |s| s.to_string()),
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the script is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
