@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use canned::{http, Canned};
+use canned::{s3_error, Canned};
 use common::{kvreplica_bin, Sample};
 
 /// Exit codes of src/exit.rs, spelled out: the tests pin the numbers
@@ -74,17 +74,6 @@ fn serve_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     ];
     all.extend_from_slice(args);
     all
-}
-
-fn s3_error(status: u16, code: &str) -> Option<String> {
-    http(
-        status,
-        "application/xml",
-        &format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
-             <Message>canned {code}</Message><RequestId>1</RequestId></Error>"
-        ),
-    )
 }
 
 /// `--source s3://kv-backup/backups/x/` at `endpoint`, with static keys.

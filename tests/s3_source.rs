@@ -22,7 +22,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canned::{http, Answer, Canned};
+use canned::{http, s3_error, Answer, Canned};
 use kvreplica::backup::Backup;
 use kvreplica::format::LogName;
 use kvreplica::source::s3::{S3Credentials, S3Store};
@@ -124,17 +124,6 @@ async fn refused_credentials_name_the_key_not_the_secret() {
 
 /// Checks that an error has the expected class.
 type Expect = fn(&SourceError) -> bool;
-
-fn s3_error(status: u16, code: &str) -> Answer {
-    http(
-        status,
-        "application/xml",
-        &format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
-             <Message>canned {code}</Message><RequestId>1</RequestId></Error>"
-        ),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_http_failures_are_classified() {

@@ -91,6 +91,18 @@ pub fn http(status: u16, content_type: &str, body: &str) -> Answer {
     ))
 }
 
+/// An S3 error document with `code`, as S3 answers a failed request.
+pub fn s3_error(status: u16, code: &str) -> Answer {
+    http(
+        status,
+        "application/xml",
+        &format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+             <Message>canned {code}</Message><RequestId>1</RequestId></Error>"
+        ),
+    )
+}
+
 fn read_request(s: &mut TcpStream) -> Request {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
