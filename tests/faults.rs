@@ -910,6 +910,65 @@ fn serve_denied(kind: &str) {
     );
 }
 
+/// Connections to the store are reused: the initial sync opens at most as
+/// many as it has requests in flight, and once caught up a poll (a listing
+/// and a conditional read of `differential`) opens none — against a real
+/// store each would be a TCP and TLS handshake.
+fn connections_are_reused(kind: &str) {
+    const IN_FLIGHT: u64 = 8;
+    let fx = Fixture::generate(Spec {
+        seed: 83,
+        ..Spec::default()
+    });
+    let rig = Rig::start_with(kind, |flavor| Config {
+        mode: Mode::Pass,
+        ..Config::new(flavor, 83)
+    });
+    rig.put_all(&fx.initial);
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("r.sqlite");
+    let db_arg = db.display().to_string();
+    let in_flight = IN_FLIGHT.to_string();
+    let mut args = vec![
+        "--db",
+        &db_arg,
+        "--poll-interval",
+        "50ms",
+        "--fetch-concurrency",
+        &in_flight,
+    ];
+    let source = rig.source_args();
+    args.extend(source.iter().map(String::as_str));
+    let env = rig.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut serve = ServeProcess::start_with_env(&args, &env);
+    serve.wait_ready();
+    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    let (opened, requests) = (rig.proxy.connections(), rig.proxy.requests());
+    // The listing of snapshots and the first poll run beside the downloads.
+    assert!(
+        opened <= IN_FLIGHT + 2,
+        "{kind}: the initial sync opened {opened} connections for {requests} requests \
+         with {IN_FLIGHT} in flight"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let polls = rig.proxy.requests() - requests;
+    assert!(
+        polls >= 10,
+        "{kind}: only {polls} requests in 2 s of polling"
+    );
+    assert_eq!(
+        rig.proxy.connections(),
+        opened,
+        "{kind}: {polls} requests while caught up opened new connections"
+    );
+    eprintln!(
+        "{kind}: initial sync {requests} requests on {opened} connections; \
+         then {polls} requests on no new one"
+    );
+    assert!(serve.terminate().success());
+}
+
 mod s3 {
     #[test]
     fn generated_backup_sync_and_follow() {
@@ -934,6 +993,10 @@ mod s3 {
     #[test]
     fn one_kind_at_a_time() {
         super::one_kind_at_a_time("s3", 71)
+    }
+    #[test]
+    fn connections_are_reused() {
+        super::connections_are_reused("s3")
     }
 }
 
@@ -961,5 +1024,9 @@ mod gcs {
     #[test]
     fn one_kind_at_a_time() {
         super::one_kind_at_a_time("gcs", 73)
+    }
+    #[test]
+    fn connections_are_reused() {
+        super::connections_are_reused("gcs")
     }
 }

@@ -237,6 +237,9 @@ struct Shared {
     config: Config,
     upstream: SocketAddr,
     state: Mutex<State>,
+    /// Client connections accepted so far: each is a TCP (and, against a
+    /// real store, a TLS) handshake the client paid for.
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 /// A running proxy; stopped on drop.
@@ -279,6 +282,7 @@ impl FaultProxy {
             }),
             config,
             upstream,
+            accepted: std::sync::atomic::AtomicU64::new(0),
         });
         let accept_shared = shared.clone();
         runtime.spawn(async move {
@@ -287,6 +291,9 @@ impl FaultProxy {
                     continue;
                 };
                 let shared = accept_shared.clone();
+                shared
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move { connection(stream, shared).await });
             }
         });
@@ -300,6 +307,13 @@ impl FaultProxy {
     /// `http://127.0.0.1:<port>`: the endpoint to give the client.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Client connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Changes what happens to the next requests.
