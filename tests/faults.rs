@@ -11,6 +11,8 @@
 //! nothing may hang, and a refusal that no retry mends (403) must end the
 //! run at once with the key id named.
 
+#[path = "common/bounded.rs"]
+mod bounded;
 mod common;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
@@ -253,30 +255,10 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// Runs a command to its end, at most `limit`; returns its status and
-/// stderr. Panics (after killing it) when it takes longer.
+/// stderr.
 fn run_bounded(mut cmd: Command, limit: Duration) -> (ExitStatus, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvreplica");
-    let mut log = Log::collect(&mut child);
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, log.finish());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kvreplica did not finish within {limit:?}; log tail:\n{}",
-                tail(&log.text(), 40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, stderr) = bounded::run(&mut cmd, limit);
+    (status, String::from_utf8_lossy(&stderr).into_owned())
 }
 
 /// Runs `sync` to completion through the faults and returns its log;

@@ -10,7 +10,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `cmd` (stdin and stdout closed, stderr captured), killing it and
-/// failing the test after `limit`. Returns its exit status and stderr.
+/// failing the test after `limit` with the tail of its stderr. Returns its
+/// exit status and stderr.
 pub fn run(cmd: &mut Command, limit: Duration) -> (ExitStatus, Vec<u8>) {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -32,7 +33,12 @@ pub fn run(cmd: &mut Command, limit: Duration) -> (ExitStatus, Vec<u8>) {
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not stop within {limit:?}");
+            let stderr = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+            let lines: Vec<&str> = stderr.lines().collect();
+            panic!(
+                "{cmd:?} did not stop within {limit:?}; stderr tail:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
