@@ -137,10 +137,12 @@ impl GcsServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
+            // Ours, not another emulator given the same port at the same time.
             if matches!(
                 self.request("GET", "/_internal/healthcheck", &[]),
                 Ok((200, _))
-            ) {
+            ) && tools::listens_on(self.child.id(), self.addr.port())
+            {
                 return true;
             }
             std::thread::sleep(POLL_INTERVAL);

@@ -125,7 +125,10 @@ impl S3Server {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect_timeout(&self.addr, POLL_INTERVAL * 10).is_ok() {
+            // Ours, not another server given the same port at the same time.
+            if TcpStream::connect_timeout(&self.addr, POLL_INTERVAL * 10).is_ok()
+                && tools::listens_on(self.child.id(), self.addr.port())
+            {
                 return true;
             }
             std::thread::sleep(POLL_INTERVAL);
