@@ -22,6 +22,9 @@
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
 //!   source binding.
+//! - `rebuild` *(internal)*: after a re-export, a replica of the new
+//!   export built beside the file while the old one is served, then
+//!   copied in in one transaction (`sync.on_reexport = "rebuild"`).
 //! - [`checkout`]: point-in-time checkout of a replica the engine runs on
 //!   (move the visible state, wake watchers, count it).
 //! - `clock` *(internal)*: times from the bucket (`LastModified`, commit
@@ -68,6 +71,7 @@ mod logging;
 pub mod metrics;
 mod notify;
 mod progress;
+mod rebuild;
 mod reload;
 pub mod server;
 pub mod source;

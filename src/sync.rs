@@ -136,6 +136,49 @@ pub struct SyncOptions {
     pub batch_objects: usize,
     /// How much point-in-time history to keep.
     pub retention: Retention,
+    /// What a re-exported backup makes the engine do.
+    pub on_reexport: OnReexport,
+}
+
+/// What the engine does when the backup is re-exported under the same
+/// prefix (see [`SyncError::Reexported`]).
+///
+/// `Stop` is the default: a rebuild replaces the state clients read, the
+/// recoverable history and any pin by those of another export, and needs
+/// room for a second copy of the replica; an operator opts into that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReexport {
+    /// Stop following, keep serving the last state; readiness fails and
+    /// says what changed.
+    #[default]
+    Stop,
+    /// Build a replica of the new export beside the file (see
+    /// [`crate::rebuild`]), keep serving the old state meanwhile, then
+    /// switch to the new one in one transaction.
+    Rebuild,
+}
+
+impl std::str::FromStr for OnReexport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "stop" => Ok(OnReexport::Stop),
+            "rebuild" => Ok(OnReexport::Rebuild),
+            _ => Err(format!(
+                "{s:?} is not a policy: use \"stop\" or \"rebuild\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OnReexport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnReexport::Stop => "stop",
+            OnReexport::Rebuild => "rebuild",
+        })
+    }
 }
 
 impl Default for SyncOptions {
@@ -161,6 +204,7 @@ impl Default for SyncOptions {
             // bounded by the byte budget instead.
             batch_objects: 1000,
             retention: Retention::default(),
+            on_reexport: OnReexport::Stop,
         }
     }
 }
@@ -256,6 +300,35 @@ impl Syncer {
     /// The engine's liveness: what readiness and the watchdog read.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The backup the engine reads.
+    pub(crate) fn source(&self) -> &Arc<Backup> {
+        &self.source
+    }
+
+    /// The engine's tunables.
+    pub(crate) fn options(&self) -> &SyncOptions {
+        &self.opts
+    }
+
+    /// The store, once the engine is done with it (a rebuilt replica
+    /// about to be copied in); `None` while someone else holds it.
+    pub(crate) fn into_store(self) -> Option<Store> {
+        Arc::try_unwrap(self.store)
+            .ok()
+            .map(|m| m.into_inner().expect("store lock"))
+    }
+
+    /// The store now holds another export (swapped in by a rebuild):
+    /// forget what was seen of the old one and follow again.
+    pub(crate) fn follow_anew(&self) {
+        *self.export.lock().expect("export lock") = ExportSeen::default();
+        self.health.set_stopped(None);
+        self.health.set_rebuilding(None);
+        let state = self.state();
+        metrics::opened(&state);
+        self.show(state.visible());
     }
 
     /// The configured poll interval.
@@ -383,7 +456,39 @@ impl Syncer {
 
     /// Brings the replica to its initial point, resuming whatever a previous
     /// run left. Returns the initial point.
+    ///
+    /// The load never finishes into a mix of two exports: the export is
+    /// compared with the `differential` read at its start before the
+    /// snapshot ranges are fetched, after they are loaded (or when one
+    /// fails to download), and before each page of the log. A re-export
+    /// fails the load with [`SyncError::Reexported`] under
+    /// [`OnReexport::Stop`]; under [`OnReexport::Rebuild`] the file is
+    /// emptied and the load starts again from the new export.
     pub async fn initial(&self) -> Result<Versionstamp, SyncError> {
+        loop {
+            match self.initial_once().await {
+                Err(e @ SyncError::Reexported { .. })
+                    if self.opts.on_reexport == OnReexport::Rebuild
+                        && !self.state().initial_complete() =>
+                {
+                    tracing::warn!(error = %e, "the backup was re-exported during the initial load; starting it again from the new export");
+                    self.restart_load().await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Forgets everything an unfinished initial load stored (see
+    /// [`Syncer::initial`]).
+    async fn restart_load(&self) -> Result<(), SyncError> {
+        self.with_store(|s| s.reset()).await?;
+        *self.export.lock().expect("export lock") = ExportSeen::default();
+        self.health.set_stopped(None);
+        Ok(())
+    }
+
+    async fn initial_once(&self) -> Result<Versionstamp, SyncError> {
         let state = self.state();
         if state.initial_complete() {
             return Ok(state.initial_point.expect("complete"));
@@ -400,7 +505,16 @@ impl Syncer {
             }
         };
         tracing::info!(%dv, "differential versionstamp");
-        self.load_snapshot().await?;
+        // Before the ranges are fetched and once they are all stored: a
+        // range downloaded from another export than `dv`'s is never
+        // followed by a complete load. A range that vanished mid-load is
+        // most likely a re-export: that is the error to report.
+        self.check_whole_export().await?;
+        if let Err(e) = self.load_snapshot().await {
+            self.check_whole_export().await?;
+            return Err(e);
+        }
+        self.check_whole_export().await?;
         loop {
             let round = self.round().await?;
             let state = self.state();
@@ -589,6 +703,13 @@ impl Syncer {
             seen.differential = Some(v);
         }
         Ok(())
+    }
+
+    /// [`Syncer::check_export`] with the snapshot set compared now, due or
+    /// not: what the initial load relies on.
+    async fn check_whole_export(&self) -> Result<(), SyncError> {
+        self.export.lock().expect("export lock").snapshots_checked = None;
+        self.check_export().await
     }
 
     /// How the listed snapshot ranges differ from those the replica
@@ -826,7 +947,9 @@ impl Syncer {
 
     /// Follows the bucket until `shutdown` resolves: a round every poll
     /// interval (with ±10 % jitter so replicas spread their requests). A
-    /// failed round is logged and retried after a growing pause.
+    /// failed round is logged and retried after a growing pause. A
+    /// re-exported backup under [`OnReexport::Rebuild`] is rebuilt and
+    /// swapped in (see [`crate::rebuild`]) before following goes on.
     pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
@@ -852,6 +975,29 @@ impl Syncer {
                         Duration::ZERO
                     } else {
                         jitter(self.poll_interval())
+                    }
+                }
+                Err(e @ SyncError::Reexported { .. })
+                    if self.opts.on_reexport == OnReexport::Rebuild =>
+                {
+                    metrics::error(e.kind());
+                    tracing::warn!(error = %e, "rebuilding the replica from the new export");
+                    let rebuilt = tokio::select! {
+                        r = crate::rebuild::rebuild(self) => r,
+                        _ = &mut shutdown => return,
+                    };
+                    match rebuilt {
+                        Ok(()) => {
+                            failures = 0;
+                            self.health.round_ended(None);
+                            Duration::ZERO
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::error!(error = %e, kind = e.kind(), "rebuild failed");
+                            self.health.round_ended(Some(e.to_string()));
+                            self.retry_after(&e, failures)
+                        }
                     }
                 }
                 Err(e) => {

@@ -14,6 +14,7 @@
 mod apply;
 pub mod pitr;
 mod schema;
+mod swap;
 mod testhook;
 
 use std::fs::File;
