@@ -190,6 +190,7 @@ async fn swap(live: &Syncer, path: &Path, rebuilt: Store) -> Result<(), SyncErro
         pages = swapped.pages,
         took_ms = swapped.took.as_millis() as u64,
         wal_bytes = swapped.wal_bytes,
+        checkpoint_ms = swapped.checkpoint.as_millis() as u64,
         "switched to the replica of the new export"
     );
     if before.pinned {

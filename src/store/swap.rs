@@ -15,8 +15,11 @@
 //! new one.
 //!
 //! The cost is one copy of every page through the WAL: the WAL grows to
-//! about the size of the new replica until the next checkpoint, which runs
-//! right after the copy (see [`Store::replace_with`]).
+//! about the size of the new replica until the checkpoint that runs right
+//! after the copy (see [`Store::replace_with`]) truncates it. Measured on a
+//! 102k-key replica (13–14 MB, release build, ext4): the copy took 44–90
+//! ms, the WAL grew to 13.3–14.0 MB, the checkpoint took 48–89 ms, during
+//! which reads went on.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,8 @@ pub(crate) struct Swapped {
     /// Size of the `-wal` right after the copy committed, before the
     /// checkpoint.
     pub wal_bytes: u64,
+    /// Time of the checkpoint that follows (the store is still held).
+    pub checkpoint: Duration,
 }
 
 /// Pages copied per backup step (16 MiB of 4 KiB pages).
@@ -100,6 +105,7 @@ impl Store {
         // for readers still on the old state, at most a second: one that
         // stays longer leaves the WAL as it is, which is harmless (the
         // next automatic checkpoint moves the pages).
+        let checkpoint = Instant::now();
         self.conn.busy_timeout(CHECKPOINT_WAIT)?;
         if let Err(e) = self
             .conn
@@ -113,6 +119,7 @@ impl Store {
             pages,
             took,
             wal_bytes,
+            checkpoint: checkpoint.elapsed(),
         })
     }
 }
