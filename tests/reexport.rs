@@ -32,6 +32,24 @@ const PREFIX: &str = "backups/reexport/";
 /// Far more than any step takes on a busy two-core machine.
 const WAIT: Duration = Duration::from_secs(90);
 
+/// `$name::dir` and `$name::s3`: the scenario `$scenario` against a
+/// directory and against s3s-fs.
+macro_rules! on_both {
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            #[test]
+            fn dir() {
+                super::$scenario("dir");
+            }
+
+            #[test]
+            fn s3() {
+                super::$scenario("s3");
+            }
+        }
+    };
+}
+
 /// Objects of one export, as the fixture lists them.
 type Objects = [(String, Vec<u8>)];
 
@@ -125,19 +143,16 @@ impl Place {
 
     /// A one-shot `kvreplica sync`: its exit code and stderr.
     fn sync(&self, db: &Path, extra: &[&str]) -> (Option<i32>, String) {
-        let out = Command::new(common::kvreplica_bin())
-            .arg("sync")
-            .args(self.flags(extra))
-            .arg("--db")
-            .arg(db)
+        let mut cmd = Command::new(common::kvreplica_bin());
+        cmd.arg("sync").args(self.flags(extra));
+        cmd.args([Path::new("--db"), db]);
+        let out = cmd
             .env_remove("RUST_LOG")
             .envs(self.env())
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
     }
 }
 
@@ -159,20 +174,44 @@ fn built_alone(objects: &[&Objects], dir: &Path) -> (BTreeMap<String, Row>, Vec<
     (read_replica(&db), pitr_list(&db))
 }
 
-/// Two exports of different databases under one prefix: the old one a
-/// replica follows, the new one that replaces it (more snapshot ranges,
-/// whose first names are the old ones').
-fn exports(new_keys: usize) -> (Fixture, Fixture) {
-    let old = Fixture::generate(Spec::default());
-    let new = Fixture::generate(Spec {
-        seed: 7,
-        keys: new_keys,
-        ranges: 6,
-        pre_commits: 90,
-        ..Spec::default()
-    });
-    assert_ne!(old.dv, new.dv);
-    (old, new)
+/// What each scenario starts from: two exports of different databases
+/// for one prefix, the old one a replica follows and the new one that
+/// replaces it (more snapshot ranges, whose first names are the old
+/// ones'); an empty place for them; the replica file's path; and the rows
+/// and points of a replica built from the new export alone.
+struct Scene {
+    old: Fixture,
+    new: Fixture,
+    place: Place,
+    db: PathBuf,
+    new_rows: BTreeMap<String, Row>,
+    new_points: Vec<(String, String)>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new(kind: &str, new_keys: usize) -> Scene {
+        let old = Fixture::generate(Spec::default());
+        let new = Fixture::generate(Spec {
+            seed: 7,
+            keys: new_keys,
+            ranges: 6,
+            pre_commits: 90,
+            ..Spec::default()
+        });
+        assert_ne!(old.dv, new.dv);
+        let tmp = tempfile::tempdir().unwrap();
+        let (new_rows, new_points) = built_alone(&[&new.initial, &new.append], tmp.path());
+        Scene {
+            old,
+            new,
+            place: Place::new(kind),
+            db: tmp.path().join("r.sqlite"),
+            new_rows,
+            new_points,
+            _tmp: tmp,
+        }
+    }
 }
 
 /// A state as KV Connect serves it: hex key → (value, encoding,
@@ -346,15 +385,14 @@ fn wait_rows(db: &Path, want: &BTreeMap<String, Row>, serve: &ServeProcess) {
 /// replica built from the new export alone has, with its history; no read
 /// fails or sees anything else; the watcher is woken with the new state.
 fn switch(kind: &str) {
-    let (old, new) = exports(400);
-    let tmp = tempfile::tempdir().unwrap();
-    let (new_rows, new_points) = built_alone(&[&new.initial, &new.append], tmp.path());
-    let place = Place::new(kind);
+    let sc = Scene::new(kind, 400);
+    let old = &sc.old;
+    let (place, db, new) = (&sc.place, sc.db.as_path(), &sc.new);
+    let (new_rows, new_points) = (sc.new_rows.clone(), sc.new_points.clone());
     place.export(&[&old.initial]);
-    let db = tmp.path().join("r.sqlite");
-    let mut serve = place.serve(&db, &["--on-reexport", "rebuild"]);
+    let mut serve = place.serve(db, &["--on-reexport", "rebuild"]);
     serve.wait_ready();
-    let old_rows = read_replica(&db);
+    let old_rows = read_replica(db);
     assert!(!old_rows.is_empty());
     assert_ne!(old_rows, new_rows);
     let (old_state, new_state) = (served(&old_rows), served(&new_rows));
@@ -407,7 +445,7 @@ fn switch(kind: &str) {
     }
 
     place.export(&[&new.initial, &new.append]);
-    wait_rows(&db, &new_rows, &serve);
+    wait_rows(db, &new_rows, &serve);
     let deadline = Instant::now() + WAIT;
     while readyz(&serve).0 != 200 {
         assert!(
@@ -447,8 +485,8 @@ fn switch(kind: &str) {
         "the watcher saw the new export's entries ({frames} frames)"
     );
     assert_eq!(client.read_all().unwrap(), new_state);
-    assert_eq!(pitr_list(&db), new_points, "the new export's history");
-    assert!(!rebuild_path(&db).exists(), "the rebuilt file is gone");
+    assert_eq!(pitr_list(db), new_points, "the new export's history");
+    assert!(!rebuild_path(db).exists(), "the rebuilt file is gone");
     let log = serve.log();
     assert!(
         log.contains("switched to the replica of the new export"),
@@ -457,15 +495,7 @@ fn switch(kind: &str) {
     assert!(serve.terminate().success());
 }
 
-#[test]
-fn a_reexport_is_rebuilt_and_swapped_in_dir() {
-    switch("dir");
-}
-
-#[test]
-fn a_reexport_is_rebuilt_and_swapped_in_s3() {
-    switch("s3");
-}
+on_both!(a_reexport_is_rebuilt_and_swapped_in, switch);
 
 /// SIGKILL at random moments of a rebuild, several times, restarting each
 /// time: every kill leaves a file that holds exactly the old export's
@@ -476,18 +506,16 @@ fn a_reexport_is_rebuilt_and_swapped_in_s3() {
 /// hook (`KVREPLICA_TEST_PARK_IN_TXN`, see src/store/testhook.rs) and kill
 /// it there, a moment a delay rarely hits.
 fn kill_during_rebuild(kind: &str) {
-    let (old, new) = exports(3000);
-    let tmp = tempfile::tempdir().unwrap();
-    let (new_rows, _) = built_alone(&[&new.initial, &new.append], tmp.path());
-    let place = Place::new(kind);
+    let sc = Scene::new(kind, 3000);
+    let (old, new, place, db) = (&sc.old, &sc.new, &sc.place, sc.db.as_path());
+    let new_rows = sc.new_rows.clone();
     place.export(&[&old.initial]);
-    let db = tmp.path().join("r.sqlite");
     // One download at a time: a rebuild of several transactions.
     let flags = ["--on-reexport", "rebuild", "--fetch-concurrency", "1"];
-    let mut serve = place.serve(&db, &flags);
+    let mut serve = place.serve(db, &flags);
     serve.wait_ready();
     assert!(serve.terminate().success());
-    let old_rows = read_replica(&db);
+    let old_rows = read_replica(db);
     place.export(&[&new.initial, &new.append]);
 
     let seed = std::time::SystemTime::now()
@@ -503,7 +531,7 @@ fn kill_during_rebuild(kind: &str) {
             .iter()
             .map(|n| ("KVREPLICA_TEST_PARK_IN_TXN", n.as_str()))
             .collect();
-        let serve = place.serve_with(&db, &flags, &env);
+        let serve = place.serve_with(db, &flags, &env);
         let deadline = Instant::now() + WAIT;
         let what = loop {
             let log = serve.log();
@@ -515,7 +543,7 @@ fn kill_during_rebuild(kind: &str) {
                 std::thread::sleep(delay);
                 break "after a delay";
             }
-            if read_replica(&db) == new_rows {
+            if read_replica(db) == new_rows {
                 break "swapped";
             }
             assert!(
@@ -530,8 +558,8 @@ fn kill_during_rebuild(kind: &str) {
             .unwrap();
         assert!(killed.success());
         drop(serve);
-        assert!(integrity_ok_read_only(&db), "round {round}: intact");
-        let rows = read_replica(&db);
+        assert!(integrity_ok_read_only(db), "round {round}: intact");
+        let rows = read_replica(db);
         assert!(
             rows == old_rows || rows == new_rows,
             "round {round} (seed {seed}, killed {what}): the file holds one export's state"
@@ -542,26 +570,21 @@ fn kill_during_rebuild(kind: &str) {
         }
     }
     assert!(parked >= 1, "seed {seed}");
-    let serve = place.serve(&db, &flags);
-    wait_rows(&db, &new_rows, &serve);
+    let serve = place.serve(db, &flags);
+    wait_rows(db, &new_rows, &serve);
     let deadline = Instant::now() + WAIT;
     while readyz(&serve).0 != 200 {
         assert!(Instant::now() < deadline, "not ready: {:?}", readyz(&serve));
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!rebuild_path(&db).exists(), "the rebuilt file is gone");
+    assert!(!rebuild_path(db).exists(), "the rebuilt file is gone");
     assert!(serve.terminate().success());
 }
 
-#[test]
-fn a_rebuild_killed_at_any_moment_leaves_a_servable_file_dir() {
-    kill_during_rebuild("dir");
-}
-
-#[test]
-fn a_rebuild_killed_at_any_moment_leaves_a_servable_file_s3() {
-    kill_during_rebuild("s3");
-}
+on_both!(
+    a_rebuild_killed_at_any_moment_leaves_a_servable_file,
+    kill_during_rebuild
+);
 
 /// Ranges of the snapshot ranges table: (loaded, recorded).
 fn ranges_loaded(db: &Path) -> (i64, i64) {
@@ -582,81 +605,66 @@ fn ranges_loaded(db: &Path) -> (i64, i64) {
 /// export; a one-shot `sync` with `rebuild` starts the load again from the
 /// new export and ends at exactly its state, exit 0.
 fn initial_load_across_a_reexport(kind: &str) {
-    let (mut old, new) = exports(400);
-    let tmp = tempfile::tempdir().unwrap();
-    let (new_rows, new_points) = built_alone(&[&new.initial, &new.append], tmp.path());
+    let mut sc = Scene::new(kind, 400);
+    let old = &mut sc.old;
+    let (place, db, new) = (&sc.place, sc.db.as_path(), &sc.new);
+    let (new_rows, new_points) = (sc.new_rows.clone(), sc.new_points.clone());
     let mut ranges: Vec<usize> = (0..old.initial.len())
         .filter(|i| old.initial[*i].0.starts_with("snapshots/"))
         .collect();
     ranges.sort_by_key(|i| old.initial[*i].0.clone());
     assert!(ranges.len() >= 4);
     old.initial[ranges[2]].1 = b"not a snapshot range".to_vec();
-    let place = Place::new(kind);
     place.export(&[&old.initial]);
-    let db = tmp.path().join("r.sqlite");
-    let (code, stderr) = place.sync(&db, &[]);
+    let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(65), "the corrupt range stops the load: {stderr}");
-    let half = ranges_loaded(&db);
+    let half = ranges_loaded(db);
     assert!(half.0 < half.1, "{half:?}");
-    let rows = read_replica(&db);
+    let rows = read_replica(db);
 
     place.export(&[&new.initial, &new.append]);
-    let (code, stderr) = place.sync(&db, &[]);
+    let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
     assert!(
         stderr.contains("re-exported") && stderr.contains("differential changed"),
         "{stderr}"
     );
-    assert_eq!(ranges_loaded(&db), half, "nothing of the new export loaded");
-    assert_eq!(read_replica(&db), rows);
+    assert_eq!(ranges_loaded(db), half, "nothing of the new export loaded");
+    assert_eq!(read_replica(db), rows);
 
-    let (code, stderr) = place.sync(&db, &["--on-reexport", "rebuild"]);
+    let (code, stderr) = place.sync(db, &["--on-reexport", "rebuild"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(read_replica(&db), new_rows);
-    assert_eq!(pitr_list(&db), new_points);
+    assert_eq!(read_replica(db), new_rows);
+    assert_eq!(pitr_list(db), new_points);
 }
 
-#[test]
-fn an_initial_load_never_mixes_two_exports_dir() {
-    initial_load_across_a_reexport("dir");
-}
-
-#[test]
-fn an_initial_load_never_mixes_two_exports_s3() {
-    initial_load_across_a_reexport("s3");
-}
+on_both!(
+    an_initial_load_never_mixes_two_exports,
+    initial_load_across_a_reexport
+);
 
 /// A one-shot `sync` of a complete replica whose backup was re-exported:
 /// exit 65 with `stop`; with `rebuild` the new export is built beside it
 /// and copied in, exit 0, exactly the new export's state and history.
 fn one_shot_sync(kind: &str) {
-    let (old, new) = exports(400);
-    let tmp = tempfile::tempdir().unwrap();
-    let (new_rows, new_points) = built_alone(&[&new.initial, &new.append], tmp.path());
-    let place = Place::new(kind);
+    let sc = Scene::new(kind, 400);
+    let old = &sc.old;
+    let (place, db, new) = (&sc.place, sc.db.as_path(), &sc.new);
+    let (new_rows, new_points) = (sc.new_rows.clone(), sc.new_points.clone());
     place.export(&[&old.initial, &old.append]);
-    let db = tmp.path().join("r.sqlite");
-    let (code, stderr) = place.sync(&db, &[]);
+    let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(0), "{stderr}");
     place.export(&[&new.initial, &new.append]);
-    let (code, stderr) = place.sync(&db, &[]);
+    let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
-    let (code, stderr) = place.sync(&db, &["--on-reexport", "rebuild"]);
+    let (code, stderr) = place.sync(db, &["--on-reexport", "rebuild"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(read_replica(&db), new_rows);
-    assert_eq!(pitr_list(&db), new_points);
-    assert!(!rebuild_path(&db).exists());
+    assert_eq!(read_replica(db), new_rows);
+    assert_eq!(pitr_list(db), new_points);
+    assert!(!rebuild_path(db).exists());
     // Caught up: the next sync has nothing to rebuild.
-    let (code, stderr) = place.sync(&db, &[]);
+    let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-#[test]
-fn a_one_shot_sync_rebuilds_in_place_dir() {
-    one_shot_sync("dir");
-}
-
-#[test]
-fn a_one_shot_sync_rebuilds_in_place_s3() {
-    one_shot_sync("s3");
-}
+on_both!(a_one_shot_sync_rebuilds_in_place, one_shot_sync);
