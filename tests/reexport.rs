@@ -516,6 +516,7 @@ fn kill_during_rebuild(kind: &str) {
     serve.wait_ready();
     assert!(serve.terminate().success());
     let old_rows = read_replica(db);
+    let old_state = served(&old_rows);
     place.export(&[&new.initial, &new.append]);
 
     let seed = std::time::SystemTime::now()
@@ -536,6 +537,19 @@ fn kill_during_rebuild(kind: &str) {
         let what = loop {
             let log = serve.log();
             if park.is_some() && log.contains("parked before COMMIT") {
+                // The old state is served and readiness says a rebuild is
+                // under way, with its progress.
+                let (status, body) = readyz(&serve);
+                assert_eq!(status, 503, "{body}");
+                assert!(
+                    body.contains("rebuilding from a re-exported backup")
+                        && body.contains("snapshot ranges"),
+                    "{body}"
+                );
+                assert_eq!(
+                    Client::connect(&serve.kv_url()).read_all(),
+                    Ok(old_state.clone())
+                );
                 break "parked";
             }
             if park.is_none() && readyz(&serve).1.contains("rebuilding") {
