@@ -10,9 +10,9 @@
 //! `store::swap`): readers see the old state or the new one, never a mix
 //! and never an error; watchers are woken once.
 //!
-//! Crash safety: the live file is written only by that one transaction,
-//! so a kill at any moment leaves a servable file (the old export before
-//! the commit, the new one after). `<db>.rebuild` is resumed by the next
+//! Crash safety: during a rebuild the live file is written only by that
+//! one transaction, so a kill at any moment leaves a servable file (the old
+//! export before the commit, the new one after). `<db>.rebuild` is resumed by the next
 //! rebuild (its initial load is resumable, and one from an export that has
 //! been replaced since is emptied and started again); one left after a
 //! swap committed is deleted by the next start.
@@ -195,6 +195,7 @@ async fn swap(live: &Syncer, path: &Path, rebuilt: Store) -> Result<(), SyncErro
     );
     if before.pinned {
         tracing::warn!(
+            pinned_at = %before.visible().map(|v| v.to_string()).unwrap_or_default(),
             "the replica was pinned to a point of the old export; it now follows the new \
              export, whose history starts at its initial point"
         );

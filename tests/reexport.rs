@@ -657,9 +657,10 @@ on_both!(
     initial_load_across_a_reexport
 );
 
-/// A one-shot `sync` of a complete replica whose backup was re-exported:
-/// exit 65 with `stop`; with `rebuild` the new export is built beside it
-/// and copied in, exit 0, exactly the new export's state and history.
+/// A one-shot `sync` of a complete replica, pinned to a point, whose
+/// backup was re-exported: exit 65 with `stop`; with `rebuild` the new
+/// export is built beside it and copied in, exit 0, exactly the new
+/// export's state and history, following again (a warning names the pin).
 fn one_shot_sync(kind: &str) {
     let sc = Scene::new(kind, 400);
     let old = &sc.old;
@@ -668,13 +669,30 @@ fn one_shot_sync(kind: &str) {
     place.export(&[&old.initial, &old.append]);
     let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(0), "{stderr}");
+    // Pinned to an older point of the old export.
+    let pin = pitr_list(db)[0].0.clone();
+    common::run_ok(&["pitr", "--db", &db.display().to_string(), "checkout", &pin]);
+    let info = || {
+        let out = common::run_ok(&["pitr", "--db", &db.display().to_string(), "info"]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(info().contains("pinned"), "{}", info());
     place.export(&[&new.initial, &new.append]);
     let (code, stderr) = place.sync(db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
     let (code, stderr) = place.sync(db, &["--on-reexport", "rebuild"]);
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("was pinned") && stderr.contains(&pin),
+        "{stderr}"
+    );
     assert_eq!(read_replica(db), new_rows);
-    assert_eq!(pitr_list(db), new_points);
+    assert_eq!(
+        pitr_list(db),
+        new_points,
+        "the old export's points are gone"
+    );
+    assert!(!info().contains("pinned"), "following again: {}", info());
     assert!(!rebuild_path(db).exists());
     // Caught up: the next sync has nothing to rebuild.
     let (code, stderr) = place.sync(db, &[]);
