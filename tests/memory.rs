@@ -419,3 +419,66 @@ fn a_clean_bucket_of_300k_keys_in_three_ranges_stays_bounded() {
 fn a_clean_bucket_of_a_million_keys_in_sixteen_ranges_stays_bounded() {
     clean_bucket_stays_bounded(1_000_000, 16, 300);
 }
+
+/// A range streamed from a file that turns out corrupt near its end (after
+/// thousands of rows were written in its transaction) stores none of it:
+/// the sync stops naming the object (exit 65) and the replica holds no
+/// half-loaded range.
+#[test]
+fn a_streamed_range_found_corrupt_at_its_end_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("bucket");
+    let n = 20_000;
+    let rel = format!("snapshots/0001_{:016x}_{:016x}.bin", 1, 0);
+    let path = src.join(&rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in 0..n {
+        let k = [b"d".as_slice(), &fixture::key_for(i)].concat();
+        put_pair(&mut w, 1, k, value_of(i as u64, 1000));
+    }
+    for i in 0..n {
+        let mut meta = stamp(5, 0)[..10].to_vec();
+        meta.push(3);
+        if i == n - 1 {
+            meta.truncate(3);
+        }
+        put_pair(
+            &mut w,
+            2,
+            [b"m".as_slice(), &fixture::key_for(i)].concat(),
+            meta,
+        );
+    }
+    w.into_inner().unwrap().sync_all().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 16 << 20 >> 2);
+    write(
+        src.join("differential"),
+        hex::encode(&stamp(10, 0)[..10]).as_bytes(),
+    );
+    std::fs::create_dir_all(src.join("logs")).unwrap();
+
+    let db = tmp.path().join("replica.sqlite3");
+    let (status, stderr) = bounded::run(
+        Command::new(kvreplica_bin())
+            .args(["sync", "--source"])
+            .arg(format!("file://{}/", src.display()))
+            .arg("--db")
+            .arg(&db)
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains(&rel) && stderr.contains("metadata is 3 bytes"),
+        "{stderr}"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("select count(*) from kv"), 0);
+    assert_eq!(
+        count("select count(*) from kvr_snapshot_ranges where loaded = 1"),
+        0
+    );
+}
