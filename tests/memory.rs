@@ -482,3 +482,62 @@ fn a_streamed_range_found_corrupt_at_its_end_stores_nothing() {
         0
     );
 }
+
+/// One commit as large as a stamp can number (65,535 entries of 1 KB
+/// values, 70 MB) split across 33 log objects: each object's entries wait
+/// in redo until the one holding the commit's end arrives, and the whole
+/// commit then leaves redo chunk by chunk, within the bound.
+#[test]
+fn a_commit_split_across_many_objects_is_drained_from_redo_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("bucket");
+    write(
+        src.join(format!("snapshots/0001_{:016x}_{:016x}.bin", 1, 0)),
+        b"",
+    );
+    write(
+        src.join("differential"),
+        hex::encode(&stamp(1, 0)[..10]).as_bytes(),
+    );
+    let n = COMMIT_ENTRIES as usize;
+    let entries: Vec<BackupReplicationLogEntry> = (0..n)
+        .map(|i| BackupReplicationLogEntry {
+            versionstamp: stamp(2, if i + 1 == n { 0xffff } else { i as u16 }).to_vec(),
+            kind: BackupKvMutationKind::MkSet as i32,
+            key: fixture::key_for(i),
+            value: value_of(i as u64, 1000),
+            value_encoding: 3,
+            expire_at_ms: 0,
+        })
+        .collect();
+    for (o, part) in entries.chunks(2000).enumerate() {
+        let name = format!(
+            "logs/0001_{:016x}_{}_{}.bin",
+            o + 1,
+            hex::encode(&part[0].versionstamp),
+            hex::encode(&part.last().unwrap().versionstamp)
+        );
+        let body = BackupMutationRange {
+            entries: part.to_vec(),
+            timestamp_ms: 1_700_000_000_000,
+        };
+        write(src.join(name), &body.encode_to_vec());
+    }
+    drop(entries);
+
+    let db = tmp.path().join("replica.sqlite3");
+    let (_, peak) = sync_measured(&src, &db, Duration::from_secs(300));
+    assert_peak(peak, "a 70 MB commit split across 33 objects");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("select count(*) from kv where version = 2"), n as i64);
+    assert_eq!(count("select count(*) from kvr_redo"), 0);
+    for i in [0, n / 2, n - 1] {
+        let v: Vec<u8> = conn
+            .query_row("select v from kv where k = ?", [fixture::key_for(i)], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(v == value_of(i as u64, 1000), "value of key {i}");
+    }
+}
