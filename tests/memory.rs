@@ -193,12 +193,9 @@ const LOG_ENTRIES: u64 = 32 * COMMIT_ENTRIES;
 /// Distinct keys written (each commit writes each twice).
 const LOG_KEYS: u64 = 50_000;
 
-#[test]
-fn a_log_object_of_millions_of_tiny_entries_is_streamed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("bucket");
-    // An empty snapshot at DV (version 1), then one log object of
-    // LOG_ENTRIES one-byte sets in commits 2, 3, …
+/// An empty snapshot and `differential` at version 1, for a bucket whose
+/// data is all in its logs.
+fn empty_snapshot_at_version_1(src: &Path) {
     write(
         src.join(format!("snapshots/0001_{:016x}_{:016x}.bin", 1, 0)),
         b"",
@@ -207,6 +204,15 @@ fn a_log_object_of_millions_of_tiny_entries_is_streamed() {
         src.join("differential"),
         hex::encode(&stamp(1, 0)[..10]).as_bytes(),
     );
+}
+
+#[test]
+fn a_log_object_of_millions_of_tiny_entries_is_streamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("bucket");
+    // An empty snapshot at DV (version 1), then one log object of
+    // LOG_ENTRIES one-byte sets in commits 2, 3, …
+    empty_snapshot_at_version_1(&src);
     let commits = LOG_ENTRIES / COMMIT_ENTRIES;
     let first = stamp(2, 0);
     let last = stamp(1 + commits, 0xffff);
@@ -491,14 +497,7 @@ fn a_streamed_range_found_corrupt_at_its_end_stores_nothing() {
 fn a_commit_split_across_many_objects_is_drained_from_redo_in_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("bucket");
-    write(
-        src.join(format!("snapshots/0001_{:016x}_{:016x}.bin", 1, 0)),
-        b"",
-    );
-    write(
-        src.join("differential"),
-        hex::encode(&stamp(1, 0)[..10]).as_bytes(),
-    );
+    empty_snapshot_at_version_1(&src);
     let n = COMMIT_ENTRIES as usize;
     let entries: Vec<BackupReplicationLogEntry> = (0..n)
         .map(|i| BackupReplicationLogEntry {
