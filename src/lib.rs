@@ -9,12 +9,14 @@
 //!
 //! Reading the bucket:
 //! - [`source`]: the object-store seam: one small `ObjectStore` trait (list
-//!   with start-after, get, get-if-changed) with one implementation per
+//!   with start-after, get, get to a file, get-if-changed) with one implementation per
 //!   backend (directory, S3, GCS), their error classification, the retry
 //!   wrapper, the source URL and the one factory (`source::open`).
 //! - [`backup`]: the bucket layout, alone: `differential`, `snapshots/`,
 //!   `logs/`, `.bin`, and which keys are which objects.
-//! - [`format`](mod@format): object names, versionstamps and the protobuf payloads.
+//! - [`format`](mod@format): object names, versionstamps and the protobuf
+//!   payloads, decoded entry by entry from memory or a file (`format::wire`
+//!   walks a message one field at a time).
 //!
 //! Keeping the replica:
 //! - [`sync`]: the engine: initial snapshot, poll rounds, applying logs,

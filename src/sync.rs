@@ -9,8 +9,12 @@
 //!
 //! Downloads run concurrently but are consumed in name order, and the bytes
 //! in flight are bounded by a byte budget (not just a request count), so
-//! memory stays flat whatever the bucket size. Downloads keep running while
-//! a transaction is being written (see `overlapped`).
+//! memory stays flat whatever the bucket size. An object larger than a
+//! quarter of the budget goes to a temporary file instead of memory, and
+//! every object is decoded entry by entry as it is stored, so neither one
+//! large object nor one of millions of tiny entries breaks that bound.
+//! Downloads keep running while a transaction is being written (see
+//! `overlapped`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -23,14 +27,14 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backup::{Backup, Listed};
 use crate::clock::BucketClock;
-use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
+use crate::format::{self, FormatError, LogName, SnapshotName, Versionstamp};
 use crate::health::Health;
 use crate::metrics;
 use crate::progress::Progress;
 use crate::source::SourceError;
-use crate::source::{IfChanged, ObjectVersion};
+use crate::source::{Body, IfChanged, ObjectVersion};
 use crate::store::pitr::Retention;
-use crate::store::{Store, StoreError, SyncState};
+use crate::store::{LogObject, Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
 #[derive(Debug, thiserror::Error)]
@@ -402,7 +406,11 @@ impl Syncer {
             .locked(move |s| f(s).map_err(|e| crate::store::explain(s.path(), e)))
             .await
             .map_err(SyncError::Task)?;
-        out.map_err(SyncError::from)
+        out.map_err(|e| match e {
+            // An object found corrupt while it was stored entry by entry.
+            StoreError::Object(e) => SyncError::Format(e),
+            e => SyncError::from(e),
+        })
     }
 
     /// Reserves budget for an object of `size` bytes; objects larger than
@@ -416,25 +424,23 @@ impl Syncer {
             .expect("budget semaphore is never closed")
     }
 
-    /// Counts the downloaded object `body` (of `kind`) and decodes it off
-    /// the runtime. Returns what `decode` made of it and its size.
-    async fn decode<B, T>(
+    /// Downloads an object of `size` bytes with `fetch`: to a temporary
+    /// file when it is larger than a quarter of the byte budget (a body in
+    /// memory counts against the budget; one on disk costs a buffer), else
+    /// to memory. Counts it.
+    async fn fetch<F>(
         &self,
         kind: &str,
-        body: B,
-        decode: impl FnOnce(&[u8]) -> Result<T, FormatError> + Send + 'static,
-    ) -> Result<(T, u64), SyncError>
+        size: u64,
+        fetch: impl FnOnce(bool) -> F,
+    ) -> Result<Body, SyncError>
     where
-        B: AsRef<[u8]> + Send + 'static,
-        T: Send + 'static,
+        F: std::future::Future<Output = Result<Body, SourceError>>,
     {
-        let len = body.as_ref().len();
-        metrics::fetched(kind, len);
-        self.progress.fetched(len);
-        let decoded = tokio::task::spawn_blocking(move || decode(body.as_ref()))
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))??;
-        Ok((decoded, len as u64))
+        let body = fetch(size > self.opts.max_bytes_in_flight / 4).await?;
+        metrics::fetched(kind, body.len() as usize);
+        self.progress.fetched(body.len() as usize);
+        Ok(body)
     }
 
     /// [`Syncer::initial`], retrying failures that a retry may mend (see
@@ -605,14 +611,15 @@ impl Syncer {
         let fetches = stream::iter(todo)
             .then(|name| {
                 let size = sizes.get(&name).copied().unwrap_or(1 << 20);
-                async move { (name, self.reserve(size).await) }
+                async move { (name, size, self.reserve(size).await) }
             })
-            .map(|(name, permit)| async move {
-                let body = self.source.get_snapshot(&name).await?;
-                let (entries, len) = self
-                    .decode("snapshot", body, move |b| format::decode_snapshot(&name, b))
+            .map(|(name, size, permit)| async move {
+                let body = self
+                    .fetch("snapshot", size, |to_file| {
+                        self.source.fetch_snapshot(&name, to_file)
+                    })
                     .await?;
-                Ok::<_, SyncError>((name, entries, len, permit))
+                Ok::<_, SyncError>((name, body, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         overlapped(
@@ -620,9 +627,16 @@ impl Syncer {
             self.opts.fetch_concurrency,
             |mut ready| async move {
                 while let Some(item) = ready.recv().await {
-                    let (name, entries, len, permit) = item?;
-                    let n = entries.len() as u64;
-                    self.with_store(move |s| s.load_snapshot_range(&name, &entries))
+                    let (name, body, permit) = item?;
+                    let len = body.len();
+                    // Decoded entry by entry as it is written: a range may
+                    // be far larger than memory.
+                    let n = self
+                        .with_store(move |s| {
+                            let object = crate::backup::snapshot_key(&name);
+                            let entries = format::SnapshotEntries::new(&object, body.payload());
+                            s.load_snapshot_range(&name, entries)
+                        })
                         .await?;
                     metrics::applied("snapshot", 1, len);
                     tracing::debug!(range = %name, keys = n, "snapshot range loaded");
@@ -828,15 +842,30 @@ impl Syncer {
         let fetches = stream::iter(objects)
             .then(|l| async move {
                 let permit = self.reserve(l.size).await;
-                (l.name, permit)
+                (l.name, l.size, permit)
             })
-            .map(|(name, permit)| async move {
-                let body = self.source.get_log(&name).await?;
-                let (batch, len) = self
-                    .decode("log", body, move |b| format::decode_log(&name, b))
+            .map(|(name, size, permit)| async move {
+                let body = self
+                    .fetch("log", size, |to_file| self.source.fetch_log(&name, to_file))
                     .await?;
-                self.clock.check_commit_time(&name, batch.timestamp_ms);
-                Ok::<_, SyncError>((batch, len, permit))
+                // Checked whole before it is stored, so that a corrupt object
+                // stops the batch after the objects before it; decoded again,
+                // entry by entry, as it is written (its decoded form is many
+                // times its size).
+                let (log, body) = tokio::task::spawn_blocking(move || {
+                    (format::check_log(&name, body.payload()), body)
+                })
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+                let log = log?;
+                self.clock.check_commit_time(&name, log.timestamp_ms);
+                let fetched = FetchedLog {
+                    name,
+                    object: crate::backup::log_key(&name),
+                    summary: log,
+                    body,
+                };
+                Ok::<_, SyncError>((fetched, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         let batch_objects = self.opts.batch_objects.max(1);
@@ -858,15 +887,15 @@ impl Syncer {
                 // round, which then go in at once without waiting.
                 let mut next = ready.recv().await;
                 while next.is_some() {
-                    let mut batches: Vec<LogBatch> = Vec::new();
+                    let mut batches: Vec<FetchedLog> = Vec::new();
                     let mut permits = Vec::new();
                     let mut bytes = 0u64;
                     let mut failure = None;
                     while let Some(item) = next.take() {
                         match item {
-                            Ok((b, len, p)) => {
+                            Ok((b, p)) => {
+                                bytes += b.body.len();
                                 batches.push(b);
-                                bytes += len;
                                 permits.push(p);
                             }
                             Err(e) => {
@@ -880,7 +909,7 @@ impl Syncer {
                         next = ready.recv().await;
                     }
                     let n = batches.len() as u64;
-                    let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
+                    let mutations: u64 = batches.iter().map(|b| b.summary.entries).sum();
                     if n > 0 {
                         let timer = metrics::apply_started();
                         let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
@@ -1028,6 +1057,31 @@ impl Syncer {
                 return;
             }
         }
+    }
+}
+
+/// A downloaded log object, checked whole ([`format::check_log`]) and
+/// decoded again entry by entry as it is stored.
+struct FetchedLog {
+    name: LogName,
+    object: String,
+    summary: format::LogSummary,
+    body: Body,
+}
+
+impl LogObject for FetchedLog {
+    fn name(&self) -> LogName {
+        self.name
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.summary.timestamp_ms
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<format::LogEntry, FormatError>> + '_> {
+        Box::new(format::LogEntries::new(
+            &self.name,
+            &self.object,
+            self.body.payload(),
+        ))
     }
 }
 

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
 use crate::source::same_backup;
 
-pub use apply::ApplyOutcome;
+pub use apply::{ApplyOutcome, LogObject};
 
 /// Errors at the replica-file boundary.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,9 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Corrupt(String),
+    /// An object read entry by entry while it is stored turned out corrupt.
+    #[error(transparent)]
+    Object(#[from] crate::format::FormatError),
     #[error("the initial snapshot is not complete yet")]
     InitialIncomplete,
 }
@@ -363,8 +366,10 @@ impl Store {
     pub fn load_snapshot_range(
         &mut self,
         name: &SnapshotName,
-        entries: &[crate::format::SnapshotEntry],
-    ) -> Result<(), StoreError> {
+        entries: impl IntoIterator<
+            Item = Result<crate::format::SnapshotEntry, crate::format::FormatError>,
+        >,
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let loaded: Option<bool> = tx
             .query_row(
@@ -379,13 +384,20 @@ impl Store {
                     "snapshot range {name} was not in the recorded listing"
                 )))
             }
-            Some(true) => return Ok(()),
+            Some(true) => return Ok(0),
             Some(false) => {}
         }
+        // Entry by entry: a range may be far larger than memory.
+        let mut n = 0;
         {
             let mut put = tx.prepare_cached(apply::SQL_PUT)?;
             for e in entries {
+                let e = e?;
                 apply::put_row(&mut put, &e.key, &e.record)?;
+                n += 1;
+                if n % 4096 == 0 {
+                    crate::health::STORE_WORK.progress(); // for the watchdog
+                }
             }
         }
         tx.execute(
@@ -397,7 +409,7 @@ impl Store {
         if let Some((loaded, _)) = &mut self.state.snapshot_ranges {
             *loaded += 1;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Declares the initial point reached at DV when the log holds no commit
