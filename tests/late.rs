@@ -504,3 +504,57 @@ fn a_late_object_behind_pruned_history_stops_the_replica_dir() {
 fn a_late_object_behind_pruned_history_stops_the_replica_s3() {
     behind_pruned_history("s3");
 }
+
+/// Watchers wake when a late object is folded in, although the visible
+/// commit stays the same one: its contents changed (a watch re-reads its
+/// keys on every wake and reports those whose versionstamp changed).
+#[tokio::test(flavor = "multi_thread")]
+async fn watchers_wake_when_a_late_object_changes_the_visible_state() {
+    use kvreplica::backup::Backup;
+    use kvreplica::source::fs::DirStore;
+    use kvreplica::store::Store;
+    use kvreplica::sync::{SyncOptions, Syncer};
+    use std::sync::Arc;
+
+    let fx = Fixture::generate(Spec {
+        split_commits: false,
+        muts_per_log: 8,
+        ..Spec::default()
+    });
+    let cuts = clean_cuts(&fx.append);
+    let k = cuts[cuts.len() / 2];
+    let bucket = tempfile::tempdir().unwrap();
+    let root = bucket.path().join(PREFIX);
+    let mut without_k = fx.append.clone();
+    let late = without_k.remove(k);
+    fx.write_initial(&root);
+    common::fixture::write_objects(&root, &without_k);
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("r.sqlite");
+    let backup = Arc::new(Backup::new(
+        Arc::new(DirStore::new(root.clone())),
+        Default::default(),
+    ));
+    let syncer = Syncer::new(backup, Store::open(&db).unwrap(), SyncOptions::default()).unwrap();
+    syncer.initial().await.unwrap();
+    syncer.catch_up().await.unwrap();
+    let mut visible = syncer.subscribe();
+    let at = *visible.borrow_and_update();
+    assert_eq!(
+        at.map(|v| hex::encode(v.0)),
+        Some(vs_hex(&fx, fx.last_commit()))
+    );
+
+    syncer.round().await.unwrap();
+    assert!(!visible.has_changed().unwrap(), "nothing new, no wake");
+    common::fixture::write_objects(&root, std::slice::from_ref(&late));
+    let r = syncer.round().await.unwrap();
+    assert_eq!(r.objects, 1, "{r:?}");
+    assert!(visible.has_changed().unwrap(), "the watchers woke");
+    assert_eq!(*visible.borrow_and_update(), at, "the same visible commit");
+    assert_rows_eq(
+        &read_replica(&db),
+        &fx.state_at(fx.last_commit()),
+        "after the late object",
+    );
+}
