@@ -729,6 +729,7 @@ impl Syncer {
             }
             let n_ready = ready.len();
             out.objects += self.consume_logs(ready).await?;
+            self.bound_consumed().await?;
             if let Some((i, before)) = gap {
                 let after = &listed[i].name;
                 return Err(SyncError::LogGap {
@@ -751,6 +752,17 @@ impl Syncer {
         self.health.round_ok();
         self.health.set_listed_to_end(out.listed_to_end);
         Ok(out)
+    }
+
+    /// Keeps the record of consumed log objects a little larger than the
+    /// late window (see [`Store::trim_consumed`]), page after page, so the
+    /// replay of a whole bucket does not grow it either.
+    async fn bound_consumed(&self) -> Result<(), SyncError> {
+        let window = self.opts.late_window;
+        if window > 0 {
+            self.with_store(move |s| s.trim_consumed(window)).await?;
+        }
+        Ok(())
     }
 
     /// Lists the trailing window of `late_window` log objects behind the
@@ -797,11 +809,6 @@ impl Syncer {
             if !full_page {
                 break;
             }
-        }
-        if seen.recorded > 2 * window as u64 {
-            // A little more than the window is all a listing compares with.
-            self.with_store(move |s| s.trim_consumed(window + 1))
-                .await?;
         }
         if late.is_empty() {
             return Ok(0);

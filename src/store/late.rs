@@ -37,8 +37,6 @@ pub struct ConsumedWindow {
     /// Objects at or before this name count as consumed (a file upgraded
     /// from before names were recorded, or names trimmed away).
     pub assumed_upto: Option<LogName>,
-    /// Names recorded in all.
-    pub recorded: u64,
 }
 
 impl ConsumedWindow {
@@ -145,9 +143,6 @@ impl Store {
     /// recorded name.
     pub fn consumed_window(&self, window: usize) -> Result<ConsumedWindow, StoreError> {
         let assumed_upto = meta_name(&self.conn, "consumed_upto")?;
-        let recorded: i64 = self
-            .conn
-            .query_row("select count(*) from kvr_consumed", [], |r| r.get(0))?;
         let oldest: Option<String> = self
             .conn
             .prepare_cached("select name from kvr_consumed order by name desc limit 1 offset ?")?
@@ -186,13 +181,22 @@ impl Store {
             start_after,
             consumed,
             assumed_upto,
-            recorded: recorded as u64,
         })
     }
 
-    /// Forgets all but the newest `keep` consumed names; objects at or
+    /// Keeps the consumed names a little more than a `window`: once more
+    /// than twice the window are recorded, forgets all but the newest
+    /// `window + 1` (the window and the name just before it); objects at or
     /// before the newest forgotten one count as consumed from then on.
-    pub fn trim_consumed(&mut self, keep: usize) -> Result<u64, StoreError> {
+    /// Returns the names forgotten.
+    pub fn trim_consumed(&mut self, window: usize) -> Result<u64, StoreError> {
+        let recorded: i64 = self
+            .conn
+            .query_row("select count(*) from kvr_consumed", [], |r| r.get(0))?;
+        if recorded as u64 <= 2 * window as u64 {
+            return Ok(0);
+        }
+        let keep = window + 1;
         let tx = self.conn.transaction()?;
         let boundary: Option<String> = tx
             .query_row(
