@@ -7,6 +7,8 @@
 //! scenario runs against a directory, a real S3 server (s3s-fs) and the
 //! GCS emulator (fake-gcs-server), all on 127.0.0.1.
 
+#[path = "common/bucket.rs"]
+mod bucket;
 mod common;
 #[path = "common/gcs_server.rs"]
 mod gcs_server;
@@ -14,139 +16,15 @@ mod gcs_server;
 mod s3_server;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bucket::{metric, readyz, stamps, wait_readyz, Bucket, WAIT};
 use common::fixture::{assert_rows_eq, Fixture, Spec};
 use common::serve::{Method, ServeProcess};
 use common::{pitr_list, read_replica};
 use serde_json::json;
 
-const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/late/";
-
-/// Far more than the few poll intervals (100 ms) any step takes.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Where the backup lives, and how kvreplica is told to read it.
-enum Bucket {
-    Dir(tempfile::TempDir),
-    S3(s3_server::S3Server),
-    Gcs(gcs_server::GcsServer),
-}
-
-impl Bucket {
-    fn start(kind: &str) -> Bucket {
-        match kind {
-            "dir" => Bucket::Dir(tempfile::tempdir().unwrap()),
-            "s3" => {
-                let s = s3_server::S3Server::start();
-                s.create_bucket(BUCKET);
-                Bucket::S3(s)
-            }
-            "gcs" => {
-                let s = gcs_server::GcsServer::start();
-                s.create_bucket(BUCKET);
-                Bucket::Gcs(s)
-            }
-            other => panic!("unknown backend {other}"),
-        }
-    }
-
-    fn put(&self, objects: &[(String, Vec<u8>)]) {
-        for (rel, body) in objects {
-            match self {
-                Bucket::Dir(d) => {
-                    let p = d.path().join(PREFIX).join(rel);
-                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                    // Written aside and renamed: a listing never sees half.
-                    let aside = d.path().join(".upload");
-                    std::fs::write(&aside, body).unwrap();
-                    std::fs::rename(&aside, p).unwrap();
-                }
-                Bucket::S3(s) => s.put(BUCKET, &format!("{PREFIX}{rel}"), body),
-                Bucket::Gcs(s) => s.put(BUCKET, &format!("{PREFIX}{rel}"), body),
-            }
-        }
-    }
-
-    /// `--source` and the settings to reach it.
-    fn args(&self) -> Vec<String> {
-        match self {
-            Bucket::Dir(d) => vec![
-                "--source".into(),
-                format!("file://{}/{PREFIX}", d.path().display()),
-            ],
-            Bucket::S3(s) => vec![
-                "--source".into(),
-                format!("s3://{BUCKET}/{PREFIX}"),
-                "--s3-endpoint".into(),
-                s.endpoint(),
-            ],
-            Bucket::Gcs(s) => vec![
-                "--source".into(),
-                format!("gs://{BUCKET}/{PREFIX}"),
-                "--gcs-endpoint".into(),
-                s.endpoint(),
-            ],
-        }
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Bucket::S3(s) => vec![
-                ("AWS_ACCESS_KEY_ID", s.access_key().to_string()),
-                ("AWS_SECRET_ACCESS_KEY", s.secret_key().to_string()),
-            ],
-            _ => Vec::new(),
-        }
-    }
-
-    fn serve(&self, db: &Path) -> ServeProcess {
-        let mut args = self.args();
-        args.extend(["--db".into(), db.display().to_string()]);
-        args.extend(["--poll-interval".into(), "100ms".into()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServeProcess::start_with_env(&args, &env)
-    }
-
-    /// A one-shot `kvreplica sync` with `extra` flags: its exit code and
-    /// stderr.
-    fn sync(&self, db: &Path, extra: &[&str]) -> (Option<i32>, String) {
-        let out = Command::new(common::kvreplica_bin())
-            .arg("sync")
-            .args(self.args())
-            .arg("--db")
-            .arg(db)
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .envs(self.env())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-/// `/readyz` as the admin sees it: status and body.
-fn readyz(serve: &ServeProcess) -> (u16, String) {
-    let (status, body) = serve.admin(Method::Get, "/readyz", serde_json::Value::Null);
-    (status, body.to_string())
-}
-
-/// One sample of `/metrics` (0 when absent).
-fn metric(serve: &ServeProcess, sample: &str) -> f64 {
-    serve
-        .get("/metrics")
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 const REPAIRED: &str = "kvreplica_late_objects_total{outcome=\"repaired\"}";
 const UNREPAIRABLE: &str = "kvreplica_late_objects_total{outcome=\"unrepairable\"}";
@@ -158,23 +36,6 @@ fn wait_until(serve: &ServeProcess, what: &str, check: impl Fn() -> bool) {
         assert!(
             Instant::now() < deadline,
             "{what} did not happen within {WAIT:?}; log:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits until `/readyz` answers `status` with a body `check` accepts.
-fn wait_readyz(serve: &ServeProcess, status: u16, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (s, body) = readyz(serve);
-        if s == status && check(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never answered {status} as expected (last: {s} {body}); log:\n{}",
             serve.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -212,17 +73,13 @@ fn assert_same_replica(db: &Path, clean: &Path, label: &str) {
     assert_eq!(pitr_list(db), pitr_list(clean), "{label}: pitr list");
 }
 
-/// The first and last stamps (24 hex digits) a log object's name announces.
-fn stamps(rel: &str) -> (String, String) {
-    let stem = rel
-        .strip_prefix("logs/")
-        .unwrap()
-        .strip_suffix(".bin")
-        .unwrap();
-    let mut parts = stem.rsplit('_');
-    let last = parts.next().unwrap().to_string();
-    let first = parts.next().unwrap().to_string();
-    (first, last)
+/// `db` holds what a replica synced from `bucket` as it is now holds.
+fn assert_same_as_a_clean_sync(bucket: &Bucket, db: &Path, label: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean.sqlite");
+    let (code, stderr) = bucket.sync(&clean, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_same_replica(db, &clean, label);
 }
 
 /// Objects `objects[k]` whose absence no stamp can show: it and the object
@@ -233,6 +90,20 @@ fn clean_cuts(objects: &[(String, Vec<u8>)]) -> Vec<usize> {
     (1..objects.len() - 1)
         .filter(|&k| ends(k - 1) && ends(k))
         .collect()
+}
+
+/// A backup of many small log objects, each ending at a commit boundary.
+fn fine_grained() -> Fixture {
+    Fixture::generate(Spec {
+        split_commits: false,
+        muts_per_log: 8,
+        ..Spec::default()
+    })
+}
+
+/// The initial objects, then the appended ones.
+fn every_object(fx: &Fixture) -> Vec<(String, Vec<u8>)> {
+    fx.initial.iter().chain(&fx.append).cloned().collect()
 }
 
 fn vs_hex(fx: &Fixture, commit: usize) -> String {
@@ -258,12 +129,7 @@ fn late_object_is_folded_in(kind: &str) {
     let fx = Fixture::generate(Spec::default());
     let cuts = clean_cuts(&fx.append);
     let k = cuts[cuts.len() / 2];
-    let bucket = Bucket::start(kind);
-    bucket.put(&fx.initial);
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("r.sqlite");
-    let mut serve = bucket.serve(&db);
-    serve.wait_ready();
+    let (bucket, _tmp, db, mut serve) = Bucket::serving(kind, PREFIX, &fx.initial);
     serve.wait_at(&vs_hex(&fx, fx.last_initial));
 
     let mut without_k = fx.append.clone();
@@ -301,11 +167,7 @@ fn late_object_is_folded_in(kind: &str) {
         "{warn}"
     );
     assert!(serve.terminate().success());
-
-    let clean = tmp.path().join("clean.sqlite");
-    let (code, stderr) = bucket.sync(&clean, &[]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_same_replica(&db, &clean, kind);
+    assert_same_as_a_clean_sync(&bucket, &db, kind);
 }
 
 #[test]
@@ -327,23 +189,14 @@ fn a_late_object_is_folded_in_gcs() {
 /// it. The pin stays where it is (its state now with the late commits
 /// behind it), and the stored history equals a clean replica's.
 fn pinned_replica_repairs_its_history(kind: &str) {
-    let fx = Fixture::generate(Spec {
-        split_commits: false,
-        muts_per_log: 8,
-        ..Spec::default()
-    });
+    let fx = fine_grained();
     let cuts = clean_cuts(&fx.append);
     let (k1, k2) = (cuts[1], cuts[cuts.len() - 2]);
     assert!(k2 > k1 + 2, "cuts {cuts:?}");
     // The pin: the commit that ends the object just after k1 (a point
     // between the two late objects).
     let pin = commit_of(&fx, &stamps(&fx.append[k1 + 1].0).1);
-    let bucket = Bucket::start(kind);
-    bucket.put(&fx.initial);
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("r.sqlite");
-    let mut serve = bucket.serve(&db);
-    serve.wait_ready();
+    let (bucket, _tmp, db, mut serve) = Bucket::serving(kind, PREFIX, &fx.initial);
 
     let without: Vec<_> = fx
         .append
@@ -378,11 +231,7 @@ fn pinned_replica_repairs_its_history(kind: &str) {
     assert_eq!(status, 200, "{out}");
     serve.wait_at(&vs_hex(&fx, fx.last_commit()));
     assert!(serve.terminate().success());
-
-    let clean = tmp.path().join("clean.sqlite");
-    let (code, stderr) = bucket.sync(&clean, &[]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_same_replica(&db, &clean, kind);
+    assert_same_as_a_clean_sync(&bucket, &db, kind);
 }
 
 #[test]
@@ -405,8 +254,8 @@ fn a_pinned_replica_repairs_its_history_without_moving_the_pin_gcs() {
 /// one-shot `sync` exits 65. `late` is the object held back from the first
 /// sync; `retain` the retention flags of that sync.
 fn unrepairable(kind: &str, fx: &Fixture, late: usize, retain: &[&str], why: &str) {
-    let bucket = Bucket::start(kind);
-    let objects: Vec<_> = fx.initial.iter().chain(&fx.append).cloned().collect();
+    let bucket = Bucket::start(kind, PREFIX);
+    let objects = every_object(fx);
     let held = objects[late].clone();
     let mut without = objects.clone();
     without.remove(late);
@@ -445,12 +294,8 @@ fn unrepairable(kind: &str, fx: &Fixture, late: usize, retain: &[&str], why: &st
 /// A generated backup and the index (in initial + append order) of a log
 /// object before the initial point whose absence no stamp shows.
 fn before_initial() -> (Fixture, usize) {
-    let fx = Fixture::generate(Spec {
-        split_commits: false,
-        muts_per_log: 8,
-        ..Spec::default()
-    });
-    let objects: Vec<_> = fx.initial.iter().chain(&fx.append).cloned().collect();
+    let fx = fine_grained();
+    let objects = every_object(&fx);
     let first_log = objects
         .iter()
         .position(|o| o.0.starts_with("logs/"))
@@ -478,12 +323,8 @@ fn a_late_object_before_the_initial_point_stops_the_replica_s3() {
 
 /// A late object behind history that retention pruned.
 fn behind_pruned_history(kind: &str) {
-    let fx = Fixture::generate(Spec {
-        split_commits: false,
-        muts_per_log: 8,
-        ..Spec::default()
-    });
-    let objects: Vec<_> = fx.initial.iter().chain(&fx.append).cloned().collect();
+    let fx = fine_grained();
+    let objects = every_object(&fx);
     let last_initial_log = fx.initial.len() - 1;
     // After the initial point, long before the last commits.
     let late = clean_cuts(&objects)
@@ -516,11 +357,7 @@ async fn watchers_wake_when_a_late_object_changes_the_visible_state() {
     use kvreplica::sync::{SyncOptions, Syncer};
     use std::sync::Arc;
 
-    let fx = Fixture::generate(Spec {
-        split_commits: false,
-        muts_per_log: 8,
-        ..Spec::default()
-    });
+    let fx = fine_grained();
     let cuts = clean_cuts(&fx.append);
     let k = cuts[cuts.len() / 2];
     let bucket = tempfile::tempdir().unwrap();
