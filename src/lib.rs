@@ -21,7 +21,7 @@
 //!   retention, its retry policy.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
-//!   source binding.
+//!   source binding, the log objects consumed (to fold in a late one).
 //! - [`checkout`]: point-in-time checkout of a replica the engine runs on
 //!   (move the visible state, wake watchers, count it).
 //! - `clock` *(internal)*: times from the bucket (`LastModified`, commit

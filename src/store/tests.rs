@@ -640,3 +640,113 @@ fn consumed_names_are_bounded_and_early_late_objects_refused() {
         "trimmed: assumed consumed"
     );
 }
+
+/// A late object that ends inside a commit whose rest is still missing
+/// changes nothing; once the rest is late too, both go in together.
+#[test]
+fn a_late_object_that_leaves_a_commit_unfinished_waits_for_the_rest() {
+    let (commits, batches, k) = (1..200u64)
+        .find_map(|seed| {
+            let mut rng = Rng(seed);
+            let commits = history(&mut rng, 60);
+            let batches = objects(&mut rng, &commits);
+            let dv_end = commits[10].vs.commit_end();
+            let k = (1..batches.len() - 2).find(|&k| {
+                batches[k].name.first > dv_end
+                    && batches[k - 1].name.last.is_commit_end()
+                    && !batches[k].name.last.is_commit_end()
+                    && batches[k + 1].name.last.is_commit_end()
+            })?;
+            Some((commits, batches, k))
+        })
+        .expect("a seed with a commit split after the initial point");
+    let dv = commits[10].vs;
+    let dir = tempfile::tempdir().unwrap();
+    let mut clean = seeded_store(&dir, &Model::new(), dv);
+    clean.apply_logs(batches.clone()).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut store = seeded_store(&dir2, &Model::new(), dv);
+    let rest: Vec<LogBatch> = [&batches[..k], &batches[k + 2..]].concat();
+    store.apply_logs(rest).unwrap();
+    let before: Vec<_> = ["kv", "kvr_undo", "kvr_redo", "kvr_points"]
+        .map(|t| dump(&store, t))
+        .into();
+    match store.repair_late(vec![batches[k].clone()]).unwrap() {
+        LateOutcome::Unfinished { object, commit, .. } => {
+            assert_eq!(object, batches[k].name);
+            assert_eq!(commit, batches[k].name.last.versionstamp());
+        }
+        other => panic!("{other:?}"),
+    }
+    let after: Vec<_> = ["kv", "kvr_undo", "kvr_redo", "kvr_points"]
+        .map(|t| dump(&store, t))
+        .into();
+    assert_eq!(after, before, "nothing changed");
+    assert!(store
+        .consumed_window(1000)
+        .unwrap()
+        .is_late(&batches[k].name));
+
+    let out = store
+        .repair_late(vec![batches[k + 1].clone(), batches[k].clone()])
+        .unwrap();
+    assert!(matches!(out, LateOutcome::Repaired { .. }), "{out:?}");
+    for table in ["kv", "data_version", "kvr_undo", "kvr_redo", "kvr_points"] {
+        assert_eq!(dump(&store, table), dump(&clean, table), "{table}");
+    }
+}
+
+/// A file from before names were recorded: every object up to its cursor
+/// counts as consumed, and its history as pruned up to its oldest point.
+#[test]
+fn an_upgraded_file_assumes_what_it_cannot_know() {
+    let mut rng = Rng(3);
+    let commits = history(&mut rng, 60);
+    let batches = objects(&mut rng, &commits);
+    let dv = commits[10].vs;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = seeded_store(&dir, &Model::new(), dv);
+    let half = batches.len() / 2;
+    store.apply_logs(batches[..half].to_vec()).unwrap();
+    let cursor = store.state().cursor.unwrap();
+    store
+        .conn
+        .execute_batch(
+            "drop table kvr_consumed; \
+             delete from kvr_meta where k in ('consumed_upto', 'history_from'); \
+             update kvr_meta set v = '1' where k = 'schema_version';",
+        )
+        .unwrap();
+    drop(store);
+    let mut store = Store::open(&dir.path().join("r.sqlite")).unwrap();
+    let window = store.consumed_window(1000).unwrap();
+    assert_eq!(window.assumed_upto, Some(cursor));
+    assert_eq!(window.start_after, Some(cursor));
+    assert!(!window.is_late(&batches[0].name));
+    store.apply_logs(batches[half..].to_vec()).unwrap();
+    assert_eq!(
+        store.consumed_window(1000).unwrap().consumed.len(),
+        batches.len() - half
+    );
+    let oldest = store
+        .history()
+        .points(None, None, None, usize::MAX)
+        .unwrap()
+        .last()
+        .unwrap()
+        .versionstamp;
+    let early = LogBatch {
+        name: LogName {
+            format: 1,
+            monoseq: 0,
+            first: oldest.commit_end(),
+            last: oldest.commit_end(),
+        },
+        timestamp_ms: 0,
+        entries: Vec::new(),
+    };
+    match store.repair_late(vec![early]).unwrap() {
+        LateOutcome::Unrepairable { why, .. } => assert!(why.contains("pruned"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
