@@ -786,7 +786,7 @@ impl Syncer {
         let page = self.opts.page_size;
         let cursor_key = cursor.to_string();
         let budget = (self.opts.max_bytes_in_flight / 2).max(1);
-        let (mut late, mut bytes) = (Vec::new(), 0u64);
+        let (mut late, mut bytes): (Vec<LogName>, u64) = (Vec::new(), 0);
         let mut after = seen.start_after;
         'pages: loop {
             let listed = self.source.list_logs(after.as_ref(), page).await?;
@@ -799,9 +799,14 @@ impl Syncer {
                 let settled =
                     self.clock
                         .settled(&l.name, l.last_modified, started, self.opts.settle);
-                // One transaction takes at most half the byte budget (at
-                // least one object); the rest waits for the next round.
-                if seen.is_late(&l.name) && settled && (late.is_empty() || bytes < budget) {
+                // One transaction takes about half the byte budget at most
+                // (at least one object, and never half a commit); the rest
+                // waits for the next round.
+                let room = match late.last() {
+                    None => true,
+                    Some(prev) => bytes < budget || !prev.last.is_commit_end(),
+                };
+                if seen.is_late(&l.name) && settled && room {
                     bytes += l.size;
                     late.push(l.name);
                 }

@@ -346,52 +346,139 @@ fn a_late_object_behind_pruned_history_stops_the_replica_s3() {
     behind_pruned_history("s3");
 }
 
+/// A library engine on a directory bucket, for what the processes do not
+/// show.
+struct Library {
+    _bucket: tempfile::TempDir,
+    root: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+    db: std::path::PathBuf,
+    syncer: kvreplica::sync::Syncer,
+}
+
+impl Library {
+    /// Synced to the end of `fx` without its appended objects `held`,
+    /// which it returns.
+    async fn without(
+        fx: &Fixture,
+        held: &[usize],
+        opts: kvreplica::sync::SyncOptions,
+    ) -> (Library, Vec<(String, Vec<u8>)>) {
+        let bucket = tempfile::tempdir().unwrap();
+        let root = bucket.path().join(PREFIX);
+        let (late, rest): (Vec<_>, Vec<_>) = fx
+            .append
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| held.contains(i));
+        let strip = |v: Vec<(usize, &(String, Vec<u8>))>| -> Vec<(String, Vec<u8>)> {
+            v.into_iter().map(|(_, o)| o.clone()).collect()
+        };
+        fx.write_initial(&root);
+        common::fixture::write_objects(&root, &strip(rest));
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("r.sqlite");
+        let syncer = Self::engine(&root, &db, opts);
+        syncer.initial().await.unwrap();
+        syncer.catch_up().await.unwrap();
+        let lib = Library {
+            _bucket: bucket,
+            root,
+            _tmp: tmp,
+            db,
+            syncer,
+        };
+        (lib, strip(late))
+    }
+
+    fn engine(
+        root: &Path,
+        db: &Path,
+        opts: kvreplica::sync::SyncOptions,
+    ) -> kvreplica::sync::Syncer {
+        use kvreplica::backup::Backup;
+        use kvreplica::source::fs::DirStore;
+        use kvreplica::store::Store;
+        use std::sync::Arc;
+
+        let backup = Arc::new(Backup::new(
+            Arc::new(DirStore::new(root.to_path_buf())),
+            Default::default(),
+        ));
+        kvreplica::sync::Syncer::new(backup, Store::open(db).unwrap(), opts).unwrap()
+    }
+
+    /// The same replica under a new engine with `opts`.
+    fn restart(self, opts: kvreplica::sync::SyncOptions) -> Library {
+        drop(self.syncer);
+        let syncer = Self::engine(&self.root, &self.db, opts);
+        Library { syncer, ..self }
+    }
+}
+
 /// Watchers wake when a late object is folded in, although the visible
 /// commit stays the same one: its contents changed (a watch re-reads its
 /// keys on every wake and reports those whose versionstamp changed).
 #[tokio::test(flavor = "multi_thread")]
 async fn watchers_wake_when_a_late_object_changes_the_visible_state() {
-    use kvreplica::backup::Backup;
-    use kvreplica::source::fs::DirStore;
-    use kvreplica::store::Store;
-    use kvreplica::sync::{SyncOptions, Syncer};
-    use std::sync::Arc;
-
     let fx = fine_grained();
     let cuts = clean_cuts(&fx.append);
     let k = cuts[cuts.len() / 2];
-    let bucket = tempfile::tempdir().unwrap();
-    let root = bucket.path().join(PREFIX);
-    let mut without_k = fx.append.clone();
-    let late = without_k.remove(k);
-    fx.write_initial(&root);
-    common::fixture::write_objects(&root, &without_k);
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("r.sqlite");
-    let backup = Arc::new(Backup::new(
-        Arc::new(DirStore::new(root.clone())),
-        Default::default(),
-    ));
-    let syncer = Syncer::new(backup, Store::open(&db).unwrap(), SyncOptions::default()).unwrap();
-    syncer.initial().await.unwrap();
-    syncer.catch_up().await.unwrap();
-    let mut visible = syncer.subscribe();
+    let (lib, late) = Library::without(&fx, &[k], Default::default()).await;
+    let mut visible = lib.syncer.subscribe();
     let at = *visible.borrow_and_update();
     assert_eq!(
         at.map(|v| hex::encode(v.0)),
         Some(vs_hex(&fx, fx.last_commit()))
     );
 
-    syncer.round().await.unwrap();
+    lib.syncer.round().await.unwrap();
     assert!(!visible.has_changed().unwrap(), "nothing new, no wake");
-    common::fixture::write_objects(&root, std::slice::from_ref(&late));
-    let r = syncer.round().await.unwrap();
+    common::fixture::write_objects(&lib.root, &late);
+    let r = lib.syncer.round().await.unwrap();
     assert_eq!(r.objects, 1, "{r:?}");
     assert!(visible.has_changed().unwrap(), "the watchers woke");
     assert_eq!(*visible.borrow_and_update(), at, "the same visible commit");
     assert_rows_eq(
-        &read_replica(&db),
+        &read_replica(&lib.db),
         &fx.state_at(fx.last_commit()),
         "after the late object",
+    );
+}
+
+/// Two late objects that each hold part of one commit go in together in
+/// one round, even when the first alone fills the byte budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_parts_of_one_commit_go_in_together() {
+    let (fx, k) = (1..200)
+        .find_map(|seed| {
+            let fx = Fixture::generate(Spec {
+                seed,
+                muts_per_log: 8,
+                ..Spec::default()
+            });
+            let ends = |i: usize| stamps(&fx.append[i].0).1.ends_with("ffff");
+            let k = (1..fx.append.len() - 2).find(|&k| {
+                ends(k - 1)
+                    && !ends(k)
+                    && ends(k + 1)
+                    && stamps(&fx.append[k + 1].0).0[..20] == stamps(&fx.append[k].0).1[..20]
+            })?;
+            Some((fx, k))
+        })
+        .expect("a seed with a commit split over two objects");
+    let (lib, late) = Library::without(&fx, &[k, k + 1], Default::default()).await;
+    // A budget far smaller than one object (nothing else is downloaded).
+    let lib = lib.restart(kvreplica::sync::SyncOptions {
+        max_bytes_in_flight: 2,
+        ..Default::default()
+    });
+    common::fixture::write_objects(&lib.root, &late);
+    let r = lib.syncer.round().await.unwrap();
+    assert_eq!(r.objects, 2, "{r:?}");
+    assert_rows_eq(
+        &read_replica(&lib.db),
+        &fx.state_at(fx.last_commit()),
+        "after the late objects",
     );
 }
