@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::format::{FormatError, LogName, SnapshotName};
 use crate::source::retry::{RetryPolicy, Retrying};
-use crate::source::{IfChanged, ObjectMeta, ObjectStore, ObjectVersion, SourceError};
+use crate::source::{Body, IfChanged, ObjectMeta, ObjectStore, ObjectVersion, SourceError};
 
 /// The object holding the differential versionstamp.
 const DIFFERENTIAL: &str = "differential";
@@ -146,6 +146,29 @@ impl Backup {
     /// retried.
     pub async fn get_log(&self, name: &LogName) -> Result<Vec<u8>, SourceError> {
         self.store.get_listed(&log_key(name)).await
+    }
+
+    /// [`Backup::get_snapshot`], to a temporary file instead of memory
+    /// when `to_file` (a range too large to hold).
+    pub async fn fetch_snapshot(
+        &self,
+        name: &SnapshotName,
+        to_file: bool,
+    ) -> Result<Body, SourceError> {
+        self.get_listed(&snapshot_key(name), to_file).await
+    }
+
+    /// [`Backup::get_log`], to a temporary file when `to_file`.
+    pub async fn fetch_log(&self, name: &LogName, to_file: bool) -> Result<Body, SourceError> {
+        self.get_listed(&log_key(name), to_file).await
+    }
+
+    async fn get_listed(&self, key: &str, to_file: bool) -> Result<Body, SourceError> {
+        if to_file {
+            self.store.get_listed_to_file(key).await
+        } else {
+            self.store.get_listed(key).await.map(Body::Bytes)
+        }
     }
 
     /// Lists `folder` after `start_after`, page after page, until `limit`

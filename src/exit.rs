@@ -116,7 +116,7 @@ fn store(e: &StoreError) -> Exit {
         StoreError::BoundToOtherSource { .. }
         | StoreError::SchemaTooNew { .. }
         | StoreError::NotAReplica { .. } => Exit::ReplicaMismatch,
-        StoreError::Corrupt(_) => Exit::CorruptBackup,
+        StoreError::Corrupt(_) | StoreError::Object(_) => Exit::CorruptBackup,
         StoreError::Sqlite(_)
         | StoreError::Io { .. }
         | StoreError::Write { .. }

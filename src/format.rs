@@ -8,8 +8,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use denokv_proto::backup::{BackupKvMutationKind, BackupMutationRange, BackupSnapshotRange};
+use denokv_proto::backup::{BackupKvMutationKind, BackupKvPair, BackupReplicationLogEntry};
 use prost::Message;
+
+mod wire;
+
+pub use wire::{Payload, WireError};
 
 /// Errors found while decoding bucket objects. Each names the object so the
 /// operator can find it in the bucket.
@@ -23,7 +27,7 @@ pub enum FormatError {
     BadProtobuf {
         object: String,
         #[source]
-        source: prost::DecodeError,
+        source: WireError,
     },
     #[error("object {object}: {reason}")]
     Corrupt { object: String, reason: String },
@@ -385,38 +389,65 @@ pub fn decode_snapshot(
     body: &[u8],
 ) -> Result<Vec<SnapshotEntry>, FormatError> {
     let object = crate::backup::snapshot_key(name);
-    let range = BackupSnapshotRange::decode(body).map_err(|source| FormatError::BadProtobuf {
-        object: object.clone(),
-        source,
-    })?;
-    if range.data_list.len() != range.metadata_list.len() {
-        return Err(FormatError::corrupt(
-            &object,
-            format!(
-                "{} data entries but {} metadata entries",
-                range.data_list.len(),
-                range.metadata_list.len()
-            ),
-        ));
+    SnapshotEntries::new(&object, Payload::Bytes(body)).collect()
+}
+
+/// The entries of a snapshot range, decoded one at a time from its payload
+/// (which may be far larger than memory): the data list and the metadata
+/// list are walked side by side, each pair checked as [`decode_snapshot`]
+/// does. Stops after the first error.
+pub struct SnapshotEntries<'a> {
+    object: &'a str,
+    data: wire::Fields<'a>,
+    meta: wire::Fields<'a>,
+    i: u64,
+    done: bool,
+}
+
+impl<'a> SnapshotEntries<'a> {
+    /// Walks `payload`, the body of the snapshot object named `object`.
+    pub fn new(object: &'a str, payload: Payload<'a>) -> Self {
+        SnapshotEntries {
+            object,
+            data: wire::Fields::new(payload, object),
+            meta: wire::Fields::new(payload, object),
+            i: 0,
+            done: false,
+        }
     }
-    let mut out = Vec::with_capacity(range.data_list.len());
-    for (i, (data, meta)) in range
-        .data_list
-        .into_iter()
-        .zip(range.metadata_list)
-        .enumerate()
-    {
+
+    fn step(&mut self) -> Result<Option<SnapshotEntry>, FormatError> {
+        let data = self.data.element(1)?;
+        let meta = self.meta.element(2)?;
+        let (data, meta) = match (data, meta) {
+            (None, None) => return Ok(None),
+            (Some(d), Some(m)) => (d, m),
+            (d, m) => {
+                let data_n = self.i + u64::from(d.is_some()) + self.data.count(1)?;
+                let meta_n = self.i + u64::from(m.is_some()) + self.meta.count(2)?;
+                return Err(FormatError::corrupt(
+                    self.object,
+                    format!("{data_n} data entries but {meta_n} metadata entries"),
+                ));
+            }
+        };
+        let i = self.i;
+        self.i += 1;
+        let pair =
+            |b: Vec<u8>| BackupKvPair::decode(&b[..]).map_err(|e| self.data.error(e.to_string()));
+        let (data, meta) = (pair(data)?, pair(meta)?);
+        let object = self.object;
         let (Some((b'd', dkey)), Some((b'm', mkey))) =
             (data.key.split_first(), meta.key.split_first())
         else {
             return Err(FormatError::corrupt(
-                &object,
+                object,
                 format!("pair {i}: data key must start with 'd' and metadata key with 'm'"),
             ));
         };
         if dkey != mkey {
             return Err(FormatError::corrupt(
-                &object,
+                object,
                 format!(
                     "pair {i}: data key {} and metadata key {} differ",
                     hex::encode(dkey),
@@ -428,7 +459,7 @@ pub fn decode_snapshot(
         let m = &meta.value;
         if m.len() != 11 && m.len() != 19 {
             return Err(FormatError::corrupt(
-                &object,
+                object,
                 format!(
                     "key {}: metadata is {} bytes, expected 11 or 19",
                     hex::encode(dkey),
@@ -449,7 +480,7 @@ pub fn decode_snapshot(
         } else {
             NO_EXPIRY
         };
-        out.push(SnapshotEntry {
+        Ok(Some(SnapshotEntry {
             key: dkey.to_vec(),
             record: KvRecord {
                 value: data.value,
@@ -457,9 +488,20 @@ pub fn decode_snapshot(
                 versionstamp,
                 expire_at_ms,
             },
-        });
+        }))
     }
-    Ok(out)
+}
+
+impl Iterator for SnapshotEntries<'_> {
+    type Item = Result<SnapshotEntry, FormatError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step().transpose();
+        self.done = !matches!(r, Some(Ok(_)));
+        r
+    }
 }
 
 /// One decoded log entry: a post-image (`Some`) or a delete (`None`).
@@ -484,22 +526,98 @@ pub struct LogBatch {
 /// stamp order and inside the stamp range its name announces.
 pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> {
     let object = crate::backup::log_key(name);
-    let range = BackupMutationRange::decode(body).map_err(|source| FormatError::BadProtobuf {
-        object: object.clone(),
-        source,
-    })?;
-    let timestamp_ms = i64::try_from(range.timestamp_ms).map_err(|_| {
-        FormatError::corrupt(
-            &object,
-            format!("timestamp {} out of range", range.timestamp_ms),
-        )
-    })?;
-    let mut entries = Vec::with_capacity(range.entries.len());
-    let mut prev: Option<LogStamp> = None;
-    for (i, e) in range.entries.into_iter().enumerate() {
+    let mut walk = LogEntries::new(name, &object, Payload::Bytes(body));
+    let entries = walk.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok(LogBatch {
+        name: *name,
+        timestamp_ms: walk.timestamp_ms()?,
+        entries,
+    })
+}
+
+/// What [`check_log`] found in a log object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogSummary {
+    /// Commit wall-clock time of the object's mutations (epoch ms).
+    pub timestamp_ms: i64,
+    /// Entries the object holds.
+    pub entries: u64,
+}
+
+/// Checks a whole log object as [`decode_log`] does without keeping its
+/// entries (a log object may hold millions of tiny ones, whose decoded
+/// form is many times the object's size): the object can then be applied
+/// entry by entry with [`LogEntries`], knowing it is sound.
+pub fn check_log(name: &LogName, payload: Payload<'_>) -> Result<LogSummary, FormatError> {
+    let object = crate::backup::log_key(name);
+    let mut walk = LogEntries::new(name, &object, payload);
+    let mut entries = 0;
+    for e in walk.by_ref() {
+        e?;
+        entries += 1;
+    }
+    Ok(LogSummary {
+        timestamp_ms: walk.timestamp_ms()?,
+        entries,
+    })
+}
+
+/// The entries of a log object, decoded one at a time from its payload.
+/// Stops after the first error.
+pub struct LogEntries<'a> {
+    name: LogName,
+    object: &'a str,
+    fields: wire::Fields<'a>,
+    timestamp: u64,
+    prev: Option<LogStamp>,
+    i: u64,
+    done: bool,
+}
+
+impl<'a> LogEntries<'a> {
+    /// Walks `payload`, the body of the log object `name` (named `object`
+    /// in messages).
+    pub fn new(name: &LogName, object: &'a str, payload: Payload<'a>) -> Self {
+        LogEntries {
+            name: *name,
+            object,
+            fields: wire::Fields::new(payload, object),
+            timestamp: 0,
+            prev: None,
+            i: 0,
+            done: false,
+        }
+    }
+
+    /// The object's commit time, once every entry was read (the field may
+    /// come after them).
+    pub fn timestamp_ms(&self) -> Result<i64, FormatError> {
+        i64::try_from(self.timestamp).map_err(|_| {
+            FormatError::corrupt(
+                self.object,
+                format!("timestamp {} out of range", self.timestamp),
+            )
+        })
+    }
+
+    fn step(&mut self) -> Result<Option<LogEntry>, FormatError> {
+        let body = loop {
+            match self.fields.next(1)? {
+                None => return Ok(None),
+                Some((_, wire::Value::Bytes(b))) => break b,
+                Some((2, wire::Value::Varint(t))) => self.timestamp = t,
+                Some((1 | 2, _)) => return Err(self.fields.error("wrong wire type")),
+                Some(_) => {}
+            }
+        };
+        let e = BackupReplicationLogEntry::decode(&body[..])
+            .map_err(|e| self.fields.error(e.to_string()))?;
+        drop(body);
+        let (name, object, i) = (&self.name, self.object, self.i);
+        self.i += 1;
         let stamp = LogStamp::from_slice(&e.versionstamp).ok_or_else(|| {
             FormatError::corrupt(
-                &object,
+                object,
                 format!(
                     "entry {i}: versionstamp is {} bytes, expected 12",
                     e.versionstamp.len()
@@ -508,26 +626,26 @@ pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> 
         })?;
         if stamp < name.first || stamp > name.last {
             return Err(FormatError::corrupt(
-                &object,
+                object,
                 format!(
                     "entry {i}: stamp {stamp} outside the range {}..={} the object name announces",
                     name.first, name.last
                 ),
             ));
         }
-        if let Some(p) = prev {
+        if let Some(p) = self.prev {
             if stamp <= p {
                 return Err(FormatError::corrupt(
-                    &object,
+                    object,
                     format!("entry {i}: stamp {stamp} is not after the previous stamp {p}"),
                 ));
             }
         }
-        prev = Some(stamp);
+        self.prev = Some(stamp);
         check_sizes(&object, &e.key, &e.value)?;
         let kind = BackupKvMutationKind::try_from(e.kind).map_err(|_| {
             FormatError::corrupt(
-                &object,
+                object,
                 format!("entry {i}: unknown mutation kind {}", e.kind),
             )
         })?;
@@ -553,28 +671,35 @@ pub fn decode_log(name: &LogName, body: &[u8]) -> Result<LogBatch, FormatError> 
             }
             BackupKvMutationKind::MkUnspecified => {
                 return Err(FormatError::corrupt(
-                    &object,
+                    object,
                     format!("entry {i}: mutation kind is unspecified"),
                 ))
             }
         };
-        entries.push(LogEntry {
+        Ok(Some(LogEntry {
             stamp,
             key: e.key,
             record,
-        });
+        }))
     }
-    Ok(LogBatch {
-        name: *name,
-        timestamp_ms,
-        entries,
-    })
+}
+
+impl Iterator for LogEntries<'_> {
+    type Item = Result<LogEntry, FormatError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step().transpose();
+        self.done = !matches!(r, Some(Ok(_)));
+        r
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use denokv_proto::backup::{BackupKvPair, BackupReplicationLogEntry};
+    use denokv_proto::backup::{BackupMutationRange, BackupSnapshotRange};
 
     fn stamp(v: u64, idx: u16) -> LogStamp {
         let mut s = [0u8; 12];

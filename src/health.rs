@@ -35,6 +35,9 @@ pub struct Health {
     /// last good state (a gap in the log, a re-exported backup), until a
     /// round succeeds.
     stopped: Mutex<Option<String>>,
+    /// What a rebuild after a re-export has done so far, while one runs
+    /// (see `crate::rebuild`).
+    rebuilding: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -45,6 +48,7 @@ impl Default for Health {
             alive_ms: AtomicI64::new(Utc::now().timestamp_millis()),
             listed_to_end: AtomicBool::new(false),
             stopped: Mutex::new(None),
+            rebuilding: Mutex::new(None),
         }
     }
 }
@@ -73,6 +77,12 @@ impl Health {
     /// `None`, follows it again.
     pub(crate) fn set_stopped(&self, reason: Option<String>) {
         *self.stopped.lock().expect("stopped lock") = reason;
+    }
+
+    /// A rebuild from a re-exported backup is under way and has reached
+    /// `progress`, or, with `None`, is over (swapped in or abandoned).
+    pub(crate) fn set_rebuilding(&self, progress: Option<String>) {
+        *self.rebuilding.lock().expect("rebuilding lock") = progress;
     }
 
     /// Records whether the last round listed the bucket to its end.
@@ -107,7 +117,8 @@ impl Health {
     }
 
     /// Readiness: the engine follows the bucket (it did not stop at a gap
-    /// in the log or a re-exported backup), the initial snapshot is
+    /// in the log or a re-exported backup, and is not rebuilding from a
+    /// re-exported one: it serves the old export's state meanwhile), the initial snapshot is
     /// complete and the bucket answered a listing recently (within
     /// [`READY_POLL_INTERVALS`] poll intervals, and at least
     /// [`READY_MIN_WINDOW`]). `Err` says why not.
@@ -116,6 +127,12 @@ impl Health {
         initial_complete: bool,
         poll_interval: Duration,
     ) -> Result<(), NotReady> {
+        if let Some(progress) = self.rebuilding.lock().expect("rebuilding lock").clone() {
+            return Err(NotReady {
+                status: NotReady::REBUILDING,
+                detail: format!("{}: {progress}", NotReady::REBUILDING),
+            });
+        }
         if let Some(reason) = self.stopped.lock().expect("stopped lock").clone() {
             return Err(NotReady {
                 status: NotReady::STOPPED,
@@ -215,8 +232,8 @@ impl Drop for StoreHold {
 /// with it the bucket URL or an S3 access key id), for the admin token only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotReady {
-    /// One of [`NotReady::LOADING`], [`NotReady::STALE`] or
-    /// [`NotReady::STOPPED`].
+    /// One of [`NotReady::LOADING`], [`NotReady::STALE`],
+    /// [`NotReady::STOPPED`] or [`NotReady::REBUILDING`].
     pub status: &'static str,
     /// The status with times and the last error.
     pub detail: String,
@@ -230,6 +247,11 @@ impl NotReady {
     /// The engine stopped following the bucket (a gap in the log, a
     /// re-exported backup) and serves its last good state.
     pub const STOPPED: &'static str = "not following the bucket";
+    /// The backup was re-exported and a replica of the new export is
+    /// being built; the old export's state is served until it is swapped
+    /// in.
+    pub const REBUILDING: &'static str =
+        "rebuilding from a re-exported backup; serving the previous export meanwhile";
 }
 
 #[cfg(test)]
@@ -251,6 +273,12 @@ mod tests {
             "{why:?}"
         );
         h.set_stopped(None);
+        assert_eq!(h.readiness(true, every), Ok(()));
+        h.set_rebuilding(Some("3 of 6 snapshot ranges loaded".into()));
+        let why = h.readiness(true, every).unwrap_err();
+        assert_eq!(why.status, NotReady::REBUILDING);
+        assert!(why.detail.contains("3 of 6"), "{why:?}");
+        h.set_rebuilding(None);
         assert_eq!(h.readiness(true, every), Ok(()));
     }
 

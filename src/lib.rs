@@ -9,12 +9,14 @@
 //!
 //! Reading the bucket:
 //! - [`source`]: the object-store seam: one small `ObjectStore` trait (list
-//!   with start-after, get, get-if-changed) with one implementation per
+//!   with start-after, get, get to a file, get-if-changed) with one implementation per
 //!   backend (directory, S3, GCS), their error classification, the retry
 //!   wrapper, the source URL and the one factory (`source::open`).
 //! - [`backup`]: the bucket layout, alone: `differential`, `snapshots/`,
 //!   `logs/`, `.bin`, and which keys are which objects.
-//! - [`format`](mod@format): object names, versionstamps and the protobuf payloads.
+//! - [`format`](mod@format): object names, versionstamps and the protobuf
+//!   payloads, decoded entry by entry from memory or a file (`format::wire`
+//!   walks a message one field at a time).
 //!
 //! Keeping the replica:
 //! - [`sync`]: the engine: initial snapshot, poll rounds, applying logs,
@@ -22,6 +24,9 @@
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
 //!   source binding, the log objects consumed (to fold in a late one).
+//! - `rebuild` *(internal)*: after a re-export, a replica of the new
+//!   export built beside the file while the old one is served, then
+//!   copied in in one transaction (`sync.on_reexport = "rebuild"`).
 //! - [`checkout`]: point-in-time checkout of a replica the engine runs on
 //!   (move the visible state, wake watchers, count it).
 //! - `clock` *(internal)*: times from the bucket (`LastModified`, commit
@@ -68,6 +73,7 @@ mod logging;
 pub mod metrics;
 mod notify;
 mod progress;
+mod rebuild;
 mod reload;
 pub mod server;
 pub mod source;

@@ -9,8 +9,12 @@
 //!
 //! Downloads run concurrently but are consumed in name order, and the bytes
 //! in flight are bounded by a byte budget (not just a request count), so
-//! memory stays flat whatever the bucket size. Downloads keep running while
-//! a transaction is being written (see `overlapped`).
+//! memory stays flat whatever the bucket size. An object larger than a
+//! quarter of the budget goes to a temporary file instead of memory, and
+//! every object is decoded entry by entry as it is stored, so neither one
+//! large object nor one of millions of tiny entries breaks that bound.
+//! Downloads keep running while a transaction is being written (see
+//! `overlapped`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -23,14 +27,14 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backup::{Backup, Listed};
 use crate::clock::BucketClock;
-use crate::format::{self, FormatError, LogBatch, LogName, SnapshotName, Versionstamp};
+use crate::format::{self, FormatError, LogName, SnapshotName, Versionstamp};
 use crate::health::Health;
 use crate::metrics;
 use crate::progress::Progress;
 use crate::source::SourceError;
-use crate::source::{IfChanged, ObjectVersion};
+use crate::source::{Body, IfChanged, ObjectVersion};
 use crate::store::pitr::Retention;
-use crate::store::{LateOutcome, Store, StoreError, SyncState};
+use crate::store::{LateOutcome, LogObject, Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,49 @@ pub struct SyncOptions {
     pub late_window: usize,
     /// How much point-in-time history to keep.
     pub retention: Retention,
+    /// What a re-exported backup makes the engine do.
+    pub on_reexport: OnReexport,
+}
+
+/// What the engine does when the backup is re-exported under the same
+/// prefix (see [`SyncError::Reexported`]).
+///
+/// `Stop` is the default: a rebuild replaces the state clients read, the
+/// recoverable history and any pin by those of another export, and needs
+/// room for a second copy of the replica; an operator opts into that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReexport {
+    /// Stop following, keep serving the last state; readiness fails and
+    /// says what changed.
+    #[default]
+    Stop,
+    /// Build a replica of the new export beside the file (see
+    /// [`crate::rebuild`]), keep serving the old state meanwhile, then
+    /// switch to the new one in one transaction.
+    Rebuild,
+}
+
+impl std::str::FromStr for OnReexport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "stop" => Ok(OnReexport::Stop),
+            "rebuild" => Ok(OnReexport::Rebuild),
+            _ => Err(format!(
+                "{s:?} is not a policy: use \"stop\" or \"rebuild\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OnReexport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnReexport::Stop => "stop",
+            OnReexport::Rebuild => "rebuild",
+        })
+    }
 }
 
 impl Default for SyncOptions {
@@ -201,6 +248,7 @@ impl Default for SyncOptions {
             // (minutes of a busy database's log) and still be folded in.
             late_window: 1000,
             retention: Retention::default(),
+            on_reexport: OnReexport::Stop,
         }
     }
 }
@@ -302,6 +350,35 @@ impl Syncer {
         &self.health
     }
 
+    /// The backup the engine reads.
+    pub(crate) fn source(&self) -> &Arc<Backup> {
+        &self.source
+    }
+
+    /// The engine's tunables.
+    pub(crate) fn options(&self) -> &SyncOptions {
+        &self.opts
+    }
+
+    /// The store, once the engine is done with it (a rebuilt replica
+    /// about to be copied in); `None` while someone else holds it.
+    pub(crate) fn into_store(self) -> Option<Store> {
+        Arc::try_unwrap(self.store)
+            .ok()
+            .map(|m| m.into_inner().expect("store lock"))
+    }
+
+    /// The store now holds another export (swapped in by a rebuild):
+    /// forget what was seen of the old one and follow again.
+    pub(crate) fn follow_anew(&self) {
+        *self.export.lock().expect("export lock") = ExportSeen::default();
+        self.health.set_stopped(None);
+        self.health.set_rebuilding(None);
+        let state = self.state();
+        metrics::opened(&state);
+        self.show(state.visible());
+    }
+
     /// The configured poll interval.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.load(Relaxed))
@@ -373,7 +450,11 @@ impl Syncer {
             .locked(move |s| f(s).map_err(|e| crate::store::explain(s.path(), e)))
             .await
             .map_err(SyncError::Task)?;
-        out.map_err(SyncError::from)
+        out.map_err(|e| match e {
+            // An object found corrupt while it was stored entry by entry.
+            StoreError::Object(e) => SyncError::Format(e),
+            e => SyncError::from(e),
+        })
     }
 
     /// Reserves budget for an object of `size` bytes; objects larger than
@@ -387,25 +468,23 @@ impl Syncer {
             .expect("budget semaphore is never closed")
     }
 
-    /// Counts the downloaded object `body` (of `kind`) and decodes it off
-    /// the runtime. Returns what `decode` made of it and its size.
-    async fn decode<B, T>(
+    /// Downloads an object of `size` bytes with `fetch`: to a temporary
+    /// file when it is larger than a quarter of the byte budget (a body in
+    /// memory counts against the budget; one on disk costs a buffer), else
+    /// to memory. Counts it.
+    async fn fetch<F>(
         &self,
         kind: &str,
-        body: B,
-        decode: impl FnOnce(&[u8]) -> Result<T, FormatError> + Send + 'static,
-    ) -> Result<(T, u64), SyncError>
+        size: u64,
+        fetch: impl FnOnce(bool) -> F,
+    ) -> Result<Body, SyncError>
     where
-        B: AsRef<[u8]> + Send + 'static,
-        T: Send + 'static,
+        F: std::future::Future<Output = Result<Body, SourceError>>,
     {
-        let len = body.as_ref().len();
-        metrics::fetched(kind, len);
-        self.progress.fetched(len);
-        let decoded = tokio::task::spawn_blocking(move || decode(body.as_ref()))
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))??;
-        Ok((decoded, len as u64))
+        let body = fetch(size > self.opts.max_bytes_in_flight / 4).await?;
+        metrics::fetched(kind, body.len() as usize);
+        self.progress.fetched(body.len() as usize);
+        Ok(body)
     }
 
     /// [`Syncer::initial`], retrying failures that a retry may mend (see
@@ -427,7 +506,39 @@ impl Syncer {
 
     /// Brings the replica to its initial point, resuming whatever a previous
     /// run left. Returns the initial point.
+    ///
+    /// The load never finishes into a mix of two exports: the export is
+    /// compared with the `differential` read at its start before the
+    /// snapshot ranges are fetched, after they are loaded (or when one
+    /// fails to download), and before each page of the log. A re-export
+    /// fails the load with [`SyncError::Reexported`] under
+    /// [`OnReexport::Stop`]; under [`OnReexport::Rebuild`] the file is
+    /// emptied and the load starts again from the new export.
     pub async fn initial(&self) -> Result<Versionstamp, SyncError> {
+        loop {
+            match self.initial_once().await {
+                Err(e @ SyncError::Reexported { .. })
+                    if self.opts.on_reexport == OnReexport::Rebuild
+                        && !self.state().initial_complete() =>
+                {
+                    tracing::warn!(error = %e, "the backup was re-exported during the initial load; starting it again from the new export");
+                    self.restart_load().await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Forgets everything an unfinished initial load stored (see
+    /// [`Syncer::initial`]).
+    async fn restart_load(&self) -> Result<(), SyncError> {
+        self.with_store(|s| s.reset()).await?;
+        *self.export.lock().expect("export lock") = ExportSeen::default();
+        self.health.set_stopped(None);
+        Ok(())
+    }
+
+    async fn initial_once(&self) -> Result<Versionstamp, SyncError> {
         let state = self.state();
         if state.initial_complete() {
             return Ok(state.initial_point.expect("complete"));
@@ -444,7 +555,16 @@ impl Syncer {
             }
         };
         tracing::info!(%dv, "differential versionstamp");
-        self.load_snapshot().await?;
+        // Before the ranges are fetched and once they are all stored: a
+        // range downloaded from another export than `dv`'s is never
+        // followed by a complete load. A range that vanished mid-load is
+        // most likely a re-export: that is the error to report.
+        self.check_whole_export().await?;
+        if let Err(e) = self.load_snapshot().await {
+            self.check_whole_export().await?;
+            return Err(e);
+        }
+        self.check_whole_export().await?;
         loop {
             let round = self.round().await?;
             let state = self.state();
@@ -535,14 +655,15 @@ impl Syncer {
         let fetches = stream::iter(todo)
             .then(|name| {
                 let size = sizes.get(&name).copied().unwrap_or(1 << 20);
-                async move { (name, self.reserve(size).await) }
+                async move { (name, size, self.reserve(size).await) }
             })
-            .map(|(name, permit)| async move {
-                let body = self.source.get_snapshot(&name).await?;
-                let (entries, len) = self
-                    .decode("snapshot", body, move |b| format::decode_snapshot(&name, b))
+            .map(|(name, size, permit)| async move {
+                let body = self
+                    .fetch("snapshot", size, |to_file| {
+                        self.source.fetch_snapshot(&name, to_file)
+                    })
                     .await?;
-                Ok::<_, SyncError>((name, entries, len, permit))
+                Ok::<_, SyncError>((name, body, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         overlapped(
@@ -550,9 +671,16 @@ impl Syncer {
             self.opts.fetch_concurrency,
             |mut ready| async move {
                 while let Some(item) = ready.recv().await {
-                    let (name, entries, len, permit) = item?;
-                    let n = entries.len() as u64;
-                    self.with_store(move |s| s.load_snapshot_range(&name, &entries))
+                    let (name, body, permit) = item?;
+                    let len = body.len();
+                    // Decoded entry by entry as it is written: a range may
+                    // be far larger than memory.
+                    let n = self
+                        .with_store(move |s| {
+                            let object = crate::backup::snapshot_key(&name);
+                            let entries = format::SnapshotEntries::new(&object, body.payload());
+                            s.load_snapshot_range(&name, entries)
+                        })
                         .await?;
                     metrics::applied("snapshot", 1, len);
                     tracing::debug!(range = %name, keys = n, "snapshot range loaded");
@@ -642,6 +770,13 @@ impl Syncer {
             seen.differential = Some(v);
         }
         Ok(())
+    }
+
+    /// [`Syncer::check_export`] with the snapshot set compared now, due or
+    /// not: what the initial load relies on.
+    async fn check_whole_export(&self) -> Result<(), SyncError> {
+        self.export.lock().expect("export lock").snapshots_checked = None;
+        self.check_export().await
     }
 
     /// How the listed snapshot ranges differ from those the replica
@@ -786,7 +921,7 @@ impl Syncer {
         let page = self.opts.page_size;
         let cursor_key = cursor.to_string();
         let budget = (self.opts.max_bytes_in_flight / 2).max(1);
-        let (mut late, mut bytes): (Vec<LogName>, u64) = (Vec::new(), 0);
+        let (mut late, mut bytes): (Vec<(LogName, u64)>, u64) = (Vec::new(), 0);
         let mut after = seen.start_after;
         'pages: loop {
             let listed = self.source.list_logs(after.as_ref(), page).await?;
@@ -804,11 +939,11 @@ impl Syncer {
                 // waits for the next round.
                 let room = match late.last() {
                     None => true,
-                    Some(prev) => bytes < budget || !prev.last.is_commit_end(),
+                    Some((prev, _)) => bytes < budget || !prev.last.is_commit_end(),
                 };
                 if seen.is_late(&l.name) && settled && room {
                     bytes += l.size;
-                    late.push(l.name);
+                    late.push((l.name, l.size));
                 }
             }
             if !full_page {
@@ -821,13 +956,8 @@ impl Syncer {
         // A re-exported backup's objects are not late objects of this one.
         self.check_export().await?;
         let mut batches = Vec::with_capacity(late.len());
-        for name in late {
-            let body = self.source.get_log(&name).await?;
-            let (batch, _) = self
-                .decode("log", body, move |b| format::decode_log(&name, b))
-                .await?;
-            self.clock.check_commit_time(&name, batch.timestamp_ms);
-            batches.push(batch);
+        for (name, size) in late {
+            batches.push(self.fetch_log(name, size).await?);
         }
         let outcome = self.with_store(move |s| s.repair_late(batches)).await?;
         self.health.alive();
@@ -879,6 +1009,28 @@ impl Syncer {
         }
     }
 
+    /// Downloads the log object `name` of `size` bytes and checks it whole
+    /// before it is stored, so that a corrupt object stops the batch after
+    /// the objects before it; it is decoded again, entry by entry, as it is
+    /// written (its decoded form is many times its size).
+    async fn fetch_log(&self, name: LogName, size: u64) -> Result<FetchedLog, SyncError> {
+        let body = self
+            .fetch("log", size, |to_file| self.source.fetch_log(&name, to_file))
+            .await?;
+        let (log, body) =
+            tokio::task::spawn_blocking(move || (format::check_log(&name, body.payload()), body))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+        let log = log?;
+        self.clock.check_commit_time(&name, log.timestamp_ms);
+        Ok(FetchedLog {
+            name,
+            object: crate::backup::log_key(&name),
+            summary: log,
+            body,
+        })
+    }
+
     /// Downloads, decodes and applies `objects` in order, in transactions of
     /// up to `batch_objects` objects or half the byte budget. Objects before
     /// a failing one are kept.
@@ -886,15 +1038,10 @@ impl Syncer {
         let fetches = stream::iter(objects)
             .then(|l| async move {
                 let permit = self.reserve(l.size).await;
-                (l.name, permit)
+                (l.name, l.size, permit)
             })
-            .map(|(name, permit)| async move {
-                let body = self.source.get_log(&name).await?;
-                let (batch, len) = self
-                    .decode("log", body, move |b| format::decode_log(&name, b))
-                    .await?;
-                self.clock.check_commit_time(&name, batch.timestamp_ms);
-                Ok::<_, SyncError>((batch, len, permit))
+            .map(|(name, size, permit)| async move {
+                Ok::<_, SyncError>((self.fetch_log(name, size).await?, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         let batch_objects = self.opts.batch_objects.max(1);
@@ -916,15 +1063,15 @@ impl Syncer {
                 // round, which then go in at once without waiting.
                 let mut next = ready.recv().await;
                 while next.is_some() {
-                    let mut batches: Vec<LogBatch> = Vec::new();
+                    let mut batches: Vec<FetchedLog> = Vec::new();
                     let mut permits = Vec::new();
                     let mut bytes = 0u64;
                     let mut failure = None;
                     while let Some(item) = next.take() {
                         match item {
-                            Ok((b, len, p)) => {
+                            Ok((b, p)) => {
+                                bytes += b.body.len();
                                 batches.push(b);
-                                bytes += len;
                                 permits.push(p);
                             }
                             Err(e) => {
@@ -938,7 +1085,7 @@ impl Syncer {
                         next = ready.recv().await;
                     }
                     let n = batches.len() as u64;
-                    let mutations: u64 = batches.iter().map(|b| b.entries.len() as u64).sum();
+                    let mutations: u64 = batches.iter().map(|b| b.summary.entries).sum();
                     if n > 0 {
                         let timer = metrics::apply_started();
                         let outcome = self.with_store(move |s| s.apply_logs(batches)).await?;
@@ -1005,7 +1152,9 @@ impl Syncer {
 
     /// Follows the bucket until `shutdown` resolves: a round every poll
     /// interval (with ±10 % jitter so replicas spread their requests). A
-    /// failed round is logged and retried after a growing pause.
+    /// failed round is logged and retried after a growing pause. A
+    /// re-exported backup under [`OnReexport::Rebuild`] is rebuilt and
+    /// swapped in (see [`crate::rebuild`]) before following goes on.
     pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
@@ -1031,6 +1180,29 @@ impl Syncer {
                         Duration::ZERO
                     } else {
                         jitter(self.poll_interval())
+                    }
+                }
+                Err(e @ SyncError::Reexported { .. })
+                    if self.opts.on_reexport == OnReexport::Rebuild =>
+                {
+                    metrics::error(e.kind());
+                    tracing::warn!(error = %e, "rebuilding the replica from the new export");
+                    let rebuilt = tokio::select! {
+                        r = crate::rebuild::rebuild(self) => r,
+                        _ = &mut shutdown => return,
+                    };
+                    match rebuilt {
+                        Ok(()) => {
+                            failures = 0;
+                            self.health.round_ended(None);
+                            Duration::ZERO
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::error!(error = %e, kind = e.kind(), "rebuild failed");
+                            self.health.round_ended(Some(e.to_string()));
+                            self.retry_after(&e, failures)
+                        }
                     }
                 }
                 Err(e) => {
@@ -1061,6 +1233,31 @@ impl Syncer {
                 return;
             }
         }
+    }
+}
+
+/// A downloaded log object, checked whole ([`format::check_log`]) and
+/// decoded again entry by entry as it is stored.
+struct FetchedLog {
+    name: LogName,
+    object: String,
+    summary: format::LogSummary,
+    body: Body,
+}
+
+impl LogObject for FetchedLog {
+    fn name(&self) -> LogName {
+        self.name
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.summary.timestamp_ms
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<format::LogEntry, FormatError>> + '_> {
+        Box::new(format::LogEntries::new(
+            &self.name,
+            &self.object,
+            self.body.payload(),
+        ))
     }
 }
 

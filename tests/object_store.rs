@@ -341,6 +341,29 @@ async fn lists_all_snapshot_pages_and_reads_objects<R: Rig>() {
     );
     // An empty range is a 0-byte object, not a missing one.
     assert_eq!(src.get_log(&log_name(1)).await.unwrap(), b"");
+    // The same bytes streamed to a temporary file (for large objects).
+    let body = src
+        .fetch_snapshot(&snapshot_name(2000), true)
+        .await
+        .unwrap();
+    assert_eq!(file_bytes(body), 2000u64.to_be_bytes());
+    assert_eq!(
+        file_bytes(src.fetch_log(&log_name(1), true).await.unwrap()),
+        b""
+    );
+}
+
+/// The bytes of a body streamed to a temporary file.
+fn file_bytes(body: kvreplica::source::Body) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let kvreplica::source::Body::File { mut file, len } = body else {
+        panic!("not streamed to a file: {body:?}");
+    };
+    file.rewind().unwrap();
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).unwrap();
+    assert_eq!(out.len() as u64, len);
+    out
 }
 
 async fn differential_absent_then_present<R: Rig>() {
@@ -425,6 +448,11 @@ async fn a_listed_object_that_is_gone_is_retryable<R: Rig>() {
     assert!(err.is_retryable());
     let err = src.get_snapshot(&snapshot_name(0)).await.unwrap_err();
     assert!(matches!(err, SourceError::ListedButMissing(_)), "{err:?}");
+    let err = src.fetch_log(&name, true).await.unwrap_err();
+    assert!(
+        matches!(&err, SourceError::ListedButMissing(o) if *o == expected),
+        "{err:?}"
+    );
 }
 
 async fn a_missing_bucket_is_named<R: Rig>() {

@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let db = settings.db.clone();
     let source = settings.open_source()?;
     let store = Store::open(&db).with_context(|| format!("opening replica {}", db.display()))?;
+    crate::rebuild::discard_leftover(&db, &store);
     let syncer = Arc::new(Syncer::new(source, store, settings.sync.clone())?);
 
     let (kv_listener, kv_certs) =

@@ -8,7 +8,7 @@ use clap::Args;
 use super::shutdown_signal;
 use crate::config::{Inputs, SettingArgs, SYNC};
 use crate::store::Store;
-use crate::sync::Syncer;
+use crate::sync::{OnReexport, SyncError, Syncer};
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -37,6 +37,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let db = &settings.db;
     let source = settings.open_source()?;
     let store = Store::open(db).with_context(|| format!("opening replica {}", db.display()))?;
+    crate::rebuild::discard_leftover(db, &store);
     let syncer = Syncer::new(source, store, settings.sync.clone())?;
     tracing::info!(source = %url, db = %db.display(), "syncing");
     // Signals are handled from the start: a stop during the first catch-up
@@ -51,9 +52,21 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     };
     {
         let report = syncer.progress().report(Duration::from_secs(5));
+        // Under `--on-reexport rebuild` a re-exported backup is rebuilt
+        // and swapped in as `serve` does, and the sync succeeds at the new
+        // export's newest point; under `stop` it fails (exit 65).
         let caught_up = async {
             syncer.initial().await?;
-            syncer.catch_up().await
+            match syncer.catch_up().await {
+                Err(e @ SyncError::Reexported { .. })
+                    if settings.sync.on_reexport == OnReexport::Rebuild =>
+                {
+                    tracing::warn!(error = %e, "rebuilding the replica from the new export");
+                    crate::rebuild::rebuild(&syncer).await?;
+                    syncer.catch_up().await
+                }
+                r => r,
+            }
         };
         tokio::select! {
             r = caught_up => {

@@ -61,6 +61,7 @@ mod tests {
             Kind::Bool => Some("true"),
             Kind::LogLevel => Some("debug"),
             Kind::LogFormat => Some("json"),
+            Kind::OnReexport => Some("rebuild"),
             Kind::Source => Some("s3://changed/p/"),
             Kind::Path => Some("/changed.sqlite"),
             _ => None,

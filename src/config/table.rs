@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::value::{SecretInput, TokensInput, Value};
 use super::{LogFormat, Settings};
 use crate::source::SourceUrl;
+use crate::sync::OnReexport;
 
 /// What a setting holds, and so how it is parsed and checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub(crate) enum Kind {
     LogLevel,
     /// `plain` or `json`.
     LogFormat,
+    /// `stop` or `rebuild` (see [`crate::sync::OnReexport`]).
+    OnReexport,
     /// A secret value; never printed.
     Secret,
     /// A list of secret tokens (repeatable flag, TOML array).
@@ -221,6 +224,7 @@ field!(Duration, Duration);
 field!(SocketAddr, Addr);
 field!(SourceUrl, Source);
 field!(LogFormat, Format);
+field!(OnReexport, OnReexport);
 
 impl Field for usize {
     fn to_value(&self) -> Option<Value> {
@@ -451,6 +455,12 @@ settings! {
     /// commit, e.g. 7d, 12h
     "sync.retain_for": Kind::Duration { positive: true } => field(sync.retention.max_age), flag "--retain-for" <DURATION> @17 in RUN,
         env ["KVREPLICA_RETAIN_FOR"], default "forever",
+    /// What to do when the backup is re-exported under the same prefix:
+    /// stop (keep serving the old state, readiness fails) or rebuild (build
+    /// a replica of the new export beside the file, serve the old one
+    /// meanwhile, then switch to it in one transaction)
+    "sync.on_reexport": Kind::OnReexport => field(sync.on_reexport), flag "--on-reexport" <POLICY> @17 in RUN,
+        env ["KVREPLICA_ON_REEXPORT"],
     /// Address of the KV Connect listener (Deno.openKv("http://HOST:PORT")).
     /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free
     /// port

@@ -11,6 +11,7 @@ use toml::de::DeValue;
 use super::table::{setting, Kind, Setting};
 use super::{ConfigError, LogFormat, Origin, Secret};
 use crate::source::SourceUrl;
+use crate::sync::OnReexport;
 
 /// A secret given as a value or as a file to read it from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,7 @@ pub(crate) enum Value {
     Addr(SocketAddr),
     Source(SourceUrl),
     Format(LogFormat),
+    OnReexport(OnReexport),
     Secret(SecretInput),
     Tokens(TokensInput),
 }
@@ -89,6 +91,10 @@ pub(super) fn parse(
         },
         Kind::LogFormat => match raw.parse::<LogFormat>() {
             Ok(f) => Value::Format(f),
+            Err(e) => return fail(e),
+        },
+        Kind::OnReexport => match raw.parse::<OnReexport>() {
+            Ok(p) => Value::OnReexport(p),
             Err(e) => return fail(e),
         },
         Kind::Secret => Value::Secret(SecretInput::Value(Secret::new(raw))),
@@ -264,6 +270,7 @@ impl Value {
             Value::Addr(a) => a.to_string(),
             Value::Source(u) => u.to_string(),
             Value::Format(f) => f.to_string(),
+            Value::OnReexport(p) => p.to_string(),
             Value::Secret(_) | Value::Tokens(_) => REDACTED.to_string(),
         }
     }

@@ -138,6 +138,19 @@ impl ObjectStore for DirStore {
         }
     }
 
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>> {
+        let path = self.root.join(key);
+        let mut src = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        let len = tokio::io::copy(&mut src, file)
+            .await
+            .map_err(|e| super::spool_error(&path.display().to_string(), e))?;
+        Ok(Some(len))
+    }
+
     async fn get_if_changed(
         &self,
         key: &str,

@@ -429,6 +429,26 @@ impl ObjectStore for GcsStore {
         }
     }
 
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>> {
+        let conn = self.connected().await?;
+        let what = self.naming.describe(key);
+        let chunks = match conn
+            .client
+            .download_streamed_object(&self.request(key), &Range::default())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return self.missing_or(conn, key, e),
+        };
+        let classify = |e| match self.classify(conn, what.clone(), e) {
+            Classified::Error(e) => e,
+            Classified::NotFound => SourceError::ListedButMissing(what.clone()),
+        };
+        super::copy_to_file(&what, std::pin::pin!(chunks), file, classify)
+            .await
+            .map(Some)
+    }
+
     async fn get_if_changed(
         &self,
         key: &str,

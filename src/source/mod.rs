@@ -5,7 +5,8 @@
 //!
 //! The stores know nothing of the backup layout (`crate::backup` alone
 //! does), so each backend only speaks its API: list with a start-after
-//! cursor and a page limit, get an object whole, get it only if it changed.
+//! cursor and a page limit, get an object whole or to a file, get it only
+//! if it changed.
 //! Backends classify their own errors ([`SourceError::is_retryable`]) so
 //! retry decisions never depend on string matching.
 
@@ -105,6 +106,66 @@ pub enum IfChanged {
     },
 }
 
+/// A downloaded object: its bytes, or the copy of a large object in an
+/// anonymous temporary file (gone when this is dropped).
+#[derive(Debug)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    File { file: std::fs::File, len: u64 },
+}
+
+impl Body {
+    /// The object's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.payload().len()
+    }
+
+    /// True for an empty object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the decoders read it from.
+    pub fn payload(&self) -> crate::format::Payload<'_> {
+        match self {
+            Body::Bytes(b) => crate::format::Payload::Bytes(b),
+            Body::File { file, len } => crate::format::Payload::File(file, *len),
+        }
+    }
+}
+
+/// Copies a body arriving in chunks to `file`: what every backend's
+/// [`ObjectStore::get_to_file`] does with its stream. Chunk errors are
+/// classified by `classify`; a failed write to the file is transient (a
+/// full temporary directory may be emptied).
+pub(crate) async fn copy_to_file<E>(
+    what: &str,
+    mut chunks: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    file: &mut tokio::fs::File,
+    classify: impl Fn(E) -> SourceError,
+) -> StoreResult<u64> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut len = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(&classify)?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| spool_error(what, e))?;
+        len += chunk.len() as u64;
+    }
+    file.flush().await.map_err(|e| spool_error(what, e))?;
+    Ok(len)
+}
+
+/// A failure of the temporary file a large object is downloaded to.
+pub(crate) fn spool_error(what: &str, e: std::io::Error) -> SourceError {
+    SourceError::Transient {
+        what: what.to_string(),
+        detail: format!("writing its downloaded copy to a temporary file failed: {e}"),
+    }
+}
+
 /// The answer of every store call.
 pub type StoreResult<T> = Result<T, SourceError>;
 
@@ -172,6 +233,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Fetches an object whole; `None` when it does not exist.
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Writes an object's body to `file` (empty, at its start) as it
+    /// arrives, never holding it whole: for objects too large to keep in
+    /// memory. Returns its length; `None` when it does not exist. A body
+    /// cut short is an error (the caller empties the file and retries).
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>>;
 
     /// Fetches an object unless its version is still `known`; `None` when it
     /// does not exist. "Unchanged" costs no body transfer, so the object can

@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 
-use super::{IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult};
+use super::{
+    Body, IfChanged, Listing, Naming, ObjectStore, ObjectVersion, SourceError, StoreResult,
+};
 
 /// How transient failures are retried.
 #[derive(Clone, Debug)]
@@ -101,6 +103,48 @@ impl Retrying {
             })
             .await
     }
+
+    /// Fetches an object that a listing named to an anonymous temporary
+    /// file, for an object too large to hold in memory: a transfer that
+    /// breaks mid-body is retried from the start, as [`Retrying::get_listed`]
+    /// retries a whole-body fetch.
+    pub(crate) async fn get_listed_to_file(&self, key: &str) -> Result<Body, SourceError> {
+        let what = self.naming().describe(key);
+        let std_file = tempfile::tempfile().map_err(|e| super::spool_error(&what, e))?;
+        let mut file = tokio::fs::File::from_std(std_file);
+        let len = self.to_file(key, &mut file, true).await?;
+        let len = len.ok_or(SourceError::ListedButMissing(what))?;
+        Ok(Body::File {
+            file: file.into_std().await,
+            len,
+        })
+    }
+
+    /// [`ObjectStore::get_to_file`], retried; each attempt starts over in
+    /// the emptied file. With `listed`, a missing object is retried too.
+    async fn to_file(
+        &self,
+        key: &str,
+        file: &mut tokio::fs::File,
+        listed: bool,
+    ) -> StoreResult<Option<u64>> {
+        use tokio::io::AsyncSeekExt;
+        let what = self.naming().describe(key);
+        let file = tokio::sync::Mutex::new(file);
+        self.policy
+            .run(&format!("fetching {key}"), || async {
+                let mut f = file.lock().await;
+                f.set_len(0)
+                    .await
+                    .map_err(|e| super::spool_error(&what, e))?;
+                f.rewind().await.map_err(|e| super::spool_error(&what, e))?;
+                match self.inner.get_to_file(key, &mut f).await? {
+                    None if listed => Err(SourceError::ListedButMissing(what.clone())),
+                    len => Ok(len),
+                }
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -119,6 +163,9 @@ impl ObjectStore for Retrying {
         self.policy
             .run(&format!("fetching {key}"), || self.inner.get(key))
             .await
+    }
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>> {
+        self.to_file(key, file, false).await
     }
     async fn get_if_changed(
         &self,

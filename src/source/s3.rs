@@ -460,6 +460,27 @@ impl ObjectStore for S3Store {
             .map(|resp| resp.map(|r| r.to_vec()).unwrap_or_default()))
     }
 
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>> {
+        let conn = self.connected().await?;
+        let what = self.naming.describe(key);
+        let classify = |e| match self.classify(conn, what.clone(), e, true) {
+            Classified::Error(e) => e,
+            Classified::NotFound => SourceError::ListedButMissing(what.clone()),
+        };
+        let mut resp = match conn
+            .client
+            .get_object_stream(self.naming.key_in_store(key))
+            .await
+        {
+            Ok(r) => r,
+            Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
+        super::copy_to_file(&what, resp.bytes(), file, classify)
+            .await
+            .map(Some)
+    }
+
     async fn get_if_changed(
         &self,
         key: &str,

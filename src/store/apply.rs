@@ -3,7 +3,7 @@
 use rusqlite::{CachedStatement, OptionalExtension, Transaction};
 
 use super::{set_meta, Store, StoreError};
-use crate::format::{KvRecord, LogBatch, LogStamp, Versionstamp};
+use crate::format::{FormatError, KvRecord, LogBatch, LogEntry, LogName, LogStamp, Versionstamp};
 
 pub(super) const SQL_PUT: &str =
     "insert or replace into kv (k, v, v_encoding, version, seq, expiration_ms) \
@@ -246,44 +246,222 @@ fn insert_redo(stmt: &mut CachedStatement<'_>, p: &Pending) -> Result<(), StoreE
     Ok(())
 }
 
-/// Takes every redo row out of the table, in stamp order.
-fn drain_redo(tx: &Transaction<'_>) -> Result<Vec<Pending>, StoreError> {
+/// Decoded entries [`Store::apply_logs`] holds at once, counted as their
+/// keys and values plus [`ENTRY_OVERHEAD`] each: a batch is written to
+/// `kv` chunk by chunk inside its one transaction, so neither a log object
+/// of millions of tiny entries nor a long-pinned replica's redo is ever in
+/// memory whole. 8 MiB: the size of the largest batch before chunking
+/// (half the default byte budget), so a catch-up writes as before.
+const CHUNK_BYTES: usize = 8 << 20;
+/// What one decoded entry costs besides its key and value: the `Pending`
+/// struct, two allocations and its share of the key-order sort.
+const ENTRY_OVERHEAD: usize = 128;
+
+fn cost(p: &Pending) -> usize {
+    ENTRY_OVERHEAD + p.key.len() + p.record.as_ref().map_or(0, |r| r.value.len())
+}
+
+/// The redo rows after `after` (all with `None`), in stamp order, up to
+/// about [`CHUNK_BYTES`].
+fn redo_chunk(tx: &Transaction<'_>, after: Option<LogStamp>) -> Result<Vec<Pending>, StoreError> {
     let mut stmt = tx.prepare_cached(
-        "select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo order by stamp",
+        "select stamp, ts_ms, k, v, v_encoding, expiration_ms from kvr_redo \
+         where stamp > ? order by stamp",
     )?;
-    let rows = stmt
-        .query_map([], |r| {
-            let stamp: Vec<u8> = r.get(0)?;
-            let v: Option<Vec<u8>> = r.get(3)?;
-            Ok((
-                stamp,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                v,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (stamp, ts_ms, key, v, enc, exp) in rows {
+    let after = after.map_or(Vec::new(), |a| a.0.to_vec());
+    let mut rows = stmt.query([after])?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(r) = rows.next()? {
+        let stamp: Vec<u8> = r.get(0)?;
         let stamp = LogStamp::from_slice(&stamp).ok_or_else(|| {
             StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
         })?;
-        out.push(Pending {
+        let v: Option<Vec<u8>> = r.get(3)?;
+        let p = Pending {
             stamp,
-            ts_ms,
-            key,
+            ts_ms: r.get(1)?,
+            key: r.get(2)?,
             record: v.map(|value| KvRecord {
                 value,
-                encoding: enc,
+                encoding: r.get(4).unwrap_or_default(),
                 versionstamp: stamp.versionstamp(),
-                expire_at_ms: exp,
+                expire_at_ms: r.get(5).unwrap_or(-1),
             }),
-        });
+        };
+        bytes += cost(&p);
+        out.push(p);
+        if bytes >= CHUNK_BYTES {
+            break;
+        }
     }
-    tx.execute("delete from kvr_redo", [])?;
     Ok(out)
+}
+
+/// One following (not pinned) [`Store::apply_logs`] in progress: entries
+/// arrive one by one in stamp order and go to `kv` up to the last commit
+/// boundary, chunk by chunk; the open commit after it waits in `pending`,
+/// or in redo once it is large.
+struct Following<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    stmts: Stmts<'t>,
+    redo: CachedStatement<'t>,
+    dv: Versionstamp,
+    initial: Option<Versionstamp>,
+    position: Option<LogStamp>,
+    out: ApplyOutcome,
+    /// Entries not written yet, after any in redo.
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    /// `pending[..ended]` ends with a commit's last entry.
+    ended: usize,
+    /// Redo holds entries (before `pending`) of the commit still open.
+    in_redo: bool,
+    /// Entries this call put in redo.
+    spilled: u64,
+}
+
+impl<'t, 'c> Following<'t, 'c> {
+    fn push(&mut self, p: Pending) -> Result<(), StoreError> {
+        self.pending_bytes += cost(&p);
+        let end = p.stamp.is_commit_end();
+        self.pending.push(p);
+        if end {
+            self.ended = self.pending.len();
+        }
+        if self.pending_bytes >= CHUNK_BYTES {
+            if self.ended > 0 {
+                self.write_through(self.ended)?;
+            }
+            // A commit open for this long is moved to redo rather than
+            // held.
+            if self.pending_bytes >= CHUNK_BYTES / 2 {
+                for p in self.pending.drain(..) {
+                    insert_redo(&mut self.redo, &p)?;
+                    self.spilled += 1;
+                }
+                self.pending_bytes = 0;
+                self.in_redo = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the entries in redo, then `pending[..n]`, which ends a commit.
+    fn write_through(&mut self, n: usize) -> Result<(), StoreError> {
+        if self.in_redo {
+            let mut after = None;
+            loop {
+                let chunk = redo_chunk(self.tx, after)?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.stamp);
+                self.write(&chunk)?;
+            }
+            self.tx.execute("delete from kvr_redo", [])?;
+            self.in_redo = false;
+            self.spilled = 0;
+        }
+        let rest = self.pending.split_off(n);
+        let todo = std::mem::replace(&mut self.pending, rest);
+        self.write(&todo)?;
+        self.pending_bytes = self.pending.iter().map(cost).sum();
+        self.ended = 0;
+        Ok(())
+    }
+
+    /// Writes `todo` (consecutive entries, in stamp order) to `kv` with
+    /// their undo records and recoverable points.
+    fn write(&mut self, todo: &[Pending]) -> Result<(), StoreError> {
+        // In stamp order: checks, recoverable points, and where the undo
+        // records start (after the initial point).
+        let mut undo_from = if self.initial.is_some() {
+            0
+        } else {
+            todo.len()
+        };
+        let mut points = Vec::new();
+        for (i, p) in todo.iter().enumerate() {
+            if let Some(pos) = self.position.filter(|pos| p.stamp <= *pos) {
+                return Err(StoreError::Corrupt(format!(
+                    "log entry {} is not after the replica's position {pos}",
+                    p.stamp,
+                )));
+            }
+            self.position = Some(p.stamp);
+            if p.stamp.is_commit_end() {
+                let vs = p.stamp.versionstamp();
+                if self.initial.is_some() {
+                    points.push((vs, p.ts_ms));
+                } else if p.stamp >= self.dv.commit_end() {
+                    self.initial = Some(vs);
+                    self.out.reached_initial = Some(vs);
+                    set_meta(self.tx, "initial_ts_ms", p.ts_ms.to_string().as_bytes())?;
+                    undo_from = i + 1;
+                }
+            }
+        }
+        self.out.applied += todo.len() as u64;
+        // In key order (a stable sort keeps each key's entries in stamp
+        // order): one read and one write per key, and the B-tree is walked
+        // once from left to right instead of at random, which is most of
+        // the cost of a large chunk. The pre-image of an entry is the key's
+        // previous entry in the chunk, else its row before the chunk.
+        let pre = self.stmts.write_in_key_order(
+            todo.len(),
+            |i| &todo[i].key,
+            |i| todo[i].record.as_ref(),
+            undo_from,
+        )?;
+        // In stamp order again: undo records go to the end of their table.
+        for (i, p) in todo.iter().enumerate().skip(undo_from) {
+            let prev = pre.get(i, |j| todo[j].record.as_ref());
+            self.stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev)?;
+        }
+        for (vs, ts_ms) in points {
+            self.stmts
+                .point
+                .execute(rusqlite::params![&vs.0[..], ts_ms])?;
+            self.out.latest = Some((vs, ts_ms));
+        }
+        crate::health::STORE_WORK.progress(); // for the watchdog
+        Ok(())
+    }
+
+    /// Writes what ends a commit; the open commit's entries wait in redo.
+    fn finish(
+        mut self,
+    ) -> Result<(Option<Versionstamp>, Option<LogStamp>, ApplyOutcome), StoreError> {
+        if self.ended > 0 {
+            self.write_through(self.ended)?;
+        }
+        for p in &self.pending {
+            insert_redo(&mut self.redo, p)?;
+        }
+        self.out.deferred = self.spilled + self.pending.len() as u64;
+        Ok((self.initial, self.position, self.out))
+    }
+}
+
+/// A log object as [`Store::apply_logs`] takes it: decoded already (a
+/// [`LogBatch`]) or decoded entry by entry as it is written.
+pub trait LogObject {
+    fn name(&self) -> LogName;
+    /// Commit wall-clock time of the object's mutations (epoch ms).
+    fn timestamp_ms(&self) -> i64;
+    /// The entries, in strictly ascending stamp order.
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<LogEntry, FormatError>> + '_>;
+}
+
+impl LogObject for LogBatch {
+    fn name(&self) -> LogName {
+        self.name
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = Result<LogEntry, FormatError>> + '_> {
+        Box::new(self.entries.iter().cloned().map(Ok))
+    }
 }
 
 impl Store {
@@ -299,7 +477,10 @@ impl Store {
     /// the previous one, when the previous one ends inside a commit that
     /// this one does not continue (a gap: the end of that commit is
     /// missing), or when the snapshot is not fully loaded.
-    pub fn apply_logs(&mut self, batches: Vec<LogBatch>) -> Result<ApplyOutcome, StoreError> {
+    pub fn apply_logs<L: LogObject>(
+        &mut self,
+        batches: Vec<L>,
+    ) -> Result<ApplyOutcome, StoreError> {
         if batches.is_empty() {
             return Ok(ApplyOutcome::default());
         }
@@ -319,14 +500,15 @@ impl Store {
         // stamp, and the names announce the range each object covers.
         let mut prev = self.state.cursor;
         for b in &batches {
+            let name = b.name();
             if let Some(p) = prev {
-                if b.name.first <= p.last {
+                if name.first <= p.last {
                     return Err(StoreError::Corrupt(format!(
                         "log object {} overlaps or precedes the previous object {} \
                          (first stamp {} is not after {})",
-                        crate::backup::log_key(&b.name),
+                        crate::backup::log_key(&name),
                         crate::backup::log_key(&p),
-                        b.name.first,
+                        name.first,
                         p.last
                     )));
                 }
@@ -334,113 +516,75 @@ impl Store {
             if let Some(p) = prev.filter(|p| !p.last.is_commit_end()) {
                 // `p` ends inside a commit: only the rest of that commit
                 // may follow, or two commits would become one state.
-                if b.name.first.versionstamp() != p.last.versionstamp() {
+                if name.first.versionstamp() != p.last.versionstamp() {
                     return Err(StoreError::Corrupt(format!(
                         "gap in the log: {} ends inside commit {} but {} starts commit {}",
                         crate::backup::log_key(&p),
                         p.last.versionstamp(),
-                        crate::backup::log_key(&b.name),
-                        b.name.first.versionstamp()
+                        crate::backup::log_key(&name),
+                        name.first.versionstamp()
                     )));
                 }
             }
-            prev = Some(b.name);
+            prev = Some(name);
         }
         let cursor = prev.expect("non-empty");
 
         let pinned = self.state.pinned;
-        let mut initial = self.state.initial_point;
-        let mut position = self.state.position;
-        let mut out = ApplyOutcome::default();
-
-        let incoming: usize = batches.iter().map(|b| b.entries.len()).sum();
         let consumed = super::late::names(&batches);
         let tx = self.conn.transaction()?;
-        {
+        let (initial, position, out) = {
             let mut redo = tx.prepare_cached(SQL_REDO)?;
-            let mut stmts = Stmts::new(&tx)?;
-            let new_entries = batches.into_iter().flat_map(|b| {
-                let ts_ms = b.timestamp_ms;
-                b.entries.into_iter().map(move |e| Pending {
-                    stamp: e.stamp,
-                    ts_ms,
-                    key: e.key,
-                    record: e.record,
+            let entries = batches.iter().flat_map(|b| {
+                let ts_ms = b.timestamp_ms();
+                b.entries().map(move |e| {
+                    e.map(|e| Pending {
+                        stamp: e.stamp,
+                        ts_ms,
+                        key: e.key,
+                        record: e.record,
+                    })
                 })
             });
             if pinned {
-                for p in new_entries {
+                let mut out = ApplyOutcome::default();
+                let mut point = tx.prepare_cached(SQL_POINT)?;
+                for p in entries {
+                    let p = p?;
                     if p.stamp.is_commit_end() {
                         let vs = p.stamp.versionstamp();
-                        stmts.point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
+                        point.execute(rusqlite::params![&vs.0[..], p.ts_ms])?;
                         out.latest = Some((vs, p.ts_ms));
                     }
                     insert_redo(&mut redo, &p)?;
                     out.deferred += 1;
                 }
+                (self.state.initial_point, self.state.position, out)
             } else {
-                let mut all = drain_redo(&tx)?;
-                // Exactly sized: growing by doubling would hold up to twice
-                // the batch at the peak.
-                all.reserve_exact(incoming);
-                all.extend(new_entries);
-                let last_end = all.iter().rposition(|p| p.stamp.is_commit_end());
-                let split = last_end.map_or(0, |i| i + 1);
-                let todo = &all[..split];
-                // In stamp order: checks, recoverable points, and where the
-                // undo records start (after the initial point).
-                let mut undo_from = if initial.is_some() { 0 } else { split };
-                let mut points = Vec::new();
-                for (i, p) in todo.iter().enumerate() {
-                    if position.is_some_and(|pos| p.stamp <= pos) {
-                        return Err(StoreError::Corrupt(format!(
-                            "log entry {} is not after the replica's position {}",
-                            p.stamp,
-                            position.expect("checked")
-                        )));
-                    }
-                    position = Some(p.stamp);
-                    if p.stamp.is_commit_end() {
-                        let vs = p.stamp.versionstamp();
-                        if initial.is_some() {
-                            points.push((vs, p.ts_ms));
-                        } else if p.stamp >= dv.commit_end() {
-                            initial = Some(vs);
-                            out.reached_initial = Some(vs);
-                            set_meta(&tx, "initial_ts_ms", p.ts_ms.to_string().as_bytes())?;
-                            undo_from = i + 1;
-                        }
-                    }
+                let in_redo = tx.query_row("select exists (select 1 from kvr_redo)", [], |r| {
+                    r.get::<_, bool>(0)
+                })?;
+                let mut f = Following {
+                    tx: &tx,
+                    stmts: Stmts::new(&tx)?,
+                    redo,
+                    dv,
+                    initial: self.state.initial_point,
+                    position: self.state.position,
+                    out: ApplyOutcome::default(),
+                    pending: Vec::new(),
+                    pending_bytes: 0,
+                    ended: 0,
+                    in_redo,
+                    spilled: 0,
+                };
+                for p in entries {
+                    f.push(p?)?;
                 }
-                out.applied = split as u64;
-                // In key order (a stable sort keeps each key's entries in
-                // stamp order): one read and one write per key, and the
-                // B-tree is walked once from left to right instead of at
-                // random, which is most of the cost of a large batch. The
-                // pre-image of an entry is the key's previous entry in the
-                // batch, else its row before the batch.
-                let pre = stmts.write_in_key_order(
-                    split,
-                    |i| &todo[i].key,
-                    |i| todo[i].record.as_ref(),
-                    undo_from,
-                )?;
-                // In stamp order again: undo records go to the end of
-                // their table.
-                for (i, p) in todo.iter().enumerate().skip(undo_from) {
-                    let prev = pre.get(i, |j| todo[j].record.as_ref());
-                    stmts.write_undo(p.stamp, p.ts_ms, &p.key, prev)?;
-                }
-                for (vs, ts_ms) in points {
-                    stmts.point.execute(rusqlite::params![&vs.0[..], ts_ms])?;
-                    out.latest = Some((vs, ts_ms));
-                }
-                for p in &all[split..] {
-                    insert_redo(&mut redo, p)?;
-                    out.deferred += 1;
-                }
+                f.finish()?
             }
-        }
+        };
+        let mut out = out;
         set_meta(&tx, "cursor", cursor.to_string().as_bytes())?;
         super::late::record_consumed(&tx, &consumed)?;
         if let Some(i) = initial {

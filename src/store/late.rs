@@ -22,10 +22,10 @@
 
 use rusqlite::{OptionalExtension, Transaction};
 
-use super::apply::{set_data_version, SQL_POINT, SQL_REDO};
+use super::apply::{set_data_version, LogObject, SQL_POINT, SQL_REDO};
 use super::pitr::{decrement, walk_backward, walk_forward};
 use super::{set_meta, Store, StoreError};
-use crate::format::{LogBatch, LogName, LogStamp, Versionstamp};
+use crate::format::{LogName, LogStamp, Versionstamp};
 
 /// The window of consumed names the engine compares a listing with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,8 +75,8 @@ pub enum LateOutcome {
 }
 
 /// The names of `batches`, to record with them ([`record_consumed`]).
-pub(super) fn names(batches: &[LogBatch]) -> Vec<LogName> {
-    batches.iter().map(|b| b.name).collect()
+pub(super) fn names<L: LogObject>(batches: &[L]) -> Vec<LogName> {
+    batches.iter().map(|b| b.name()).collect()
 }
 
 /// Records `names` as consumed, in the transaction that stores them.
@@ -218,45 +218,48 @@ impl Store {
     /// transaction, or says why they cannot be (see the module's docs).
     /// Objects consumed meanwhile are skipped. Several late objects that
     /// hold parts of one commit go in together.
-    pub fn repair_late(&mut self, mut batches: Vec<LogBatch>) -> Result<LateOutcome, StoreError> {
+    pub fn repair_late<L: LogObject>(
+        &mut self,
+        mut batches: Vec<L>,
+    ) -> Result<LateOutcome, StoreError> {
         let initial = self
             .state
             .initial_point
             .ok_or(StoreError::InitialIncomplete)?;
         let position = self.state.position.ok_or(StoreError::InitialIncomplete)?;
         let pinned = self.state.pinned;
-        batches.sort_by_key(|b| b.name.first);
+        batches.sort_by_key(|b| b.name().first);
         let tx = self.conn.transaction()?;
         {
             let mut recorded =
                 tx.prepare_cached("select count(*) from kvr_consumed where name = ?")?;
             let mut keep = Vec::with_capacity(batches.len());
             for b in batches {
-                if recorded.query_row([b.name.to_string()], |r| r.get::<_, i64>(0))? == 0 {
+                if recorded.query_row([b.name().to_string()], |r| r.get::<_, i64>(0))? == 0 {
                     keep.push(b);
                 }
             }
             batches = keep;
         }
-        let Some(earliest) = batches.first().map(|b| b.name.first) else {
+        let Some(earliest) = batches.first().map(|b| b.name().first) else {
             return Ok(LateOutcome::AlreadyConsumed);
         };
         let mut prev: Option<LogName> = None;
         for b in &batches {
-            let why = match prev.filter(|p| b.name.first <= p.last) {
+            let why = match prev.filter(|p| b.name().first <= p.last) {
                 Some(p) => Some(format!(
                     "its stamps overlap those of the late object {}",
                     crate::backup::log_key(&p)
                 )),
-                None => obstacle(&tx, b.name, initial)?,
+                None => obstacle(&tx, b.name(), initial)?,
             };
             if let Some(why) = why {
                 return Ok(LateOutcome::Unrepairable {
-                    object: b.name,
+                    object: b.name(),
                     why,
                 });
             }
-            prev = Some(b.name);
+            prev = Some(b.name());
         }
         // Back to just before the first entry (nothing to do when it lies
         // after the visible state, e.g. ahead of a pin).
@@ -272,14 +275,15 @@ impl Store {
             let mut redo = tx.prepare_cached(SQL_REDO)?;
             let mut point = tx.prepare_cached(SQL_POINT)?;
             for b in &batches {
-                for e in &b.entries {
+                for e in b.entries() {
+                    let e = e?;
                     let (v, enc, exp) = match &e.record {
                         Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
                         None => (None, 0, -1),
                     };
                     redo.execute(rusqlite::params![
                         &e.stamp.0[..],
-                        b.timestamp_ms,
+                        b.timestamp_ms(),
                         e.key,
                         v,
                         enc,
@@ -288,14 +292,14 @@ impl Store {
                     if e.stamp.is_commit_end() {
                         point.execute(rusqlite::params![
                             &e.stamp.versionstamp().0[..],
-                            b.timestamp_ms
+                            b.timestamp_ms()
                         ])?;
                     }
                 }
             }
         }
         for b in &batches {
-            if let Some(gap) = unfinished(&tx, b.name)? {
+            if let Some(gap) = unfinished(&tx, b.name())? {
                 // The rest may still land (as another late object): the
                 // transaction is dropped, nothing is changed.
                 return Ok(gap);

@@ -15,6 +15,7 @@ mod apply;
 mod late;
 pub mod pitr;
 mod schema;
+mod swap;
 mod testhook;
 
 use std::fs::File;
@@ -26,7 +27,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
 use crate::source::same_backup;
 
-pub use apply::ApplyOutcome;
+pub use apply::{ApplyOutcome, LogObject};
 pub use late::{ConsumedWindow, LateOutcome};
 
 /// Errors at the replica-file boundary.
@@ -70,6 +71,9 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Corrupt(String),
+    /// An object read entry by entry while it is stored turned out corrupt.
+    #[error(transparent)]
+    Object(#[from] crate::format::FormatError),
     #[error("the initial snapshot is not complete yet")]
     InitialIncomplete,
 }
@@ -364,8 +368,10 @@ impl Store {
     pub fn load_snapshot_range(
         &mut self,
         name: &SnapshotName,
-        entries: &[crate::format::SnapshotEntry],
-    ) -> Result<(), StoreError> {
+        entries: impl IntoIterator<
+            Item = Result<crate::format::SnapshotEntry, crate::format::FormatError>,
+        >,
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let loaded: Option<bool> = tx
             .query_row(
@@ -380,13 +386,20 @@ impl Store {
                     "snapshot range {name} was not in the recorded listing"
                 )))
             }
-            Some(true) => return Ok(()),
+            Some(true) => return Ok(0),
             Some(false) => {}
         }
+        // Entry by entry: a range may be far larger than memory.
+        let mut n = 0;
         {
             let mut put = tx.prepare_cached(apply::SQL_PUT)?;
             for e in entries {
+                let e = e?;
                 apply::put_row(&mut put, &e.key, &e.record)?;
+                n += 1;
+                if n % 4096 == 0 {
+                    crate::health::STORE_WORK.progress(); // for the watchdog
+                }
             }
         }
         tx.execute(
@@ -398,7 +411,7 @@ impl Store {
         if let Some((loaded, _)) = &mut self.state.snapshot_ranges {
             *loaded += 1;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Declares the initial point reached at DV when the log holds no commit

@@ -146,7 +146,9 @@ fn seeded_store(dir: &tempfile::TempDir, snapshot: &Model, dv: Versionstamp) -> 
             record: r.clone(),
         })
         .collect();
-    store.load_snapshot_range(&name, &entries).unwrap();
+    store
+        .load_snapshot_range(&name, entries.into_iter().map(Ok))
+        .unwrap();
     store
 }
 

@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 /// failing the test after `limit` with the tail of its stderr. Returns its
 /// exit status and stderr.
 pub fn run(cmd: &mut Command, limit: Duration) -> (ExitStatus, Vec<u8>) {
+    run_watching(cmd, limit, |_| {})
+}
+
+/// [`run`], calling `watch` with the process id every 20 ms while it runs
+/// (and once more just before it is found to have exited).
+pub fn run_watching(
+    cmd: &mut Command,
+    limit: Duration,
+    mut watch: impl FnMut(u32),
+) -> (ExitStatus, Vec<u8>) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -27,6 +37,7 @@ pub fn run(cmd: &mut Command, limit: Duration) -> (ExitStatus, Vec<u8>) {
     });
     let start = Instant::now();
     let status = loop {
+        watch(child.id());
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }

@@ -103,6 +103,10 @@ impl ObjectStore for FaultStore {
         self.next_fault()?;
         self.inner.get(key).await
     }
+    async fn get_to_file(&self, key: &str, file: &mut tokio::fs::File) -> StoreResult<Option<u64>> {
+        self.next_fault()?;
+        self.inner.get_to_file(key, file).await
+    }
     async fn get_if_changed(
         &self,
         key: &str,
