@@ -91,10 +91,12 @@ fn sync(e: &SyncError) -> Exit {
     match e {
         SyncError::Source(e) => source(e),
         SyncError::Store(e) => store(e),
-        SyncError::Format(_) | SyncError::Reexported { .. } => Exit::CorruptBackup,
+        SyncError::Format(_) | SyncError::Reexported { .. } | SyncError::LateObject { .. } => {
+            Exit::CorruptBackup
+        }
         SyncError::EmptySource(_) => Exit::NoBackup,
         // The missing object may still land (a late upload): worth retrying.
-        SyncError::Task(_) | SyncError::LogGap { .. } => Exit::Failure,
+        SyncError::Task(_) | SyncError::LogGap { .. } | SyncError::LateGap { .. } => Exit::Failure,
     }
 }
 

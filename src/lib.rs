@@ -23,7 +23,7 @@
 //!   retention, its retry policy.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
-//!   source binding.
+//!   source binding, the log objects consumed (to fold in a late one).
 //! - `rebuild` *(internal)*: after a re-export, a replica of the new
 //!   export built beside the file while the old one is served, then
 //!   copied in in one transaction (`sync.on_reexport = "rebuild"`).

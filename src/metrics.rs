@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Objects with a time too far ahead of the local clock to be used,
     /// by which time (`last_modified`, `commit_time`).
     pub future_object_times: IntCounterVec,
+    /// Log objects found late (listed after objects whose names sort after
+    /// theirs were consumed), by outcome (`repaired`, `unrepairable`).
+    pub late_objects: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -207,6 +210,18 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            late_objects: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "late_objects_total",
+                        "Log objects that became visible after later ones were consumed, \
+                         by outcome (repaired, unrepairable)",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }
@@ -346,6 +361,11 @@ pub fn future_object_time(which: &str) {
         .future_object_times
         .with_label_values(&[which])
         .inc();
+}
+
+/// A log object was found late; `outcome`: `repaired` or `unrepairable`.
+pub fn late_object(outcome: &str) {
+    METRICS.late_objects.with_label_values(&[outcome]).inc();
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::progress::Progress;
 use crate::source::SourceError;
 use crate::source::{Body, IfChanged, ObjectVersion};
 use crate::store::pitr::Retention;
-use crate::store::{LogObject, Store, StoreError, SyncState};
+use crate::store::{LateOutcome, LogObject, Store, StoreError, SyncState};
 
 /// Errors that stop a sync round.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,32 @@ pub enum SyncError {
         backup: String,
         db: String,
     },
+    /// A log object became visible after later ones were applied and
+    /// cannot be folded into the stored history.
+    #[error(
+        "log object {object} became visible late (after later objects were applied) and cannot \
+         be folded in: {why}. The replica keeps serving its last state and no longer follows \
+         the bucket. To rebuild it: stop kvreplica, move {db} (with its -wal and -shm files) \
+         aside, and start it again: it builds a new replica from the bucket, which now holds \
+         the object"
+    )]
+    LateObject {
+        object: String,
+        why: String,
+        db: String,
+    },
+    /// A late object leaves a commit half done: another part of the log
+    /// is still missing.
+    #[error(
+        "log object {object} became visible late, but the stored log around it leaves commit \
+         {commit} unfinished (it goes on with commit {next}): another part of the log is still \
+         missing. The replica stays where it is and folds them in when the rest lands"
+    )]
+    LateGap {
+        object: String,
+        commit: Versionstamp,
+        next: Versionstamp,
+    },
 }
 
 impl SyncError {
@@ -85,7 +111,9 @@ impl SyncError {
     /// settings, a file built from another backup): the operator must act.
     pub fn is_permanent(&self) -> bool {
         match self {
-            SyncError::EmptySource(_) | SyncError::Reexported { .. } => true,
+            SyncError::EmptySource(_)
+            | SyncError::Reexported { .. }
+            | SyncError::LateObject { .. } => true,
             SyncError::Source(e) => !e.is_retryable(),
             SyncError::Store(
                 StoreError::BoundToOtherSource { .. }
@@ -108,6 +136,8 @@ impl SyncError {
             SyncError::Task(_) => "internal",
             SyncError::LogGap { .. } => "log_gap",
             SyncError::Reexported { .. } => "reexported",
+            SyncError::LateObject { .. } => "late_object",
+            SyncError::LateGap { .. } => "log_gap",
         }
     }
 
@@ -116,7 +146,10 @@ impl SyncError {
     fn stops_following(&self) -> bool {
         matches!(
             self,
-            SyncError::LogGap { .. } | SyncError::Reexported { .. }
+            SyncError::LogGap { .. }
+                | SyncError::Reexported { .. }
+                | SyncError::LateObject { .. }
+                | SyncError::LateGap { .. }
         )
     }
 }
@@ -138,6 +171,9 @@ pub struct SyncOptions {
     pub settle: Duration,
     /// Most log objects applied in one transaction.
     pub batch_objects: usize,
+    /// Log objects behind the cursor listed again each round to find one
+    /// that became visible late (see [`Syncer::fold_in_late`]); 0: never.
+    pub late_window: usize,
     /// How much point-in-time history to keep.
     pub retention: Retention,
     /// What a re-exported backup makes the engine do.
@@ -207,6 +243,10 @@ impl Default for SyncOptions {
             // One listing page: transactions of thousands of objects are
             // bounded by the byte budget instead.
             batch_objects: 1000,
+            // One listing page (S3's maximum): one more LIST request per
+            // poll round, and an object may land up to 1,000 objects late
+            // (minutes of a busy database's log) and still be folded in.
+            late_window: 1000,
             retention: Retention::default(),
             on_reexport: OnReexport::Stop,
         }
@@ -267,6 +307,9 @@ pub struct Syncer {
     export: Mutex<ExportSeen>,
     /// Object times found ahead of the local clock (reported once each).
     clock: BucketClock,
+    /// The late object last refused, counted once however many rounds
+    /// find it again.
+    late_refused: Mutex<Option<LogName>>,
 }
 
 impl Syncer {
@@ -294,6 +337,7 @@ impl Syncer {
             poll_interval_ms: AtomicU64::new(poll_ms),
             export: Mutex::default(),
             clock: BucketClock::default(),
+            late_refused: Mutex::default(),
         })
     }
 
@@ -660,7 +704,16 @@ impl Syncer {
     /// last object before it, so the next round lists from there and finds
     /// the missing object when it lands.
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
-        let r = self.consume_listed().await;
+        // Late objects first: one that cannot be folded in stops the
+        // replica before anything newer is applied, and a repair walks
+        // back a shorter way.
+        let r = match self.fold_in_late().await {
+            Ok(late) => self.consume_listed().await.map(|mut r| {
+                r.objects += late;
+                r
+            }),
+            Err(e) => Err(e),
+        };
         match &r {
             Ok(_) => self.health.set_stopped(None),
             Err(e) if e.stops_following() => self.health.set_stopped(Some(e.to_string())),
@@ -811,6 +864,7 @@ impl Syncer {
             }
             let n_ready = ready.len();
             out.objects += self.consume_logs(ready).await?;
+            self.bound_consumed().await?;
             if let Some((i, before)) = gap {
                 let after = &listed[i].name;
                 return Err(SyncError::LogGap {
@@ -835,6 +889,148 @@ impl Syncer {
         Ok(out)
     }
 
+    /// Keeps the record of consumed log objects a little larger than the
+    /// late window (see [`Store::trim_consumed`]), page after page, so the
+    /// replay of a whole bucket does not grow it either.
+    async fn bound_consumed(&self) -> Result<(), SyncError> {
+        let window = self.opts.late_window;
+        if window > 0 {
+            self.with_store(move |s| s.trim_consumed(window)).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists the trailing window of `late_window` log objects behind the
+    /// cursor again and folds in those never consumed: objects that became
+    /// visible after objects whose names sort after theirs (concurrent
+    /// uploads, a slow bucket replication, a copy tool writing in another
+    /// order), which listing from the cursor never shows (see
+    /// `store::late`). Late objects younger than the settle window wait
+    /// for a later round, like new ones. Returns the objects folded in.
+    async fn fold_in_late(&self) -> Result<u64, SyncError> {
+        let window = self.opts.late_window;
+        let state = self.state();
+        let Some(cursor) = state
+            .cursor
+            .filter(|_| window > 0 && state.initial_complete())
+        else {
+            return Ok(0);
+        };
+        let started = Utc::now();
+        let seen = self.with_store(move |s| s.consumed_window(window)).await?;
+        let page = self.opts.page_size;
+        let cursor_key = cursor.to_string();
+        let budget = (self.opts.max_bytes_in_flight / 2).max(1);
+        let (mut late, mut bytes): (Vec<(LogName, u64)>, u64) = (Vec::new(), 0);
+        let mut after = seen.start_after;
+        'pages: loop {
+            let listed = self.source.list_logs(after.as_ref(), page).await?;
+            let full_page = listed.len() >= page;
+            for l in listed {
+                if l.name.to_string() >= cursor_key {
+                    break 'pages;
+                }
+                after = Some(l.name);
+                let settled =
+                    self.clock
+                        .settled(&l.name, l.last_modified, started, self.opts.settle);
+                // One transaction takes about half the byte budget at most
+                // (at least one object, and never half a commit); the rest
+                // waits for the next round.
+                let room = match late.last() {
+                    None => true,
+                    Some((prev, _)) => bytes < budget || !prev.last.is_commit_end(),
+                };
+                if seen.is_late(&l.name) && settled && room {
+                    bytes += l.size;
+                    late.push((l.name, l.size));
+                }
+            }
+            if !full_page {
+                break;
+            }
+        }
+        if late.is_empty() {
+            return Ok(0);
+        }
+        // A re-exported backup's objects are not late objects of this one.
+        self.check_export().await?;
+        let mut batches = Vec::with_capacity(late.len());
+        for (name, size) in late {
+            batches.push(self.fetch_log(name, size).await?);
+        }
+        let outcome = self.with_store(move |s| s.repair_late(batches)).await?;
+        self.health.alive();
+        match outcome {
+            LateOutcome::AlreadyConsumed => Ok(0),
+            LateOutcome::Repaired {
+                objects,
+                visible,
+                undone,
+                redone,
+            } => {
+                for o in &objects {
+                    metrics::late_object("repaired");
+                    tracing::warn!(
+                        object = %self.source.describe_log(o),
+                        undone, redone, %visible,
+                        "a log object became visible late (after later objects were applied); \
+                         folded it into the history as if it had come in order"
+                    );
+                }
+                // Watchers wake even when the visible commit is the same:
+                // its contents may have changed.
+                self.show(self.state().visible());
+                Ok(objects.len() as u64)
+            }
+            LateOutcome::Unrepairable { object, why } => {
+                if self.late_refused.lock().expect("late lock").replace(object) != Some(object) {
+                    metrics::late_object("unrepairable");
+                }
+                let db = self
+                    .locked(|s| s.path().display().to_string())
+                    .await
+                    .map_err(SyncError::Task)?;
+                Err(SyncError::LateObject {
+                    object: self.source.describe_log(&object),
+                    why,
+                    db,
+                })
+            }
+            LateOutcome::Unfinished {
+                object,
+                commit,
+                next,
+            } => Err(SyncError::LateGap {
+                object: self.source.describe_log(&object),
+                commit,
+                next,
+            }),
+        }
+    }
+
+    /// Downloads the log object `name` of `size` bytes and checks it whole
+    /// before it is stored, so that a corrupt object stops the batch after
+    /// the objects before it; it is decoded again, entry by entry, as it is
+    /// written (its decoded form is many times its size).
+    async fn fetch_log(&self, name: LogName, size: u64) -> Result<FetchedLog, SyncError> {
+        let body = self
+            .fetch("log", size, |to_file| self.source.fetch_log(&name, to_file))
+            .await?;
+        let (log, body) =
+            tokio::task::spawn_blocking(move || (format::check_log(&name, body.payload()), body))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+        let log = log?;
+        self.clock.check_commit_time(&name, log.timestamp_ms);
+        Ok(FetchedLog {
+            name,
+            object: crate::backup::log_key(&name),
+            summary: log,
+            body,
+        })
+    }
+
     /// Downloads, decodes and applies `objects` in order, in transactions of
     /// up to `batch_objects` objects or half the byte budget. Objects before
     /// a failing one are kept.
@@ -845,27 +1041,7 @@ impl Syncer {
                 (l.name, l.size, permit)
             })
             .map(|(name, size, permit)| async move {
-                let body = self
-                    .fetch("log", size, |to_file| self.source.fetch_log(&name, to_file))
-                    .await?;
-                // Checked whole before it is stored, so that a corrupt object
-                // stops the batch after the objects before it; decoded again,
-                // entry by entry, as it is written (its decoded form is many
-                // times its size).
-                let (log, body) = tokio::task::spawn_blocking(move || {
-                    (format::check_log(&name, body.payload()), body)
-                })
-                .await
-                .map_err(|e| SyncError::Task(e.to_string()))?;
-                let log = log?;
-                self.clock.check_commit_time(&name, log.timestamp_ms);
-                let fetched = FetchedLog {
-                    name,
-                    object: crate::backup::log_key(&name),
-                    summary: log,
-                    body,
-                };
-                Ok::<_, SyncError>((fetched, permit))
+                Ok::<_, SyncError>((self.fetch_log(name, size).await?, permit))
             })
             .buffered(self.opts.fetch_concurrency.max(1));
         let batch_objects = self.opts.batch_objects.max(1);

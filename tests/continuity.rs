@@ -4,177 +4,21 @@
 //! not followed. Each scenario runs against a directory and a real S3
 //! server (s3s-fs) on 127.0.0.1.
 
+#[path = "common/bucket.rs"]
+mod bucket;
 mod common;
+#[path = "common/gcs_server.rs"]
+mod gcs_server;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bucket::{metric, readyz, stamps, wait_readyz, Bucket};
 use common::fixture::{assert_rows_eq, Fixture, Spec};
-use common::serve::{Method, ServeProcess};
 use common::{pitr_list, read_replica};
 
-const BUCKET: &str = "kv-backup";
 const PREFIX: &str = "backups/continuity/";
-
-/// Far more than the few poll intervals (100 ms) any step takes.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Where the backup lives, and how kvreplica is told to read it.
-enum Bucket {
-    Dir(tempfile::TempDir),
-    S3(s3_server::S3Server),
-}
-
-impl Bucket {
-    fn start(kind: &str) -> Bucket {
-        match kind {
-            "dir" => Bucket::Dir(tempfile::tempdir().unwrap()),
-            _ => {
-                let s = s3_server::S3Server::start();
-                s.create_bucket(BUCKET);
-                Bucket::S3(s)
-            }
-        }
-    }
-
-    /// The folder that holds `<PREFIX>` on disk (both backends store
-    /// objects as files).
-    fn prefix_dir(&self) -> std::path::PathBuf {
-        match self {
-            Bucket::Dir(d) => d.path().join(PREFIX),
-            Bucket::S3(s) => s.root().join(BUCKET).join(PREFIX),
-        }
-    }
-
-    fn put(&self, objects: &[(String, Vec<u8>)]) {
-        for (rel, body) in objects {
-            match self {
-                Bucket::Dir(_) => {
-                    let p = self.prefix_dir().join(rel);
-                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                    std::fs::write(p, body).unwrap();
-                }
-                Bucket::S3(s) => s.put(BUCKET, &format!("{PREFIX}{rel}"), body),
-            }
-        }
-    }
-
-    /// Deletes every object under the prefix.
-    fn clear(&self) {
-        std::fs::remove_dir_all(self.prefix_dir()).unwrap();
-    }
-
-    /// `--source` and the settings to reach it.
-    fn args(&self) -> Vec<String> {
-        match self {
-            Bucket::Dir(d) => vec![
-                "--source".into(),
-                format!("file://{}/{PREFIX}", d.path().display()),
-            ],
-            Bucket::S3(s) => vec![
-                "--source".into(),
-                format!("s3://{BUCKET}/{PREFIX}"),
-                "--s3-endpoint".into(),
-                s.endpoint(),
-            ],
-        }
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Bucket::Dir(_) => Vec::new(),
-            Bucket::S3(s) => vec![
-                ("AWS_ACCESS_KEY_ID", s.access_key().to_string()),
-                ("AWS_SECRET_ACCESS_KEY", s.secret_key().to_string()),
-            ],
-        }
-    }
-
-    fn serve(&self, db: &Path) -> ServeProcess {
-        let mut args = self.args();
-        args.extend(["--db".into(), db.display().to_string()]);
-        args.extend(["--poll-interval".into(), "100ms".into()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServeProcess::start_with_env(&args, &env)
-    }
-
-    /// A one-shot `kvreplica sync`: its exit code and stderr.
-    fn sync(&self, db: &Path) -> (Option<i32>, String) {
-        let out = Command::new(common::kvreplica_bin())
-            .arg("sync")
-            .args(self.args())
-            .arg("--db")
-            .arg(db)
-            .env_remove("RUST_LOG")
-            .envs(self.env())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-/// `/readyz` as the admin sees it (the detail needs the admin token): status
-/// and body. Anyone else gets the status phrase only, never the detail.
-fn readyz(serve: &ServeProcess) -> (u16, String) {
-    let anonymous = serve.get("/readyz");
-    let (status, body) = serve.admin(Method::Get, "/readyz", serde_json::Value::Null);
-    assert_eq!(anonymous.status, status, "same status for anyone");
-    assert!(
-        anonymous.text().find("detail").is_none(),
-        "the detail is for the admin token only: {}",
-        anonymous.text()
-    );
-    (status, body.to_string())
-}
-
-/// One sample of `/metrics` (0 when absent).
-fn metric(serve: &ServeProcess, sample: &str) -> f64 {
-    serve
-        .get("/metrics")
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits until `/readyz` answers `status` with a body that `check` accepts;
-/// returns the body.
-fn wait_readyz(serve: &ServeProcess, status: u16, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (s, body) = readyz(serve);
-        if s == status && check(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never answered {status} as expected (last: {s} {body}); log:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The first and last stamps (24 hex digits) a log object's name announces.
-fn stamps(rel: &str) -> (String, String) {
-    let stem = rel
-        .strip_prefix("logs/")
-        .unwrap()
-        .strip_suffix(".bin")
-        .unwrap();
-    let mut parts = stem.rsplit('_');
-    let last = parts.next().unwrap().to_string();
-    let first = parts.next().unwrap().to_string();
-    (first, last)
-}
 
 /// A generated backup whose appended objects hold a gap that stamps can
 /// show: object `k - 1` ends inside a commit and object `k + 1` starts
@@ -207,12 +51,7 @@ fn vs_hex(fx: &Fixture, commit: usize) -> String {
 /// synced the complete bucket.
 fn gap_then_late_object(kind: &str) {
     let (fx, k) = fixture_with_a_split_commit();
-    let bucket = Bucket::start(kind);
-    bucket.put(&fx.initial);
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("r.sqlite");
-    let mut serve = bucket.serve(&db);
-    serve.wait_ready();
+    let (bucket, tmp, db, mut serve) = Bucket::serving(kind, PREFIX, &fx.initial);
     serve.wait_at(&vs_hex(&fx, fx.last_initial));
 
     let mut without_k = fx.append.clone();
@@ -248,7 +87,7 @@ fn gap_then_late_object(kind: &str) {
     assert!(serve.terminate().success());
 
     let clean = tmp.path().join("clean.sqlite");
-    let (code, stderr) = bucket.sync(&clean);
+    let (code, stderr) = bucket.sync(&clean, &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let rows = read_replica(&db);
     assert_rows_eq(
@@ -292,7 +131,7 @@ fn reexport(kind: &str) {
         ..Spec::default()
     });
     assert_ne!(old.dv, new.dv);
-    let bucket = Bucket::start(kind);
+    let bucket = Bucket::start(kind, PREFIX);
     bucket.put(&old.initial);
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("r.sqlite");
@@ -322,7 +161,7 @@ fn reexport(kind: &str) {
     let points = pitr_list(&db);
     assert_eq!(points.len(), old.points(old.last_initial).len());
 
-    let (code, stderr) = bucket.sync(&db);
+    let (code, stderr) = bucket.sync(&db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
     assert!(stderr.contains("re-exported"), "{stderr}");
 
@@ -334,7 +173,7 @@ fn reexport(kind: &str) {
         "snapshots/0001_0000000000000043_0000000000000000.bin".to_string(),
         Vec::new(),
     )]);
-    let (code, stderr) = bucket.sync(&db);
+    let (code, stderr) = bucket.sync(&db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
     assert!(stderr.contains("snapshot set changed"), "{stderr}");
 
@@ -348,7 +187,7 @@ fn reexport(kind: &str) {
         .collect();
     assert_eq!(without.len() + 1, old.initial.len());
     bucket.put(&without);
-    let (code, stderr) = bucket.sync(&db);
+    let (code, stderr) = bucket.sync(&db, &[]);
     assert_eq!(code, Some(65), "{stderr}");
     assert!(stderr.contains("differential vanished"), "{stderr}");
     assert_eq!(read_replica(&db), rows);

@@ -431,6 +431,11 @@ settings! {
     /// for a later round, in case an earlier upload is still landing
     "sync.settle": Kind::Duration { positive: false } => field(sync.settle), flag "--settle" <DURATION> @12 in RUN,
         env ["KVREPLICA_SETTLE"],
+    /// Log objects behind the cursor listed again each poll round to find
+    /// one that became visible late (out of name order), which is then
+    /// folded in; 0 turns the check off
+    "sync.late_window": Kind::Count { min: 0, max: ANY } => field(sync.late_window), flag "--late-window" <N> @12 in RUN,
+        env ["KVREPLICA_LATE_WINDOW"],
     /// Downloads in flight at once
     "sync.fetch_concurrency": Kind::Count { min: 1, max: ANY } => field(sync.fetch_concurrency), flag "--fetch-concurrency" <N> @13 in RUN,
         env ["KVREPLICA_FETCH_CONCURRENCY"],

@@ -13,9 +13,10 @@ const SQL_GET: &str = "select v, v_encoding, version, seq, expiration_ms from kv
 const SQL_UNDO: &str =
     "insert into kvr_undo (stamp, ts_ms, k, v, v_encoding, version, seq, expiration_ms) \
      values (?, ?, ?, ?, ?, ?, ?, ?)";
-const SQL_REDO: &str =
+pub(super) const SQL_REDO: &str =
     "insert into kvr_redo (stamp, ts_ms, k, v, v_encoding, expiration_ms) values (?, ?, ?, ?, ?, ?)";
-const SQL_POINT: &str = "insert or ignore into kvr_points (versionstamp, ts_ms) values (?, ?)";
+pub(super) const SQL_POINT: &str =
+    "insert or ignore into kvr_points (versionstamp, ts_ms) values (?, ?)";
 
 /// What one call to [`Store::apply_logs`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -530,6 +531,7 @@ impl Store {
         let cursor = prev.expect("non-empty");
 
         let pinned = self.state.pinned;
+        let consumed = super::late::names(&batches);
         let tx = self.conn.transaction()?;
         let (initial, position, out) = {
             let mut redo = tx.prepare_cached(SQL_REDO)?;
@@ -584,6 +586,7 @@ impl Store {
         };
         let mut out = out;
         set_meta(&tx, "cursor", cursor.to_string().as_bytes())?;
+        super::late::record_consumed(&tx, &consumed)?;
         if let Some(i) = initial {
             set_meta(&tx, "initial_point", &i.0)?;
         }

@@ -12,6 +12,7 @@
 //! before anything is written to it ([`StoreError::NotAReplica`]).
 
 mod apply;
+mod late;
 pub mod pitr;
 mod schema;
 mod swap;
@@ -27,6 +28,7 @@ use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
 use crate::source::same_backup;
 
 pub use apply::{ApplyOutcome, LogObject};
+pub use late::{ConsumedWindow, LateOutcome};
 
 /// Errors at the replica-file boundary.
 #[derive(Debug, thiserror::Error)]

@@ -412,7 +412,11 @@ fn row_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
 type RedoRow = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, i64, i64);
 
 /// Re-applies redo entries in `(from, to]`, keeping undo for each.
-fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u64, StoreError> {
+pub(super) fn walk_forward(
+    tx: &Transaction<'_>,
+    from: LogStamp,
+    to: LogStamp,
+) -> Result<u64, StoreError> {
     let mut done = 0;
     let mut after = from;
     loop {
@@ -484,7 +488,11 @@ fn walk_forward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u6
 type UndoRow = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, i64, i64, u16, i64);
 
 /// Reverts undo entries in `(to, from]`, newest first, keeping redo for each.
-fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u64, StoreError> {
+pub(super) fn walk_backward(
+    tx: &Transaction<'_>,
+    from: LogStamp,
+    to: LogStamp,
+) -> Result<u64, StoreError> {
     let mut done = 0;
     let mut upto = from;
     loop {
@@ -574,7 +582,7 @@ fn walk_backward(tx: &Transaction<'_>, from: LogStamp, to: LogStamp) -> Result<u
 }
 
 /// The stamp just before `s` in byte order (s > 0 in practice).
-fn decrement(s: &mut [u8; 12]) {
+pub(super) fn decrement(s: &mut [u8; 12]) {
     for b in s.iter_mut().rev() {
         if *b == 0 {
             *b = 0xff;
@@ -680,6 +688,7 @@ impl Store {
             "delete from kvr_undo where stamp <= ?",
             [&keep_from.commit_end().0[..]],
         )?;
+        super::late::history_pruned_to(&tx, keep_from)?;
         tx.commit()?;
         Ok(removed as u64)
     }

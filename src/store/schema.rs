@@ -54,7 +54,8 @@ create table if not exists queue_running (
 ";
 
 /// kvreplica's own tables, one migration per schema version.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 -- Small key/value settings: source binding, DV, position, cursor, mode.
 create table kvr_meta (
   k text not null primary key,
@@ -100,7 +101,26 @@ create table kvr_points (
   ts_ms integer not null
 ) without rowid;
 create index kvr_points_ts on kvr_points (ts_ms);
-"];
+",
+    "
+-- The newest log objects consumed (applied or kept in redo), by name with
+-- their first and last stamps, so a poll can tell an object that became
+-- visible late (its name sorts before the cursor) from one already
+-- consumed (see `late.rs`). Bounded: the engine trims the oldest.
+create table kvr_consumed (
+  name text not null primary key,
+  first blob not null,
+  last blob not null
+) without rowid;
+-- A file from before this table: every object up to its cursor counts as
+-- consumed (`consumed_upto`), and its history may have been pruned up to
+-- its oldest point (`history_from`), so late objects are only folded in
+-- after both.
+insert into kvr_meta (k, v) select 'consumed_upto', v from kvr_meta where k = 'cursor';
+insert into kvr_meta (k, v)
+  select 'history_from', versionstamp from kvr_points order by versionstamp limit 1;
+",
+];
 
 /// The newest schema this build knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

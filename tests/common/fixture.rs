@@ -543,7 +543,8 @@ fn apply(state: &mut BTreeMap<Vec<u8>, Rec>, c: &Commit) {
     }
 }
 
-fn write_objects(dir: &Path, objects: &[(String, Vec<u8>)]) {
+/// Writes `objects` (paths relative to the prefix) under `dir`.
+pub fn write_objects(dir: &Path, objects: &[(String, Vec<u8>)]) {
     for (rel, body) in objects {
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
