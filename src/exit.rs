@@ -24,7 +24,8 @@ pub(crate) enum Exit {
     /// another process): worth restarting.
     Failure = 1,
     /// The backup is corrupt: an object that does not decode, a log that
-    /// contradicts the replica, a re-exported backup (EX_DATAERR).
+    /// contradicts the replica, a re-exported backup, a late object that
+    /// cannot be folded into the history (EX_DATAERR).
     CorruptBackup = 65,
     /// No backup at the source: no such bucket or directory, or nothing
     /// under the prefix (EX_NOINPUT).
@@ -50,7 +51,7 @@ Exit codes:
   0   success
   1   a failure that may pass (network, disk, lock held): worth restarting
   2   wrong command-line usage
-  65  the backup is corrupt
+  65  the backup is corrupt, re-exported, or has a late object that cannot be folded in
   66  no backup at the source (no such bucket or directory, empty prefix)
   69  the object store refused a request for a lasting reason
   73  the replica file belongs to another backup or a newer kvreplica, or is not a replica
