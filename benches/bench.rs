@@ -15,8 +15,10 @@
 //! - `checkout [--keys N] [--commits C] [--distances 1,100,10000] [--runs R]`:
 //!   time of a PITR checkout through the admin API, N commits back and back
 //!   to `latest`.
-//! - `compare [--sizes 10000,100000,1000000] [--runs R] …`: everything above
-//!   against backups in a local S3 server (s3s-fs), with the machine's raw
+//! - `compare [--sizes 10000,100000,1000000] [--runs R] [--mode
+//!   local|remote|both] [--rtt-ms 20] …`: everything above against backups
+//!   in a local S3 server (s3s-fs; `remote`: behind a proxy adding a round
+//!   trip of `--rtt-ms` to every request), with the machine's raw
 //!   S3 GET and SQLite insert rates, replication lag and catch-up apply
 //!   rate; with `DENOKV_BIN=/path/to/denokv`, the reference (`denokv pitr
 //!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
@@ -35,6 +37,8 @@ mod compare;
 mod load;
 #[path = "bench/raw.rs"]
 mod raw;
+#[path = "bench/remote.rs"]
+mod remote;
 #[path = "../tests/common/s3_server.rs"]
 mod s3_server;
 #[path = "bench/serve_read.rs"]

@@ -10,6 +10,12 @@
 //! checkout times; with the reference, every figure gets a ratio and the
 //! issue's target. Each tool reads its own copy of the backup (two prefixes
 //! with the same objects), so both see exactly the same stream.
+//!
+//! `--mode remote` puts the store behind a proxy that adds `--rtt-ms` per
+//! round trip ([`crate::remote`]), as a cloud region would, and measures the
+//! figures that touch the store (raw GET/LIST, initial sync, catch-up, lag)
+//! with the S3 connections each tool opens; reads and checkout do not touch
+//! the store and are left to the local mode.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +29,7 @@ use kvreplica::format::{self, LogName, SnapshotName};
 use crate::common::fixture::{Fixture, Spec};
 use crate::load::{self, Expect, Kind, Protocol, Target};
 use crate::raw::{self, S3Place};
+use crate::remote::DelayProxy;
 use crate::s3_server::S3Server;
 use crate::server::{self, Server};
 use crate::{kvreplica_release, list, median, num, secs, timed};
@@ -62,8 +69,20 @@ impl Tool {
     }
 }
 
+/// Where the store is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// s3s-fs over plain HTTP on loopback.
+    Local,
+    /// s3s-fs behind the delay proxy.
+    Remote,
+}
+
 /// Settings of a run.
 struct Settings {
+    modes: Vec<Mode>,
+    /// Round trip the proxy adds in remote mode.
+    rtt: Duration,
     runs: usize,
     read_duration: Duration,
     read_warmup: Duration,
@@ -204,6 +223,13 @@ impl Line {
 
 pub fn run(args: &[String]) {
     let settings = Settings {
+        modes: match crate::arg(args, "--mode").as_deref().unwrap_or("local") {
+            "local" => vec![Mode::Local],
+            "remote" => vec![Mode::Remote],
+            "both" => vec![Mode::Local, Mode::Remote],
+            m => panic!("--mode {m}: want local, remote or both"),
+        },
+        rtt: Duration::from_millis(num(args, "--rtt-ms", 20) as u64),
         runs: num(args, "--runs", 3).max(1),
         read_duration: secs(args, "--read-duration", 2.0),
         read_warmup: secs(args, "--read-warmup", 0.5),
@@ -230,8 +256,10 @@ pub fn run(args: &[String]) {
     let bin = kvreplica_release();
     let mut out = Vec::new();
     for &keys in &sizes {
-        let report = size_run(&bin, denokv.as_deref(), keys, &settings);
-        out.push((keys, report));
+        for &mode in &settings.modes {
+            let report = size_run(&bin, denokv.as_deref(), keys, mode, &settings);
+            out.push((keys, mode, report));
+        }
     }
     println!();
     println!(
@@ -243,9 +271,9 @@ pub fn run(args: &[String]) {
                 .display()
                 .to_string())
     );
-    for (keys, report) in out {
+    for (keys, mode, report) in out {
         println!();
-        println!("== {keys} keys");
+        println!("== {keys} keys, {}", mode_label(mode, &settings));
         println!(
             "{:<44} {:>11} {:>11} {:>7} {:<6} target",
             "figure", "kvreplica", "denokv", "ratio", "unit"
@@ -256,6 +284,18 @@ pub fn run(args: &[String]) {
         for n in &report.notes {
             println!("note: {n}");
         }
+    }
+}
+
+/// What a table of `mode` measured.
+fn mode_label(mode: Mode, st: &Settings) -> String {
+    match mode {
+        Mode::Local => "local: s3s-fs over plain HTTP on 127.0.0.1".into(),
+        Mode::Remote => format!(
+            "remote: s3s-fs behind a proxy adding {} ms per round trip (plain HTTP, no TLS; \
+             reads and checkout not run: they do not touch the store)",
+            st.rtt.as_millis()
+        ),
     }
 }
 
@@ -306,13 +346,18 @@ fn uploads(fx: &Fixture) -> Vec<Upload> {
         .collect()
 }
 
-fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Report {
+fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Settings) -> Report {
     let mut report = Report::default();
+    let remote = mode == Mode::Remote;
     let objects = (keys / 100).max(10);
     // The generator averages ~0.69 log objects per commit at these
     // settings; the counts below are the real ones.
     let commits = objects * 145 / 100;
-    let cells = st.protocols.len() * 2 * st.clients.len() * st.read_runs;
+    let cells = if remote {
+        0
+    } else {
+        st.protocols.len() * 2 * st.clients.len() * st.read_runs
+    };
     let stream_objects = ((st.read_warmup + st.read_duration + Duration::from_millis(300))
         .as_secs_f64()
         * cells as f64
@@ -350,7 +395,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
         .count();
     let final_state = fx.state_at(fx.last_initial);
     eprintln!(
-        "\n== {keys} keys: {} objects ({initial_logs} log objects), {:.1} MB, {} keys at the newest point; \
+        "\n== {keys} keys, {mode:?}: {} objects ({initial_logs} log objects), {:.1} MB, {} keys at the newest point; \
          {} objects kept back for uploads; generated in {:.1?}",
         fx.initial.len(),
         initial_bytes as f64 / 1e6,
@@ -377,12 +422,30 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
     for tool in [Tool::Kvreplica, Tool::Denokv] {
         fx.write_initial(&s3.root().join(BUCKET).join(tool.prefix()));
     }
-    let place = |tool: Tool| S3Place {
+    let proxy = remote.then(|| {
+        let upstream = s3
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("s3s-fs listens on an IP address");
+        DelayProxy::start(upstream, st.rtt)
+    });
+    let accepted = || proxy.as_ref().map_or(0, DelayProxy::accepted);
+    // What the tools (and the raw figures) use; uploads go to the server
+    // directly, so the proxy counts the tools' connections only.
+    let endpoint = proxy
+        .as_ref()
+        .map_or_else(|| s3.endpoint(), DelayProxy::endpoint);
+    let direct = |tool: Tool| S3Place {
         endpoint: s3.endpoint(),
         bucket: BUCKET.into(),
         prefix: tool.prefix().into(),
         access_key: s3.access_key().into(),
         secret_key: s3.secret_key().into(),
+    };
+    let place = |tool: Tool| S3Place {
+        endpoint: endpoint.clone(),
+        ..direct(tool)
     };
     let env: Vec<(&str, String)> = vec![
         ("AWS_ACCESS_KEY_ID", s3.access_key().into()),
@@ -457,10 +520,11 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
 
     // 1. Initial sync.
     let mut synced: HashMap<Tool, PathBuf> = HashMap::new();
-    let mut sync_figures: HashMap<Tool, (f64, f64)> = HashMap::new();
+    let mut sync_figures: HashMap<Tool, (f64, f64, f64)> = HashMap::new();
     for &tool in &tools {
         let mut walls = Vec::new();
         let mut rsss = Vec::new();
+        let mut conns = Vec::new();
         for r in 0..st.runs {
             let db = tmp.path().join(format!("{}-sync{r}.sqlite", tool.label()));
             let mut cmd = match tool {
@@ -468,7 +532,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
                     let mut c = Command::new(bin);
                     c.args(["sync", "--log-level", "warn", "--source"])
                         .arg(format!("s3://{BUCKET}/{}", tool.prefix()))
-                        .args(["--s3-endpoint", &s3.endpoint(), "--db"])
+                        .args(["--s3-endpoint", &endpoint, "--db"])
                         .arg(&db);
                     c
                 }
@@ -478,14 +542,16 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
                         .arg(&db)
                         .args(["pitr", "sync", "--s3-bucket", BUCKET, "--s3-prefix"])
                         .arg(tool.prefix())
-                        .args(["--s3-endpoint", &s3.endpoint()]);
+                        .args(["--s3-endpoint", &endpoint]);
                     c
                 }
             };
             for (k, v) in &env {
                 cmd.env(k, v);
             }
+            let before = accepted();
             let (wall, rss) = timed(&mut cmd);
+            conns.push((accepted() - before) as f64);
             let n = count_kv(&db);
             assert_eq!(
                 n,
@@ -507,7 +573,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
                 remove_db(&db);
             }
         }
-        sync_figures.insert(tool, (median(walls), median(rsss)));
+        sync_figures.insert(tool, (median(walls), median(rsss), median(conns)));
     }
     let ours = sync_figures[&Tool::Kvreplica];
     let theirs = sync_figures.get(&Tool::Denokv).copied();
@@ -539,6 +605,15 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
         "MiB",
         Some(Goal::RatioAtMost(1.0)),
     );
+    if remote {
+        report.add(
+            "initial sync S3 connections opened",
+            ours.2,
+            theirs.map(|t| t.2),
+            "conns",
+            None,
+        );
+    }
     report.add(
         "  as a fraction of raw SQLite insert rate",
         rows.len() as f64 / ours.0 / insert_rows_s,
@@ -565,11 +640,13 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
             denokv,
             db,
             &place(tool),
+            &direct(tool),
             &env,
             &fx,
             &uploads,
             st,
             &mut report,
+            remote.then_some(&accepted as &dyn Fn() -> u64),
         );
         steady.insert(tool, s);
     }
@@ -620,6 +697,18 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, st: &Settings) -> Re
             unit,
             target,
         );
+    }
+
+    if remote {
+        report.add(
+            "S3 connections opened during catch-up and lag",
+            o.conns as f64,
+            t.map(|t| t.conns as f64),
+            "conns",
+            None,
+        );
+        // Checkout does not touch the store.
+        return report;
     }
 
     // 4. Checkout.
@@ -743,6 +832,8 @@ struct Steady {
     reads: Vec<(ReadKey, f64)>,
     /// Index of the newest commit the replica holds at the end.
     newest_commit: usize,
+    /// S3 connections the tool opened during catch-up and lag (remote mode).
+    conns: u64,
 }
 
 /// Uploads objects through the S3 API (a real PUT, as Deploy's backup
@@ -847,11 +938,14 @@ fn steady_and_reads(
     denokv: Option<&Path>,
     db: &Path,
     place: &S3Place,
+    upload: &S3Place,
     env: &[(&str, String)],
     fx: &Fixture,
     uploads: &[Upload],
     st: &Settings,
     report: &mut Report,
+    // Remote mode: the proxy's count of accepted connections.
+    remote: Option<&dyn Fn() -> u64>,
 ) -> Steady {
     let mut s = Steady::default();
     let http = reqwest::Client::builder()
@@ -868,10 +962,11 @@ fn steady_and_reads(
     next += st.burst;
     rt.block_on(async {
         for u in burst {
-            put(place, u).await;
+            put(upload, u).await;
         }
     });
     let mutations: usize = burst.iter().map(|u| u.mutations).sum();
+    let conns_before = remote.map_or(0, |a| a());
     let started = Instant::now();
     let srv = start_server(tool, bin, denokv, db, place, env, "100ms", true);
     let database_id = rt.block_on(server::database_id(&http, &srv.kv_url));
@@ -901,7 +996,7 @@ fn steady_and_reads(
                 poll.as_secs_f64() * rng.below(1000) as f64 / 1000.0,
             ));
             let lag = rt.block_on(async {
-                put(place, u).await;
+                put(upload, u).await;
                 let put_done = Instant::now();
                 wait_probe(
                     &http,
@@ -942,6 +1037,13 @@ fn steady_and_reads(
         }
     };
     let newest = uploads[next - 1].last_commit;
+    if let Some(accepted) = remote {
+        // Reads do not touch the store: left to the local mode.
+        s.conns = accepted() - conns_before;
+        srv.stop();
+        s.newest_commit = newest;
+        return s;
+    }
 
     // Reads, idle: the replica holds exactly the fixture's state at
     // `newest`. kvreplica keeps following (nothing new arrives); denokv
@@ -979,7 +1081,7 @@ fn steady_and_reads(
     // Reads, loaded: a thread uploads the next object every 50 ms.
     let stop = Arc::new(AtomicBool::new(false));
     let stream: Vec<Upload> = uploads[next..].to_vec();
-    let stream_place = place.clone();
+    let stream_place = upload.clone();
     let stop2 = stop.clone();
     let streamer = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
