@@ -17,7 +17,7 @@ mod stores;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -479,4 +479,186 @@ fn missing_credentials_are_a_clear_configuration_error() {
         started.elapsed() < Duration::from_secs(30),
         "a configuration error is not retried"
     );
+}
+
+/// `openssl` in `dir`, failing the test with its stderr.
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let key = "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    openssl(
+        dir,
+        &format!(
+            "{key} -x509 -keyout ca.key -out ca.pem -days 2 -subj /CN=private-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &format!("{key} -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1"),
+    );
+    openssl(
+        dir,
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial 1 -days 2 \
+         -extfile leaf.ext -out leaf.pem",
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (an S3
+/// endpoint such as a private MinIO or a corporate gateway), serving
+/// `cert`/`key`. Returns its `https://` endpoint; it lives as long as the
+/// test process.
+fn tls_front(upstream: std::net::SocketAddr, cert: &Path, key: &Path) -> String {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    });
+    format!("https://{addr}")
+}
+
+/// An S3-compatible store behind a private CA: trusted through
+/// `SSL_CERT_FILE` (the sync is exact), refused without it (the log says
+/// why: the issuer is unknown).
+#[test]
+fn a_store_behind_a_private_ca_is_trusted_through_ssl_cert_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample-1");
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    server.put_dir(BUCKET, "", &fixtures.join("bucket").join(BUCKET));
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(certs.path());
+    let upstream = server
+        .endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("s3s-fs listens on an IP address");
+    let endpoint = tls_front(upstream, &cert, &key);
+    let tmp = tempfile::tempdir().unwrap();
+    let sync = |db: &Path| {
+        let mut cmd = kvreplica(tmp.path());
+        cmd.args(["sync", "--source", &format!("s3://{BUCKET}/{PREFIX}")])
+            .arg("--db")
+            .arg(db)
+            .args(["--s3-endpoint", &endpoint])
+            .env("AWS_ACCESS_KEY_ID", server.access_key())
+            .env("AWS_SECRET_ACCESS_KEY", server.secret_key())
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        cmd
+    };
+
+    // Without the CA: never synced, and the log names the certificate.
+    let refused_db = tmp.path().join("refused.sqlite");
+    let log_path = tmp.path().join("refused.log");
+    let mut child = sync(&refused_db)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let exited = child.try_wait().unwrap();
+        if log.contains("UnknownIssuer") || exited.is_some() {
+            assert!(
+                exited.is_none_or(|s| !s.success()),
+                "a sync through an untrusted certificate succeeded:\n{log}"
+            );
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate error logged within 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.contains("certificate") && log.contains("UnknownIssuer"),
+        "the log says why the store is refused:\n{log}"
+    );
+
+    // With the CA in SSL_CERT_FILE: the sample, exactly.
+    let db = tmp.path().join("r.sqlite");
+    let (ok, stderr) = run_bounded(sync(&db).env("SSL_CERT_FILE", &ca));
+    assert!(
+        ok,
+        "kvreplica sync through the private CA failed:\n{stderr}"
+    );
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("expected-0.json")).unwrap()).unwrap();
+    let want = expected["final_state"]
+        .as_object()
+        .expect("final_state")
+        .len();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let got: i64 = conn
+        .query_row("select count(*) from kv", [], |r| r.get(0))
+        .unwrap();
+    assert!(want > 0);
+    assert_eq!(got as usize, want, "the replica holds every expected key");
 }
