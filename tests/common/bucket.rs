@@ -189,8 +189,20 @@ impl Bucket {
 /// `/readyz` as the admin sees it (the detail needs the admin token): status
 /// and body. Anyone else gets the status phrase only, never the detail.
 pub fn readyz(serve: &ServeProcess) -> (u16, String) {
-    let anonymous = serve.get("/readyz");
-    let (status, body) = serve.admin(Method::Get, "/readyz", serde_json::Value::Null);
+    // The two requests are not one instant: the state may move between
+    // them (a round that stops or resumes), so ask again, a bounded number
+    // of times, until both saw the same state.
+    let (mut anonymous, (mut status, mut body));
+    let mut tries = 0;
+    loop {
+        anonymous = serve.get("/readyz");
+        (status, body) = serve.admin(Method::Get, "/readyz", serde_json::Value::Null);
+        tries += 1;
+        if anonymous.status == status || tries >= 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
     assert_eq!(anonymous.status, status, "same status for anyone");
     assert!(
         anonymous.text().find("detail").is_none(),
