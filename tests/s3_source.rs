@@ -9,6 +9,8 @@
 mod bounded;
 #[path = "common/canned.rs"]
 mod canned;
+#[path = "common/certs.rs"]
+mod certs;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 #[path = "common/stores.rs"]
@@ -17,7 +19,7 @@ mod stores;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -481,51 +483,6 @@ fn missing_credentials_are_a_clear_configuration_error() {
     );
 }
 
-/// `openssl` in `dir`, failing the test with its stderr.
-fn openssl(dir: &Path, args: &str) {
-    let out = Command::new("openssl")
-        .args(args.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command line");
-    assert!(
-        out.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A private CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it.
-fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let key = "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    openssl(
-        dir,
-        &format!(
-            "{key} -x509 -keyout ca.key -out ca.pem -days 2 -subj /CN=private-test-CA \
-             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
-        ),
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &format!("{key} -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1"),
-    );
-    openssl(
-        dir,
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial 1 -days 2 \
-         -extfile leaf.ext -out leaf.pem",
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    )
-}
-
 /// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (an S3
 /// endpoint such as a private MinIO or a corporate gateway), serving
 /// `cert`/`key`. Returns its `https://` endpoint; it lives as long as the
@@ -586,8 +543,9 @@ fn a_store_behind_a_private_ca_is_trusted_through_ssl_cert_file() {
     let server = S3Server::start();
     server.create_bucket(BUCKET);
     server.put_dir(BUCKET, "", &fixtures.join("bucket").join(BUCKET));
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = private_ca(certs.path());
+    let mut test_ca = certs::TestCa::new();
+    let (cert, key) = test_ca.issue("s3");
+    let ca = test_ca.ca();
     let upstream = server
         .endpoint()
         .trim_start_matches("http://")
