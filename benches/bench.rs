@@ -29,6 +29,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "../tests/common/certs.rs"]
+mod certs;
 #[path = "bench/checkout.rs"]
 mod checkout;
 #[path = "bench/compare.rs"]

@@ -11,11 +11,11 @@
 //! issue's target. Each tool reads its own copy of the backup (two prefixes
 //! with the same objects), so both see exactly the same stream.
 //!
-//! `--mode remote` puts the store behind a proxy that adds `--rtt-ms` per
-//! round trip ([`crate::remote`]), as a cloud region would, and measures the
-//! figures that touch the store (raw GET/LIST, initial sync, catch-up, lag)
-//! with the S3 connections each tool opens; reads and checkout do not touch
-//! the store and are left to the local mode.
+//! `--mode remote` puts the store behind a TLS proxy that adds `--rtt-ms`
+//! per round trip ([`crate::remote`]), as a cloud region would, and measures
+//! the figures that touch the store (raw GET/LIST, initial sync, catch-up,
+//! lag) with the S3 connections and TLS handshakes each tool makes; reads
+//! and checkout do not touch the store and are left to the local mode.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -292,8 +292,8 @@ fn mode_label(mode: Mode, st: &Settings) -> String {
     match mode {
         Mode::Local => "local: s3s-fs over plain HTTP on 127.0.0.1".into(),
         Mode::Remote => format!(
-            "remote: s3s-fs behind a proxy adding {} ms per round trip (plain HTTP, no TLS; \
-             reads and checkout not run: they do not touch the store)",
+            "remote: s3s-fs behind a TLS proxy adding {} ms per round trip (HTTPS with a test \
+             CA; reads and checkout not run: they do not touch the store)",
             st.rtt.as_millis()
         ),
     }
@@ -428,7 +428,12 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             .expect("s3s-fs listens on an IP address");
         DelayProxy::start(upstream, st.rtt)
     });
-    let accepted = || proxy.as_ref().map_or(0, DelayProxy::accepted);
+    // (connections accepted, TLS handshakes completed) by the proxy.
+    let accepted = || {
+        proxy
+            .as_ref()
+            .map_or((0, 0), |p| (p.accepted(), p.handshakes()))
+    };
     // What the tools (and the raw figures) use; uploads go to the server
     // directly, so the proxy counts the tools' connections only.
     let endpoint = proxy
@@ -445,12 +450,19 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
         endpoint: endpoint.clone(),
         ..direct(tool)
     };
-    let env: Vec<(&str, String)> = vec![
+    let mut env: Vec<(&str, String)> = vec![
         ("AWS_ACCESS_KEY_ID", s3.access_key().into()),
         ("AWS_SECRET_ACCESS_KEY", s3.secret_key().into()),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ];
+    if let Some(p) = &proxy {
+        // Both tools (and the raw figures' client, in this process) load
+        // the system's roots, which honour SSL_CERT_FILE: the proxy's CA.
+        let ca = p.ca_file().display().to_string();
+        std::env::set_var("SSL_CERT_FILE", &ca);
+        env.push(("SSL_CERT_FILE", ca));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -518,11 +530,13 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
 
     // 1. Initial sync.
     let mut synced: HashMap<Tool, PathBuf> = HashMap::new();
-    let mut sync_figures: HashMap<Tool, (f64, f64, f64)> = HashMap::new();
+    // (wall, peak RSS, connections, TLS handshakes), medians.
+    let mut sync_figures: HashMap<Tool, (f64, f64, f64, f64)> = HashMap::new();
     for &tool in &tools {
         let mut walls = Vec::new();
         let mut rsss = Vec::new();
         let mut conns = Vec::new();
+        let mut shakes = Vec::new();
         for r in 0..st.runs {
             let db = tmp.path().join(format!("{}-sync{r}.sqlite", tool.label()));
             let mut cmd = match tool {
@@ -549,7 +563,9 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             }
             let before = accepted();
             let (wall, rss) = timed(&mut cmd);
-            conns.push((accepted() - before) as f64);
+            let after = accepted();
+            conns.push((after.0 - before.0) as f64);
+            shakes.push((after.1 - before.1) as f64);
             let n = count_kv(&db);
             assert_eq!(
                 n,
@@ -571,7 +587,10 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
                 remove_db(&db);
             }
         }
-        sync_figures.insert(tool, (median(walls), median(rsss), median(conns)));
+        sync_figures.insert(
+            tool,
+            (median(walls), median(rsss), median(conns), median(shakes)),
+        );
     }
     let ours = sync_figures[&Tool::Kvreplica];
     let theirs = sync_figures.get(&Tool::Denokv).copied();
@@ -611,6 +630,13 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             "conns",
             None,
         );
+        report.add(
+            "initial sync TLS handshakes",
+            ours.3,
+            theirs.map(|t| t.3),
+            "shakes",
+            None,
+        );
     }
     report.add(
         "  as a fraction of raw SQLite insert rate",
@@ -644,7 +670,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             &uploads,
             st,
             &mut report,
-            remote.then_some(&accepted as &dyn Fn() -> u64),
+            remote.then_some(&accepted as &dyn Fn() -> (u64, u64)),
         );
         steady.insert(tool, s);
     }
@@ -703,6 +729,13 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             o.conns as f64,
             t.map(|t| t.conns as f64),
             "conns",
+            None,
+        );
+        report.add(
+            "TLS handshakes during catch-up and lag",
+            o.handshakes as f64,
+            t.map(|t| t.handshakes as f64),
+            "shakes",
             None,
         );
         // Checkout does not touch the store.
@@ -832,6 +865,8 @@ struct Steady {
     newest_commit: usize,
     /// S3 connections the tool opened during catch-up and lag (remote mode).
     conns: u64,
+    /// TLS handshakes the tool completed during catch-up and lag.
+    handshakes: u64,
 }
 
 /// Uploads objects through the S3 API (a real PUT, as Deploy's backup
@@ -943,7 +978,7 @@ fn steady_and_reads(
     st: &Settings,
     report: &mut Report,
     // Remote mode: the proxy's count of accepted connections.
-    remote: Option<&dyn Fn() -> u64>,
+    remote: Option<&dyn Fn() -> (u64, u64)>,
 ) -> Steady {
     let mut s = Steady::default();
     let http = reqwest::Client::builder()
@@ -964,7 +999,7 @@ fn steady_and_reads(
         }
     });
     let mutations: usize = burst.iter().map(|u| u.mutations).sum();
-    let conns_before = remote.map_or(0, |a| a());
+    let conns_before = remote.map_or((0, 0), |a| a());
     let started = Instant::now();
     let srv = start_server(tool, bin, denokv, db, place, env, "100ms", true);
     let database_id = rt.block_on(server::database_id(&http, &srv.kv_url));
@@ -1037,7 +1072,9 @@ fn steady_and_reads(
     let newest = uploads[next - 1].last_commit;
     if let Some(accepted) = remote {
         // Reads do not touch the store: left to the local mode.
-        s.conns = accepted() - conns_before;
+        let now = accepted();
+        s.conns = now.0 - conns_before.0;
+        s.handshakes = now.1 - conns_before.1;
         srv.stop();
         s.newest_commit = newest;
         return s;

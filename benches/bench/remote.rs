@@ -1,7 +1,8 @@
-//! A "remote" store for `compare --mode remote`: a TCP proxy on 127.0.0.1 in
-//! front of the local S3 server that delays every byte by half a round trip
-//! in each direction, so each request/response costs `rtt` as it would
-//! against a cloud region.
+//! A "remote" store for `compare --mode remote`: a TLS-terminating proxy on
+//! 127.0.0.1 in front of the local S3 server that delays every byte by half
+//! a round trip in each direction, so each request/response costs `rtt` and
+//! each new connection a TCP and a TLS handshake, as they would against a
+//! cloud region.
 //!
 //! Each direction of a connection is a queue: a chunk read at time `t` is
 //! written at `t + rtt/2`, whatever else is queued, so latency is added
@@ -9,36 +10,66 @@
 //! pays the TCP handshake: the client's first bytes cannot reach the server
 //! before one round trip after the connect.
 //!
-//! The proxy does not terminate TLS: kvreplica's S3 client (rust-s3 0.38,
-//! feature `tokio-rustls-tls-ring` → reqwest `rustls-tls` →
-//! `rustls-tls-webpki-roots`) trusts only the Mozilla roots compiled into the
-//! binary, ignores `SSL_CERT_FILE`, and kvreplica has no setting for a CA, so
-//! it cannot be pointed at a store with a test certificate (BENCHMARKS.md).
-//! The proxy counts the connections it accepts, so the report can show how
-//! many each tool opens (a new connection costs a handshake round trip, and
-//! would cost a TLS handshake against a real store).
+//! TLS is terminated *behind* the delay (client ⇄ delay ⇄ TLS ⇄ s3s-fs), so
+//! the TLS handshake's flights pay the round trips too (one with TLS 1.3).
+//! The certificate is issued for 127.0.0.1 by a test CA made at start-up
+//! ([`crate::certs::TestCa`]); the tools trust it through `SSL_CERT_FILE`
+//! (kvreplica's S3 client loads the system's roots, which honour it, and so
+//! does denokv 0.14's). No ALPN is offered: both tools speak HTTP/1.1, as
+//! the s3s-fs behind the proxy is reached over it. The proxy counts the
+//! connections it accepts and the TLS handshakes that completed, so the
+//! report can show both per tool.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::certs::TestCa;
 
 /// A running delay proxy; stops with its runtime when dropped.
 pub struct DelayProxy {
     addr: SocketAddr,
     accepted: Arc<AtomicU64>,
+    handshakes: Arc<AtomicU64>,
+    ca: TestCa,
     _rt: tokio::runtime::Runtime,
 }
 
+/// A TLS acceptor for 127.0.0.1 with a certificate from `ca`.
+fn acceptor(ca: &mut TestCa) -> TlsAcceptor {
+    let (cert, key) = ca.issue("proxy");
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .expect("the proxy's certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the proxy's certificate");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("the proxy's key");
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3 with ring")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the proxy's certificate and key");
+    TlsAcceptor::from(Arc::new(config))
+}
+
 impl DelayProxy {
-    /// Listens on 127.0.0.1 (a free port) and forwards every connection to
-    /// `upstream`, adding `rtt` per round trip.
+    /// Listens on 127.0.0.1 (a free port) for TLS and forwards every
+    /// connection to `upstream` over plain TCP, adding `rtt` per round trip.
     pub fn start(upstream: SocketAddr, rtt: Duration) -> DelayProxy {
+        let mut ca = TestCa::new();
+        let tls = acceptor(&mut ca);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -49,7 +80,8 @@ impl DelayProxy {
             .expect("binding the delay proxy on 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
-        let count = accepted.clone();
+        let handshakes = Arc::new(AtomicU64::new(0));
+        let (count, shakes) = (accepted.clone(), handshakes.clone());
         rt.spawn(async move {
             // Ends with the runtime.
             loop {
@@ -58,46 +90,72 @@ impl DelayProxy {
                 };
                 let accepted_at = Instant::now();
                 count.fetch_add(1, Ordering::Relaxed);
+                let (tls, shakes) = (tls.clone(), shakes.clone());
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
                     let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
+                    // The delayed wire ends in `near`; TLS is spoken on `far`.
+                    let (near, far) = tokio::io::duplex(256 * 1024);
                     let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
+                    let (nr, nw) = tokio::io::split(near);
                     // The client's data leaves after its SYN / SYN-ACK round trip.
                     let handshake = accepted_at + rtt;
-                    tokio::join!(
-                        direction(cr, sw, rtt / 2, Some(handshake)),
-                        direction(sr, cw, rtt / 2, None)
-                    );
+                    let wire = async {
+                        tokio::join!(
+                            direction(cr, nw, rtt / 2, Some(handshake)),
+                            direction(nr, cw, rtt / 2, None)
+                        );
+                    };
+                    let relay = async move {
+                        let Ok(mut plain) = tls.accept(far).await else {
+                            return;
+                        };
+                        shakes.fetch_add(1, Ordering::Relaxed);
+                        let Ok(mut server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let _ = server.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut plain, &mut server).await;
+                        let _ = plain.shutdown().await;
+                    };
+                    tokio::join!(wire, relay);
                 });
             }
         });
         DelayProxy {
             addr,
             accepted,
+            handshakes,
+            ca,
             _rt: rt,
         }
     }
 
     /// Base URL, for `--s3-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The CA that issued the proxy's certificate, for `SSL_CERT_FILE`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca.ca()
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read (and
 /// not before `not_before`); shuts `to` down after `from`'s end.
 async fn direction(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     delay: Duration,
     not_before: Option<Instant>,
 ) {
