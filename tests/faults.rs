@@ -951,7 +951,57 @@ fn connections_are_reused(kind: &str) {
     assert!(serve.terminate().success());
 }
 
+/// A caught-up poll round sends its independent requests at once — the
+/// listing of the late window behind the cursor, the listing after the
+/// cursor and the conditional read of `differential` — so against a remote
+/// store it costs one round trip, not three. The proxy holds every request
+/// a while before forwarding it, so requests sent together are seen in
+/// flight together; requests sent one after the other never are.
+fn a_caught_up_round_sends_its_requests_at_once(kind: &str) {
+    let fx = Fixture::generate(Spec {
+        seed: 89,
+        ..Spec::default()
+    });
+    let rig = Rig::start_with(kind, |flavor| Config {
+        mode: Mode::Pass,
+        hold: Duration::from_millis(100),
+        ..Config::new(flavor, 89)
+    });
+    rig.put_all(&fx.initial);
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("r.sqlite");
+    let db_arg = db.display().to_string();
+    let mut args = vec!["--db", &db_arg, "--poll-interval", "300ms"];
+    let source = rig.source_args();
+    args.extend(source.iter().map(String::as_str));
+    let env = rig.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut serve = ServeProcess::start_with_env(&args, &env);
+    serve.wait_ready();
+    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    // From here on the replica is caught up: every round finds nothing.
+    rig.proxy.take_max_in_flight();
+    let requests = rig.proxy.requests();
+    std::thread::sleep(Duration::from_secs(2));
+    let polled = rig.proxy.requests() - requests;
+    let at_once = rig.proxy.take_max_in_flight();
+    assert!(
+        polled >= 6,
+        "{kind}: only {polled} requests in 2 s of polling"
+    );
+    assert_eq!(
+        at_once, 3,
+        "{kind}: a caught-up round had {at_once} requests in flight at once ({polled} requests \
+         in 2 s); want its 3 (late window, after the cursor, differential) together"
+    );
+    assert!(serve.terminate().success());
+}
+
 mod s3 {
+    #[test]
+    fn a_caught_up_round_sends_its_requests_at_once() {
+        super::a_caught_up_round_sends_its_requests_at_once("s3")
+    }
     #[test]
     fn generated_backup_sync_and_follow() {
         super::generated("s3", 31)
@@ -983,6 +1033,10 @@ mod s3 {
 }
 
 mod gcs {
+    #[test]
+    fn a_caught_up_round_sends_its_requests_at_once() {
+        super::a_caught_up_round_sends_its_requests_at_once("gcs")
+    }
     #[test]
     fn generated_backup_sync_and_follow() {
         super::generated("gcs", 53)

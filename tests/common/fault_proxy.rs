@@ -166,6 +166,10 @@ pub struct Config {
     pub stall: Duration,
     /// The mode at start.
     pub mode: Mode,
+    /// How long each forwarded request waits before it goes to the real
+    /// server, so that requests a client sends at once are seen in flight
+    /// together ([`FaultProxy::max_in_flight`]).
+    pub hold: Duration,
 }
 
 impl Config {
@@ -179,6 +183,7 @@ impl Config {
             kinds: Fault::RANDOM.to_vec(),
             stall: Duration::from_secs(5),
             mode: Mode::Random,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -240,6 +245,26 @@ struct Shared {
     /// Client connections accepted so far: each is a TCP (and, against a
     /// real store, a TLS) handshake the client paid for.
     accepted: std::sync::atomic::AtomicU64,
+    /// Forwarded requests in flight now, and the most seen at once.
+    in_flight: Mutex<(u64, u64)>,
+}
+
+/// Counts a forwarded request in flight until dropped.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        let mut f = shared.in_flight.lock().unwrap();
+        f.0 += 1;
+        f.1 = f.1.max(f.0);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.lock().unwrap().0 -= 1;
+    }
 }
 
 /// A running proxy; stopped on drop.
@@ -283,6 +308,7 @@ impl FaultProxy {
             config,
             upstream,
             accepted: std::sync::atomic::AtomicU64::new(0),
+            in_flight: Mutex::new((0, 0)),
         });
         let accept_shared = shared.clone();
         runtime.spawn(async move {
@@ -314,6 +340,13 @@ impl FaultProxy {
         self.shared
             .accepted
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most forwarded requests in flight at once since the start or
+    /// the last call, which starts counting again from those in flight now.
+    pub fn take_max_in_flight(&self) -> u64 {
+        let mut f = self.shared.in_flight.lock().unwrap();
+        std::mem::replace(&mut f.1, f.0)
     }
 
     /// Changes what happens to the next requests.
@@ -654,6 +687,10 @@ async fn connection(mut client: TcpStream, shared: Arc<Shared>) {
         let fault = shared.decide(&req);
         match fault {
             None => {
+                let _counted = InFlight::enter(&shared);
+                if !shared.config.hold.is_zero() {
+                    tokio::time::sleep(shared.config.hold).await;
+                }
                 let resp = match exchange(shared.upstream, &req.raw).await {
                     Ok(r) => r,
                     Err(e) => {
