@@ -24,6 +24,9 @@
 //!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
 //!   side by side, with ratios and the targets.
 //!
+//! - `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: the remote mode's TLS
+//!   delay proxy alone, in front of a server started by hand.
+//!
 //! See BENCHMARKS.md for the full procedure and recorded figures.
 
 #[path = "../tests/common/mod.rs"]
@@ -93,9 +96,10 @@ fn main() {
         Some("serve-read") => serve_read::run(&args),
         Some("checkout") => checkout::run(&args),
         Some("compare") => compare::run(&args),
+        Some("proxy") => remote::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy …"
             );
         }
     }

@@ -187,3 +187,28 @@ async fn direction(
     };
     tokio::join!(reader, writer);
 }
+
+/// `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: runs the proxy alone
+/// in front of a server started by hand, for side-by-side runs of two
+/// builds (see BENCHMARKS.md). Prints `endpoint URL` and `ca FILE`, then,
+/// for every line read on stdin, `connections N handshakes M`; stops at the
+/// end of stdin.
+pub fn run(args: &[String]) {
+    let upstream: SocketAddr = crate::arg(args, "--upstream")
+        .expect("--upstream 127.0.0.1:PORT")
+        .parse()
+        .expect("--upstream: an IP address and port");
+    let rtt = Duration::from_millis(crate::num(args, "--rtt-ms", 20) as u64);
+    let proxy = DelayProxy::start(upstream, rtt);
+    println!("endpoint {}", proxy.endpoint());
+    println!("ca {}", proxy.ca_file().display());
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+        println!(
+            "connections {} handshakes {}",
+            proxy.accepted(),
+            proxy.handshakes()
+        );
+        line.clear();
+    }
+}

@@ -346,7 +346,8 @@ impl FaultProxy {
     /// the last call, which starts counting again from those in flight now.
     pub fn take_max_in_flight(&self) -> u64 {
         let mut f = self.shared.in_flight.lock().unwrap();
-        std::mem::replace(&mut f.1, f.0)
+        let now = f.0;
+        std::mem::replace(&mut f.1, now)
     }
 
     /// Changes what happens to the next requests.
