@@ -1151,7 +1151,8 @@ impl Syncer {
     }
 
     /// Follows the bucket until `shutdown` resolves: a round every poll
-    /// interval (with ±10 % jitter so replicas spread their requests). A
+    /// interval (up to 10 % shorter at random, so replicas spread their
+    /// requests), counted from the start of the previous round. A
     /// failed round is logged and retried after a growing pause. A
     /// re-exported backup under [`OnReexport::Rebuild`] is rebuilt and
     /// swapped in (see [`crate::rebuild`]) before following goes on.
@@ -1168,6 +1169,7 @@ impl Syncer {
             }
             // A round is a series of transactions, each complete in itself:
             // stopping between two of them loses nothing.
+            let round_started = tokio::time::Instant::now();
             let round = tokio::select! {
                 r = self.round() => r,
                 _ = &mut shutdown => return,
@@ -1179,7 +1181,11 @@ impl Syncer {
                     if r.objects > 0 {
                         Duration::ZERO
                     } else {
-                        jitter(self.poll_interval())
+                        // Rounds start one interval apart: the time a round
+                        // took (its round trips to the store) is not added
+                        // to the interval, so an object waits at most one
+                        // interval before a round lists it.
+                        jitter(self.poll_interval()).saturating_sub(round_started.elapsed())
                     }
                 }
                 Err(e @ SyncError::Reexported { .. })
@@ -1279,9 +1285,11 @@ fn find_gap(prev: Option<LogName>, listed: &[Listed<LogName>]) -> Option<(usize,
     None
 }
 
+/// `d` shortened by up to 10 % at random, so replicas started together
+/// spread their requests; never longer, so the interval bounds the lag.
 fn jitter(d: Duration) -> Duration {
     use rand::Rng;
-    let f: f64 = rand::rng().random_range(0.9..1.1);
+    let f: f64 = rand::rng().random_range(0.9..=1.0);
     d.mul_f64(f)
 }
 
@@ -1309,5 +1317,24 @@ where
     match future::select(produce, consume).await {
         Either::Left(((), consume)) => consume.await,
         Either::Right((r, _)) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The poll interval bounds the lag: the jitter that spreads replicas
+    /// may shorten it, never lengthen it.
+    #[test]
+    fn jitter_never_lengthens_the_interval() {
+        let d = Duration::from_secs(1);
+        let pauses: Vec<Duration> = (0..1000).map(|_| jitter(d)).collect();
+        assert!(pauses.iter().all(|p| *p <= d), "a pause longer than {d:?}");
+        assert!(
+            pauses.iter().all(|p| *p >= d.mul_f64(0.9)),
+            "a pause under 90 % of {d:?}"
+        );
+        assert!(pauses.iter().any(|p| *p < d.mul_f64(0.95)), "no jitter");
     }
 }
