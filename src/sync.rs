@@ -1184,8 +1184,12 @@ impl Syncer {
                         // Rounds start one interval apart: the time a round
                         // took (its round trips to the store) is not added
                         // to the interval, so an object waits at most one
-                        // interval before a round lists it.
-                        jitter(self.poll_interval()).saturating_sub(round_started.elapsed())
+                        // interval before a round lists it. A store slower
+                        // than the interval still gets a tenth of it off.
+                        let interval = self.poll_interval();
+                        jitter(interval)
+                            .saturating_sub(round_started.elapsed())
+                            .max(interval / 10)
                     }
                 }
                 Err(e @ SyncError::Reexported { .. })
