@@ -253,6 +253,11 @@ impl Default for SyncOptions {
     }
 }
 
+/// Log objects up to this size are checked on the runtime's threads, larger
+/// ones (and those spooled to a file) on the blocking pool: see
+/// `Syncer::fetch_log`.
+const INLINE_CHECK_BYTES: usize = 256 << 10;
+
 /// Pruning deletes rows in a write transaction: once a minute keeps the
 /// history bounded without taxing every round.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -543,30 +548,74 @@ impl Syncer {
         if state.initial_complete() {
             return Ok(state.initial_point.expect("complete"));
         }
-        let dv = match state.dv {
-            Some(dv) if state.source.is_some() => dv,
+        let (dv, just_read) = match state.dv {
+            Some(dv) if state.source.is_some() => (dv, false),
             _ => {
                 // The differential read is what makes this the file's
                 // backup: only now is the file bound to it.
                 let dv = self.wait_for_differential().await?;
                 let identity = self.source.identity();
                 self.with_store(move |s| s.bind(&identity, dv)).await?;
-                dv
+                (dv, true)
             }
         };
         tracing::info!(%dv, "differential versionstamp");
         // Before the ranges are fetched and once they are all stored: a
         // range downloaded from another export than `dv`'s is never
         // followed by a complete load. A range that vanished mid-load is
-        // most likely a re-export: that is the error to report.
-        self.check_whole_export().await?;
-        if let Err(e) = self.load_snapshot().await {
+        // most likely a re-export: that is the error to report. A
+        // `differential` read just now (a fresh file: no ranges recorded to
+        // compare with) is that comparison already.
+        //
+        // Against a remote store each request is a round trip, so the
+        // independent ones go out at once: that comparison, the listing of
+        // the ranges, and the first page of the log (listed before the
+        // comparison that follows the load, so a re-export that replaced
+        // `differential` before it was listed is seen before any of it is
+        // applied, as for every page).
+        let ranges = self.with_store(|s| s.snapshot_ranges()).await?;
+        let list_ranges = ranges.as_ref().is_none_or(|r| r.iter().any(|r| !r.1));
+        let cursor = state.cursor;
+        let started = Utc::now();
+        let (listing, first_page, ()) = tokio::try_join!(
+            async {
+                Ok::<_, SyncError>(match list_ranges {
+                    true => Some(self.source.list_snapshots().await?),
+                    false => None,
+                })
+            },
+            async {
+                Ok::<_, SyncError>(
+                    self.source
+                        .list_logs(cursor.as_ref(), self.opts.page_size)
+                        .await?,
+                )
+            },
+            async {
+                match just_read {
+                    true => Ok(()),
+                    false => self.check_whole_export().await,
+                }
+            },
+        )?;
+        if let Err(e) = self.load_snapshot(ranges, listing).await {
             self.check_whole_export().await?;
             return Err(e);
         }
         self.check_whole_export().await?;
+        let mut first_page = Some(Page {
+            listed: first_page,
+            checked: true,
+            started,
+        });
         loop {
-            let round = self.round().await?;
+            let round = match first_page.take() {
+                // The cursor does not move while ranges load.
+                Some(page) if self.state().cursor == cursor => {
+                    self.settle_round(self.consume_listed(Some(page)).await)
+                }
+                _ => self.round().await,
+            }?;
             let state = self.state();
             if let Some(p) = state.initial_point {
                 tracing::info!(initial_point = %p, "initial snapshot complete");
@@ -599,12 +648,27 @@ impl Syncer {
         let object = self.source.differential_name();
         let mut waited = Duration::ZERO;
         loop {
-            if let Some(body) = self.source.read_differential().await? {
-                return Ok(format::parse_differential(&object, &body)?);
+            // Its version is recorded: the export checks that follow the
+            // first read compare with it instead of reading it again.
+            match self.source.differential_if_changed(None).await? {
+                Some(IfChanged::Changed { body, version }) => {
+                    let dv = format::parse_differential(&object, &body)?;
+                    let mut seen = self.export.lock().expect("export lock");
+                    seen.differential = Some(version);
+                    // Nothing recorded yet to compare the snapshot set with.
+                    seen.snapshots_checked = Some(std::time::Instant::now());
+                    return Ok(dv);
+                }
+                Some(IfChanged::Unchanged) => {
+                    if let Some(body) = self.source.read_differential().await? {
+                        return Ok(format::parse_differential(&object, &body)?);
+                    }
+                }
+                None => {}
             }
             if waited.is_zero() {
-                let snaps = self.source.list_snapshots().await?;
-                let logs = self.source.list_logs(None, 1).await?;
+                let (snaps, logs) =
+                    tokio::try_join!(self.source.list_snapshots(), self.source.list_logs(None, 1))?;
                 if snaps.is_empty() && logs.is_empty() {
                     return Err(SyncError::EmptySource(self.source.identity()));
                 }
@@ -622,14 +686,22 @@ impl Syncer {
         }
     }
 
-    async fn load_snapshot(&self) -> Result<(), SyncError> {
-        // The listing that records the ranges also gives their sizes (for
-        // the byte budget); a resumed load lists again for them below.
-        let mut listing = None;
-        let ranges = match self.with_store(|s| s.snapshot_ranges()).await? {
+    /// Loads the snapshot ranges not loaded yet; `ranges` are those the
+    /// file recorded (`None`: none yet), `listing` the bucket's, when it
+    /// was listed already (it records the ranges and gives their sizes,
+    /// for the byte budget).
+    async fn load_snapshot(
+        &self,
+        ranges: Option<Vec<(SnapshotName, bool)>>,
+        mut listing: Option<Vec<Listed<SnapshotName>>>,
+    ) -> Result<(), SyncError> {
+        let ranges = match ranges {
             Some(r) => r,
             None => {
-                let listed = self.source.list_snapshots().await?;
+                let listed = match listing.take() {
+                    Some(l) => l,
+                    None => self.source.list_snapshots().await?,
+                };
                 let names: Vec<SnapshotName> = listed.iter().map(|l| l.name).collect();
                 listing = Some(listed);
                 self.with_store(move |s| s.record_snapshot_ranges(&names))
@@ -704,16 +776,51 @@ impl Syncer {
     /// last object before it, so the next round lists from there and finds
     /// the missing object when it lands.
     pub async fn round(&self) -> Result<RoundOutcome, SyncError> {
+        let r = self.listed_round().await;
+        self.settle_round(r)
+    }
+
+    /// [`Syncer::round`] without its report to readiness.
+    ///
+    /// Each request to a remote store costs a round trip, so the ones that
+    /// do not depend on each other go out at once: the late window's
+    /// listing, the listing after the cursor and the export comparison. A
+    /// round that finds nothing new costs one round trip; one that finds
+    /// objects compares the export again after its listing, while they
+    /// download (see [`Syncer::consume_listed`]), so it costs two.
+    async fn listed_round(&self) -> Result<RoundOutcome, SyncError> {
+        let cursor = self.state().cursor;
+        let started = Utc::now();
+        let (late, listed, ()) = tokio::try_join!(
+            self.list_late(),
+            async {
+                Ok::<_, SyncError>(
+                    self.source
+                        .list_logs(cursor.as_ref(), self.opts.page_size)
+                        .await?,
+                )
+            },
+            self.check_export(),
+        )?;
         // Late objects first: one that cannot be folded in stops the
         // replica before anything newer is applied, and a repair walks
         // back a shorter way.
-        let r = match self.fold_in_late().await {
-            Ok(late) => self.consume_listed().await.map(|mut r| {
-                r.objects += late;
-                r
-            }),
-            Err(e) => Err(e),
-        };
+        let late = self.fold_in_late(late).await?;
+        // A repair folds objects in behind the cursor, which stays; the
+        // listing after it is then still the next page.
+        let first = (self.state().cursor == cursor).then_some(Page {
+            listed,
+            checked: false,
+            started,
+        });
+        let mut r = self.consume_listed(first).await?;
+        r.objects += late;
+        Ok(r)
+    }
+
+    /// Reports a round's outcome to readiness: an error that stops the
+    /// replica from following says so until a round succeeds.
+    fn settle_round(&self, r: Result<RoundOutcome, SyncError>) -> Result<RoundOutcome, SyncError> {
         match &r {
             Ok(_) => self.health.set_stopped(None),
             Err(e) if e.stops_following() => self.health.set_stopped(Some(e.to_string())),
@@ -737,7 +844,21 @@ impl Syncer {
             .differential
             .clone();
         let name = self.source.differential_name();
-        let changed = match self.source.differential_if_changed(known.as_ref()).await? {
+        let time_due = self
+            .export
+            .lock()
+            .expect("export lock")
+            .snapshots_checked
+            .is_none_or(|t| t.elapsed() >= SNAPSHOTS_CHECK_EVERY);
+        // Both requests at once when both are due (one round trip).
+        let (answer, snapshots) =
+            tokio::join!(self.source.differential_if_changed(known.as_ref()), async {
+                match time_due {
+                    true => Some(self.snapshots_changed().await),
+                    false => None,
+                }
+            });
+        let changed = match answer? {
             None => return Err(self.reexported(format!("{name} vanished")).await),
             Some(IfChanged::Unchanged) => None,
             Some(IfChanged::Changed { body, version }) => {
@@ -750,17 +871,14 @@ impl Syncer {
                 Some(version)
             }
         };
-        let due = changed.is_some()
-            || self
-                .export
-                .lock()
-                .expect("export lock")
-                .snapshots_checked
-                .is_none_or(|t| t.elapsed() >= SNAPSHOTS_CHECK_EVERY);
-        if due {
-            if let Some(what) = self.snapshots_changed().await? {
-                return Err(self.reexported(what).await);
-            }
+        let due = changed.is_some() || time_due;
+        let snapshots = match snapshots {
+            Some(compared) => Some(compared?),
+            None if due => Some(self.snapshots_changed().await?),
+            None => None,
+        };
+        if let Some(Some(what)) = snapshots {
+            return Err(self.reexported(what).await);
         }
         let mut seen = self.export.lock().expect("export lock");
         if due {
@@ -825,22 +943,33 @@ impl Syncer {
         }
     }
 
-    /// Lists and consumes log objects page after page (see
-    /// [`Syncer::round`]).
-    async fn consume_listed(&self) -> Result<RoundOutcome, SyncError> {
-        let started = Utc::now();
-        let page = self.opts.page_size;
+    /// Lists and consumes log objects page after page, from `first` when
+    /// that page was listed already (see [`Syncer::round`]).
+    ///
+    /// A page is applied only once the export was compared after it was
+    /// listed: that comparison runs while the page downloads. While a full
+    /// page is applied, the next one is listed (and the export compared
+    /// after it), so a catch-up pays no round trip between two pages.
+    async fn consume_listed(&self, first: Option<Page>) -> Result<RoundOutcome, SyncError> {
+        let started = first.as_ref().map_or_else(Utc::now, |p| p.started);
+        let page_size = self.opts.page_size;
         let mut out = RoundOutcome::default();
         metrics::poll_round();
+        let mut next = first;
         loop {
             let cursor = self.state().cursor;
-            let listed = self.source.list_logs(cursor.as_ref(), page).await?;
-            // After the listing: a re-export that replaced `differential`
-            // before this page was listed is seen before any of the page
-            // is applied.
-            self.check_export().await?;
+            let Page {
+                listed, checked, ..
+            } = match next.take() {
+                Some(page) => page,
+                None => Page {
+                    listed: self.source.list_logs(cursor.as_ref(), page_size).await?,
+                    checked: false,
+                    started,
+                },
+            };
             self.health.alive();
-            let full_page = listed.len() >= page;
+            let full_page = listed.len() >= page_size;
             let ready: Vec<Listed<LogName>> = listed
                 .iter()
                 .take_while(|l| {
@@ -863,7 +992,26 @@ impl Syncer {
                 break;
             }
             let n_ready = ready.len();
-            out.objects += self.consume_logs(ready).await?;
+            // This page is consumed to its end: the next one follows it.
+            let after = (full_page && !out.held_back && gap.is_none())
+                .then(|| ready.last().map(|l| l.name))
+                .flatten();
+            let compared = async {
+                match checked {
+                    true => Ok(()),
+                    false => self.check_export().await,
+                }
+            };
+            let prefetch = async {
+                let Some(after) = after else {
+                    return Ok(None);
+                };
+                let listed = self.source.list_logs(Some(&after), page_size).await?;
+                self.check_export().await?;
+                Ok::<_, SyncError>(Some(listed))
+            };
+            let (consumed, prefetched) = tokio::join!(self.consume_logs(ready, compared), prefetch);
+            out.objects += consumed?;
             self.bound_consumed().await?;
             if let Some((i, before)) = gap {
                 let after = &listed[i].name;
@@ -883,6 +1031,13 @@ impl Syncer {
                 out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
+            next = prefetched?
+                .filter(|_| self.state().cursor == after)
+                .map(|listed| Page {
+                    listed,
+                    checked: true,
+                    started,
+                });
         }
         self.health.round_ok();
         self.health.set_listed_to_end(out.listed_to_end);
@@ -901,20 +1056,20 @@ impl Syncer {
     }
 
     /// Lists the trailing window of `late_window` log objects behind the
-    /// cursor again and folds in those never consumed: objects that became
-    /// visible after objects whose names sort after theirs (concurrent
-    /// uploads, a slow bucket replication, a copy tool writing in another
-    /// order), which listing from the cursor never shows (see
-    /// `store::late`). Late objects younger than the settle window wait
-    /// for a later round, like new ones. Returns the objects folded in.
-    async fn fold_in_late(&self) -> Result<u64, SyncError> {
+    /// cursor again and returns those never consumed (with their sizes):
+    /// objects that became visible after objects whose names sort after
+    /// theirs (concurrent uploads, a slow bucket replication, a copy tool
+    /// writing in another order), which listing from the cursor never shows
+    /// (see `store::late`). Late objects younger than the settle window
+    /// wait for a later round, like new ones.
+    async fn list_late(&self) -> Result<Vec<(LogName, u64)>, SyncError> {
         let window = self.opts.late_window;
         let state = self.state();
         let Some(cursor) = state
             .cursor
             .filter(|_| window > 0 && state.initial_complete())
         else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let started = Utc::now();
         let seen = self.with_store(move |s| s.consumed_window(window)).await?;
@@ -950,6 +1105,12 @@ impl Syncer {
                 break;
             }
         }
+        Ok(late)
+    }
+
+    /// Folds in the late objects `late` found by [`Syncer::list_late`].
+    /// Returns the objects folded in.
+    async fn fold_in_late(&self, late: Vec<(LogName, u64)>) -> Result<u64, SyncError> {
         if late.is_empty() {
             return Ok(0);
         }
@@ -1017,10 +1178,20 @@ impl Syncer {
         let body = self
             .fetch("log", size, |to_file| self.source.fetch_log(&name, to_file))
             .await?;
-        let (log, body) =
-            tokio::task::spawn_blocking(move || (format::check_log(&name, body.payload()), body))
-                .await
-                .map_err(|e| SyncError::Task(e.to_string()))?;
+        // A small object in memory is checked where it landed (tens of
+        // microseconds): handing each of 64 downloads finishing together
+        // to the blocking pool would start a thread per download, each
+        // with its stack and buffers (peak memory), for no gain.
+        let (log, body) = match &body {
+            Body::Bytes(b) if b.len() <= INLINE_CHECK_BYTES => {
+                (format::check_log(&name, body.payload()), body)
+            }
+            _ => tokio::task::spawn_blocking(move || {
+                (format::check_log(&name, body.payload()), body)
+            })
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))?,
+        };
         let log = log?;
         self.clock.check_commit_time(&name, log.timestamp_ms);
         Ok(FetchedLog {
@@ -1034,7 +1205,15 @@ impl Syncer {
     /// Downloads, decodes and applies `objects` in order, in transactions of
     /// up to `batch_objects` objects or half the byte budget. Objects before
     /// a failing one are kept.
-    async fn consume_logs(&self, objects: Vec<Listed<LogName>>) -> Result<u64, SyncError> {
+    ///
+    /// Nothing is applied before `compared` (the export comparison that
+    /// follows the listing of `objects`) succeeds; the downloads start at
+    /// once.
+    async fn consume_logs(
+        &self,
+        objects: Vec<Listed<LogName>>,
+        compared: impl std::future::Future<Output = Result<(), SyncError>>,
+    ) -> Result<u64, SyncError> {
         let fetches = stream::iter(objects)
             .then(|l| async move {
                 let permit = self.reserve(l.size).await;
@@ -1053,6 +1232,7 @@ impl Syncer {
             fetches,
             self.opts.fetch_concurrency,
             |mut ready| async move {
+                compared.await?;
                 let mut consumed = 0;
                 // A transaction takes objects until it holds `batch_objects` of
                 // them or half the byte budget, or the listing ends. A write
@@ -1244,6 +1424,15 @@ impl Syncer {
             }
         }
     }
+}
+
+/// A page of the log listed after the cursor.
+struct Page {
+    listed: Vec<Listed<LogName>>,
+    /// The export was compared with the replica's after this listing.
+    checked: bool,
+    /// When the round that listed it started (for the settle window).
+    started: chrono::DateTime<Utc>,
 }
 
 /// A downloaded log object, checked whole ([`format::check_log`]) and
