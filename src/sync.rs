@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::future::{self, Either};
 use futures::{stream, Stream, StreamExt};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backup::{Backup, Listed};
 use crate::clock::BucketClock;
@@ -598,24 +598,35 @@ impl Syncer {
                 }
             },
         )?;
-        if let Err(e) = self.load_snapshot(ranges, listing).await {
-            self.check_whole_export().await?;
-            return Err(e);
-        }
-        self.check_whole_export().await?;
-        let mut first_page = Some(Page {
+        // The first page of the log downloads while the ranges are written
+        // and the export compared once more; it is applied after both.
+        let (downloaded, ranges_downloaded) = oneshot::channel();
+        let load = async move {
+            if let Err(e) = self.load_snapshot(ranges, listing, downloaded).await {
+                self.check_whole_export().await?;
+                return Err(e);
+            }
+            self.check_whole_export().await
+        };
+        let first_page = Page {
             listed: first_page,
             checked: true,
             started,
-        });
+        };
+        let first = self
+            .consume_listed(
+                Some(first_page),
+                Some((load, async move {
+                    let _ = ranges_downloaded.await;
+                })),
+            )
+            .await;
+        let mut first = Some(self.settle_round(first)?);
         loop {
-            let round = match first_page.take() {
-                // The cursor does not move while ranges load.
-                Some(page) if self.state().cursor == cursor => {
-                    self.settle_round(self.consume_listed(Some(page)).await)
-                }
-                _ => self.round().await,
-            }?;
+            let round = match first.take() {
+                Some(round) => round,
+                None => self.round().await?,
+            };
             let state = self.state();
             if let Some(p) = state.initial_point {
                 tracing::info!(initial_point = %p, "initial snapshot complete");
@@ -690,10 +701,16 @@ impl Syncer {
     /// file recorded (`None`: none yet), `listing` the bucket's, when it
     /// was listed already (it records the ranges and gives their sizes,
     /// for the byte budget).
+    ///
+    /// `downloaded` is dropped once every range is downloaded (or none is
+    /// left to load), while they may still be being written: log objects
+    /// may download from then on without taking bandwidth, connections or
+    /// byte budget the ranges need.
     async fn load_snapshot(
         &self,
         ranges: Option<Vec<(SnapshotName, bool)>>,
         mut listing: Option<Vec<Listed<SnapshotName>>>,
+        downloaded: oneshot::Sender<()>,
     ) -> Result<(), SyncError> {
         let ranges = match ranges {
             Some(r) => r,
@@ -737,7 +754,13 @@ impl Syncer {
                     .await?;
                 Ok::<_, SyncError>((name, body, permit))
             })
-            .buffered(self.opts.fetch_concurrency.max(1));
+            .buffered(self.opts.fetch_concurrency.max(1))
+            .map(Some)
+            .chain(stream::once(async move {
+                drop(downloaded);
+                None
+            }))
+            .filter_map(future::ready);
         overlapped(
             fetches,
             self.opts.fetch_concurrency,
@@ -813,7 +836,9 @@ impl Syncer {
             checked: false,
             started,
         });
-        let mut r = self.consume_listed(first).await?;
+        let mut r = self
+            .consume_listed(first, None::<(future::Ready<_>, future::Ready<()>)>)
+            .await?;
         r.objects += late;
         Ok(r)
     }
@@ -950,8 +975,23 @@ impl Syncer {
     /// listed: that comparison runs while the page downloads. While a full
     /// page is applied, the next one is listed (and the export compared
     /// after it), so a catch-up pays no round trip between two pages.
-    async fn consume_listed(&self, first: Option<Page>) -> Result<RoundOutcome, SyncError> {
+    ///
+    /// `before_first`: work the first page's objects are applied after
+    /// (the initial load of the snapshot), and the moment they may start
+    /// downloading.
+    async fn consume_listed(
+        &self,
+        first: Option<Page>,
+        before_first: Option<(
+            impl std::future::Future<Output = Result<(), SyncError>>,
+            impl std::future::Future<Output = ()>,
+        )>,
+    ) -> Result<RoundOutcome, SyncError> {
         let started = first.as_ref().map_or_else(Utc::now, |p| p.started);
+        let (mut before, mut start) = match before_first {
+            Some((gate, start)) => (Some(gate), Some(start)),
+            None => (None, None),
+        };
         let page_size = self.opts.page_size;
         let mut out = RoundOutcome::default();
         metrics::poll_round();
@@ -988,18 +1028,31 @@ impl Syncer {
                 None => ready,
             };
             if ready.is_empty() && gap.is_none() {
+                if let Some(before) = before.take() {
+                    before.await?;
+                }
                 out.listed_to_end = !full_page && !out.held_back;
                 break;
             }
             let n_ready = ready.len();
+            let before = before.take();
+            let start = start.take();
             // This page is consumed to its end: the next one follows it.
             let after = (full_page && !out.held_back && gap.is_none())
                 .then(|| ready.last().map(|l| l.name))
                 .flatten();
             let compared = async {
+                if let Some(before) = before {
+                    before.await?;
+                }
                 match checked {
                     true => Ok(()),
                     false => self.check_export().await,
+                }
+            };
+            let start = async {
+                if let Some(start) = start {
+                    start.await;
                 }
             };
             let prefetch = async {
@@ -1010,7 +1063,8 @@ impl Syncer {
                 self.check_export().await?;
                 Ok::<_, SyncError>(Some(listed))
             };
-            let (consumed, prefetched) = tokio::join!(self.consume_logs(ready, compared), prefetch);
+            let (consumed, prefetched) =
+                tokio::join!(self.consume_logs(ready, start, compared), prefetch);
             out.objects += consumed?;
             self.bound_consumed().await?;
             if let Some((i, before)) = gap {
@@ -1207,14 +1261,20 @@ impl Syncer {
     /// a failing one are kept.
     ///
     /// Nothing is applied before `compared` (the export comparison that
-    /// follows the listing of `objects`) succeeds; the downloads start at
-    /// once.
+    /// follows the listing of `objects`) succeeds; the downloads start once
+    /// `start` is ready.
     async fn consume_logs(
         &self,
         objects: Vec<Listed<LogName>>,
+        start: impl std::future::Future<Output = ()>,
         compared: impl std::future::Future<Output = Result<(), SyncError>>,
     ) -> Result<u64, SyncError> {
-        let fetches = stream::iter(objects)
+        let objects = stream::once(async move {
+            start.await;
+            stream::iter(objects)
+        })
+        .flatten();
+        let fetches = objects
             .then(|l| async move {
                 let permit = self.reserve(l.size).await;
                 (l.name, l.size, permit)
