@@ -892,6 +892,22 @@ fn serve_denied(kind: &str) {
     );
 }
 
+/// `serve` with `args` from the rig's store, once it serves the newest
+/// commit of `fx`'s initial objects.
+fn serve_caught_up(rig: &Rig, fx: &Fixture, args: Vec<&str>) -> ServeProcess {
+    let source = rig.source_args();
+    let args: Vec<&str> = args
+        .into_iter()
+        .chain(source.iter().map(String::as_str))
+        .collect();
+    let env = rig.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut serve = ServeProcess::start_with_env(&args, &env);
+    serve.wait_ready();
+    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    serve
+}
+
 /// Connections to the store are reused: the initial sync opens at most as
 /// many as it has requests in flight, and once caught up a poll (a listing
 /// and a conditional read of `differential`) opens none — against a real
@@ -911,7 +927,7 @@ fn connections_are_reused(kind: &str) {
     let db = tmp.path().join("r.sqlite");
     let db_arg = db.display().to_string();
     let in_flight = IN_FLIGHT.to_string();
-    let mut args = vec![
+    let args = vec![
         "--db",
         &db_arg,
         "--poll-interval",
@@ -919,13 +935,7 @@ fn connections_are_reused(kind: &str) {
         "--fetch-concurrency",
         &in_flight,
     ];
-    let source = rig.source_args();
-    args.extend(source.iter().map(String::as_str));
-    let env = rig.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut serve = ServeProcess::start_with_env(&args, &env);
-    serve.wait_ready();
-    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    let serve = serve_caught_up(&rig, &fx, args);
     let (opened, requests) = (rig.proxy.connections(), rig.proxy.requests());
     // The listing of snapshots and the first poll run beside the downloads.
     assert!(
@@ -971,14 +981,8 @@ fn a_caught_up_round_sends_its_requests_at_once(kind: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("r.sqlite");
     let db_arg = db.display().to_string();
-    let mut args = vec!["--db", &db_arg, "--poll-interval", "300ms"];
-    let source = rig.source_args();
-    args.extend(source.iter().map(String::as_str));
-    let env = rig.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut serve = ServeProcess::start_with_env(&args, &env);
-    serve.wait_ready();
-    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    let args = vec!["--db", &db_arg, "--poll-interval", "300ms"];
+    let serve = serve_caught_up(&rig, &fx, args);
     // From here on the replica is caught up: every round finds nothing.
     rig.proxy.take_max_in_flight();
     let requests = rig.proxy.requests();
