@@ -731,6 +731,19 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             Some(Goal::RatioAtMost(0.5)),
         );
     }
+    for (label, ms) in &steady[&Tool::Kvreplica].admin_checkout {
+        let goal = (label == "100 back").then_some(Goal::AtMost(5.0)); // issue 16
+        for (what, q, goal) in [("median", 0.5, goal), ("p99", 0.99, None)] {
+            let v = crate::checkout::quantile(ms, q);
+            report.add(
+                format!("checkout {label} (admin API, {what})"),
+                v,
+                None,
+                "ms",
+                goal,
+            );
+        }
+    }
     drop(s3);
     report
 }
@@ -832,6 +845,8 @@ struct Steady {
     newest_commit: usize,
     /// S3 connections the tool opened during catch-up and lag (remote mode).
     conns: u64,
+    /// kvreplica's admin-API checkouts at the end (`checkout::admin_api`).
+    admin_checkout: Vec<(String, Vec<f64>)>,
 }
 
 /// Uploads objects through the S3 API (a real PUT, as Deploy's backup
@@ -1124,6 +1139,9 @@ fn steady_and_reads(
         "{label}: {sent} objects streamed during the loaded reads, the last readable {:.2?} after the stream stopped",
         t0.elapsed()
     ));
+    if tool == Tool::Kvreplica {
+        s.admin_checkout = crate::checkout::admin_api(rt, &srv.admin_url, &st.distances, 20);
+    }
     srv.stop();
     s
 }
