@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::common::fixture::{Fixture, Rec, Spec};
+use crate::compare::quantile;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
 
@@ -22,17 +23,6 @@ struct Timing {
     latest_ms: Vec<f64>,
     undone: Value,
     redone: Value,
-}
-
-/// The `q` quantile of `v` (nearest rank).
-pub fn quantile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
 }
 
 fn stats(v: &[f64]) -> String {

@@ -734,7 +734,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
     for (label, ms) in &steady[&Tool::Kvreplica].admin_checkout {
         let goal = (label == "100 back").then_some(Goal::AtMost(5.0)); // issue 16
         for (what, q, goal) in [("median", 0.5, goal), ("p99", 0.99, None)] {
-            let v = crate::checkout::quantile(ms, q);
+            let v = quantile(ms, q);
             report.add(
                 format!("checkout {label} (admin API, {what})"),
                 v,
@@ -801,6 +801,9 @@ fn remove_db(db: &Path) {
 fn copy_db(from: &Path, to: &Path) {
     remove_db(to);
     std::fs::copy(from, to).unwrap();
+    // On disk before the timed run: else the first checkout's fsync writes
+    // back the whole copy, whatever the checkout itself wrote.
+    std::fs::File::open(to).unwrap().sync_all().unwrap();
     let mut wal = from.as_os_str().to_owned();
     wal.push("-wal");
     let wal = PathBuf::from(wal);
@@ -812,7 +815,7 @@ fn copy_db(from: &Path, to: &Path) {
 }
 
 /// `q`-quantile (0..=1) of unsorted values; NaN when empty.
-fn quantile(v: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
