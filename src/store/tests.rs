@@ -262,14 +262,20 @@ fn pinned_replica_stores_new_logs_without_showing_them() {
     );
 }
 
-#[test]
-fn checkout_by_time_picks_newest_point_at_or_before() {
+/// A store with 20 random commits applied (seed 7) and those commits.
+fn applied_history(dir: &tempfile::TempDir) -> (Store, Vec<Commit>) {
     let mut rng = Rng(7);
     let commits = history(&mut rng, 20);
     let batches = objects(&mut rng, &commits);
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
+    let mut store = seeded_store(dir, &Model::new(), commits[0].vs);
     store.apply_logs(batches).unwrap();
+    (store, commits)
+}
+
+#[test]
+fn checkout_by_time_picks_newest_point_at_or_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = applied_history(&dir);
     let points = store.history().points(None, None, None, 100).unwrap();
     // Object timestamps are those of their last commit, so look the
     // expected answer up in the stored points rather than the commits.
@@ -758,12 +764,8 @@ fn an_upgraded_file_assumes_what_it_cannot_know() {
 /// its own settings again.
 #[test]
 fn a_checkout_leaves_the_apply_settings_as_they_were() {
-    let mut rng = Rng(7);
-    let commits = history(&mut rng, 20);
-    let batches = objects(&mut rng, &commits);
     let dir = tempfile::tempdir().unwrap();
-    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
-    store.apply_logs(batches).unwrap();
+    let (mut store, commits) = applied_history(&dir);
     let settings = |s: &Store| -> (i64, i64) {
         let sync = s.conn.query_row("pragma synchronous", [], |r| r.get(0));
         let cache = s.conn.query_row("pragma cache_size", [], |r| r.get(0));
