@@ -1,7 +1,8 @@
 //! `checkout`: how long a point-in-time checkout through the admin API of
 //! `kvreplica serve` takes, N commits back from the newest point and from
 //! there back to `latest`, on a generated ~100k-key replica with ~100k
-//! logged mutations.
+//! logged mutations, timed from the client over many repetitions (median,
+//! p99, max). [`admin_api`] is the same measurement for `compare`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::common::fixture::{Fixture, Rec, Spec};
+use crate::compare::quantile;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
 
@@ -24,16 +26,109 @@ struct Timing {
 }
 
 fn stats(v: &[f64]) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(0.0, f64::max);
-    format!("{:>9.1} {:>8.1} {:>8.1}", median(v.to_vec()), min, max)
+    format!(
+        "{:>9.1} {:>8.1} {:>8.1}",
+        median(v.to_vec()),
+        quantile(v, 0.99),
+        quantile(v, 1.0)
+    )
+}
+
+/// `POST /pitr/checkout` with `body` on the admin listener at `admin_url`:
+/// the client-side wall time in ms and the answer. The checkout is one
+/// transaction, answered after it commits.
+fn post_checkout(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    admin_url: &str,
+    body: Value,
+) -> (f64, Value) {
+    rt.block_on(async {
+        let t = Instant::now();
+        let a = server::json_request(
+            http,
+            &format!("{admin_url}/pitr/checkout"),
+            ADMIN_TOKEN,
+            Some(body.clone()),
+        )
+        .await;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(a.status, 200, "checkout {body}: {}", a.text);
+        (ms, a.json)
+    })
+}
+
+/// The recoverable points of the server at `admin_url`, newest first, at
+/// least `want` of them when it has that many.
+fn points_newest_first(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    admin_url: &str,
+    want: usize,
+) -> Vec<String> {
+    rt.block_on(async {
+        let mut points = Vec::new();
+        let mut before: Option<String> = None;
+        while points.len() < want {
+            let mut url = format!("{admin_url}/pitr/points?limit=10000");
+            if let Some(b) = &before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let a = server::json_request(http, &url, ADMIN_TOKEN, None).await;
+            assert_eq!(a.status, 200, "{url}: {}", a.text);
+            let page = a.json["points"].as_array().expect("points").clone();
+            points.extend(
+                page.iter()
+                    .map(|p| p["versionstamp"].as_str().unwrap().to_string()),
+            );
+            match a.json["next_before"].as_str() {
+                Some(b) if !page.is_empty() => before = Some(b.to_string()),
+                _ => break,
+            }
+        }
+        points
+    })
+}
+
+/// For `compare`: on a running `kvreplica serve` that is following its
+/// newest point, `reps` times per distance, an admin-API checkout that
+/// many points back and then to `latest` (each answer checked). Returns
+/// (label, times in ms) per checkout; the replica ends where it started.
+pub fn admin_api(
+    rt: &tokio::runtime::Runtime,
+    admin_url: &str,
+    distances: &[usize],
+    reps: usize,
+) -> Vec<(String, Vec<f64>)> {
+    let http = reqwest::Client::new();
+    let deepest = distances.iter().copied().max().unwrap_or(0);
+    let points = points_newest_first(rt, &http, admin_url, deepest + 1);
+    let mut out = Vec::new();
+    for &d in distances {
+        let Some(target) = points.get(d) else {
+            eprintln!("  admin API: no point {d} back ({} points)", points.len());
+            continue;
+        };
+        let (mut back, mut latest) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let (ms, a) = post_checkout(rt, &http, admin_url, json!({"versionstamp": target}));
+            assert_eq!(a["versionstamp"], target.as_str(), "{a}");
+            back.push(ms);
+            let (ms, a) = post_checkout(rt, &http, admin_url, json!({"latest": true}));
+            assert_eq!(a["versionstamp"], points[0].as_str(), "{a}");
+            latest.push(ms);
+        }
+        out.push((format!("{d} back"), back));
+        out.push((format!("{d} back, then to latest"), latest));
+    }
+    out
 }
 
 pub fn run(args: &[String]) {
     let keys = num(args, "--keys", 100_000);
     let commits = num(args, "--commits", 12_000);
     let distances = list(args, "--distances", &[1, 100, 10_000]);
-    let runs = num(args, "--runs", 3);
+    let runs = num(args, "--runs", 30);
     let bin = kvreplica_release();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("backup");
@@ -86,28 +181,7 @@ pub fn run(args: &[String]) {
     let (kv_url, admin_url) = (srv.kv_url.clone(), srv.admin_url.clone());
 
     // The points, newest first, a page at a time.
-    let points: Vec<String> = rt.block_on(async {
-        let mut points = Vec::new();
-        let mut before: Option<String> = None;
-        while points.len() <= deepest {
-            let mut url = format!("{}/pitr/points?limit=10000", srv.admin_url);
-            if let Some(b) = &before {
-                url.push_str(&format!("&before={b}"));
-            }
-            let a = server::json_request(&http, &url, ADMIN_TOKEN, None).await;
-            assert_eq!(a.status, 200, "{url}: {}", a.text);
-            let page = a.json["points"].as_array().expect("points").clone();
-            points.extend(
-                page.iter()
-                    .map(|p| p["versionstamp"].as_str().unwrap().to_string()),
-            );
-            match a.json["next_before"].as_str() {
-                Some(b) if !page.is_empty() => before = Some(b.to_string()),
-                _ => break,
-            }
-        }
-        points
-    });
+    let points = points_newest_first(&rt, &http, &srv.admin_url, deepest + 1);
     assert_eq!(points.first(), Some(&latest), "the newest point");
     for &d in &distances {
         assert_eq!(
@@ -117,21 +191,7 @@ pub fn run(args: &[String]) {
         );
     }
 
-    let checkout = |body: Value| {
-        rt.block_on(async {
-            let t = Instant::now();
-            let a = server::json_request(
-                &http,
-                &format!("{admin_url}/pitr/checkout"),
-                ADMIN_TOKEN,
-                Some(body.clone()),
-            )
-            .await;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            assert_eq!(a.status, 200, "checkout {body}: {}", a.text);
-            (ms, a.json)
-        })
-    };
+    let checkout = |body: Value| post_checkout(&rt, &http, &admin_url, body);
     // Compares keys changed since `index` with the fixture's state there.
     let verify = |index: usize, what: &str| {
         let state: BTreeMap<Vec<u8>, Rec> = fx.state_at(index);
@@ -211,7 +271,7 @@ pub fn run(args: &[String]) {
     );
     println!(
         "{:<18} {:>9} {:>8} {:>8} {:>9}",
-        "checkout", "median ms", "min ms", "max ms", "entries"
+        "checkout", "median ms", "p99 ms", "max ms", "entries"
     );
     for t in &timings {
         println!(

@@ -764,6 +764,19 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
             Some(Goal::RatioAtMost(0.5)),
         );
     }
+    for (label, ms) in &steady[&Tool::Kvreplica].admin_checkout {
+        let goal = (label == "100 back").then_some(Goal::AtMost(5.0)); // issue 16
+        for (what, q, goal) in [("median", 0.5, goal), ("p99", 0.99, None)] {
+            let v = quantile(ms, q);
+            report.add(
+                format!("checkout {label} (admin API, {what})"),
+                v,
+                None,
+                "ms",
+                goal,
+            );
+        }
+    }
     drop(s3);
     report
 }
@@ -821,6 +834,9 @@ fn remove_db(db: &Path) {
 fn copy_db(from: &Path, to: &Path) {
     remove_db(to);
     std::fs::copy(from, to).unwrap();
+    // On disk before the timed run: else the first checkout's fsync writes
+    // back the whole copy, whatever the checkout itself wrote.
+    std::fs::File::open(to).unwrap().sync_all().unwrap();
     let mut wal = from.as_os_str().to_owned();
     wal.push("-wal");
     let wal = PathBuf::from(wal);
@@ -832,7 +848,7 @@ fn copy_db(from: &Path, to: &Path) {
 }
 
 /// `q`-quantile (0..=1) of unsorted values; NaN when empty.
-fn quantile(v: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -867,6 +883,8 @@ struct Steady {
     conns: u64,
     /// TLS handshakes the tool completed during catch-up and lag.
     handshakes: u64,
+    /// kvreplica's admin-API checkouts at the end (`checkout::admin_api`).
+    admin_checkout: Vec<(String, Vec<f64>)>,
 }
 
 /// Uploads objects through the S3 API (a real PUT, as Deploy's backup
@@ -1161,6 +1179,9 @@ fn steady_and_reads(
         "{label}: {sent} objects streamed during the loaded reads, the last readable {:.2?} after the stream stopped",
         t0.elapsed()
     ));
+    if tool == Tool::Kvreplica {
+        s.admin_checkout = crate::checkout::admin_api(rt, &srv.admin_url, &st.distances, 20);
+    }
     srv.stop();
     s
 }

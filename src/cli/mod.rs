@@ -97,24 +97,13 @@ pub fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Pitr(_) | Command::CheckConfig(_)) {
         crate::logging::init_default();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    // `pitr` works on the file alone: no runtime to start (its worker
+    // threads and CPU-quota probes were a visible part of a short
+    // `pitr checkout`).
+    let result = match cli.command {
+        Command::Pitr(args) => pitr::run(args),
+        command => run_async(command),
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Sync(args) => sync::run(args).await,
-            Command::Serve(args) => serve::run(args).await,
-            Command::Pitr(args) => pitr::run(args),
-            Command::CheckConfig(args) => check_config::run(args),
-        }
-    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -122,4 +111,24 @@ pub fn main() -> std::process::ExitCode {
             crate::exit::Exit::of(&e).code()
         }
     }
+}
+
+/// Runs the commands that need the async runtime (`sync`, `serve`, and
+/// `check-config`, which may resolve a store's settings).
+fn run_async(command: Command) -> anyhow::Result<()> {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => anyhow::bail!("cannot start the runtime: {e}"),
+    };
+    rt.block_on(async {
+        match command {
+            Command::Sync(args) => sync::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Pitr(args) => pitr::run(args),
+            Command::CheckConfig(args) => check_config::run(args),
+        }
+    })
 }

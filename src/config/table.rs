@@ -149,15 +149,22 @@ impl Setting {
         if self.required.is_some() {
             return None;
         }
+        // Built once per process: every command line builds the help of
+        // every setting, and the built-in values probe the CPU quota
+        // (`available_parallelism`, a few cgroup files each time), which
+        // was a visible part of a short `pitr checkout`.
+        static BUILT_IN: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
         let built_in = || {
-            let inputs = super::Inputs {
-                config: None,
-                flags: super::Flags::default(),
-                purpose: super::Purpose::Serve,
-            };
-            Settings::built_in(std::sync::Arc::new(inputs))
+            BUILT_IN.get_or_init(|| {
+                let inputs = super::Inputs {
+                    config: None,
+                    flags: super::Flags::default(),
+                    purpose: super::Purpose::Serve,
+                };
+                Settings::built_in(std::sync::Arc::new(inputs))
+            })
         };
-        let value = || (self.get?)(&built_in()).map(|v| v.plain());
+        let value = || (self.get?)(built_in()).map(|v| v.plain());
         self.default_doc.map(String::from).or_else(value)
     }
 

@@ -193,30 +193,37 @@ impl Store {
                 })
             }
         }
-        if let Err(e) = schema::examine(path) {
-            drop(lock);
-            if !lock_existed {
-                // Leave nothing of ours beside another program's file.
-                let _ = std::fs::remove_file(lock_path(path));
+        let version = match schema::examine(path) {
+            Ok(v) => v,
+            Err(e) => {
+                drop(lock);
+                if !lock_existed {
+                    // Leave nothing of ours beside another program's file.
+                    let _ = std::fs::remove_file(lock_path(path));
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "wal")?;
         conn.pragma_update(None, "synchronous", SYNCHRONOUS_APPLY)?;
         conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
         conn.set_prepared_statement_cache_capacity(64);
-        schema::migrate(&mut conn).map_err(|e| match e {
-            StoreError::SchemaTooNew {
-                found, supported, ..
-            } => StoreError::SchemaTooNew {
-                found,
-                supported,
-                path: display.clone(),
-            },
-            e => e,
-        })?;
+        // A replica at the current schema (what a `pitr checkout` opens)
+        // has nothing to migrate: skip the transaction that would check.
+        if version != Some(schema::SCHEMA_VERSION) {
+            schema::migrate(&mut conn).map_err(|e| match e {
+                StoreError::SchemaTooNew {
+                    found, supported, ..
+                } => StoreError::SchemaTooNew {
+                    found,
+                    supported,
+                    path: display.clone(),
+                },
+                e => e,
+            })?;
+        }
         let state = read_state(&conn)?;
         Ok(Store {
             conn,

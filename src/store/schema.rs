@@ -177,7 +177,11 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// Anything else is another program's data, which opening for writing would
 /// change (even setting the journal mode rewrites the header): it is
 /// refused with what the file appears to be. Only reads the file.
-pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
+///
+/// Returns the schema version of a replica (`None` for a file with nothing
+/// in it yet): a replica already at [`SCHEMA_VERSION`] needs no
+/// [`migrate`], which `Store::open` then skips.
+pub(super) fn examine(path: &Path) -> Result<Option<i64>, StoreError> {
     let refuse = |what: String| StoreError::NotAReplica {
         path: path.display().to_string(),
         what,
@@ -188,7 +192,7 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
     };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
     if meta.is_dir() {
@@ -199,7 +203,7 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
         .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
         .map_err(io)?;
     if head.is_empty() && !has_wal(path) {
-        return Ok(());
+        return Ok(None);
     }
     if !head.is_empty() && head != SQLITE_HEADER {
         return Err(refuse(not_sqlite(&head)));
@@ -220,7 +224,7 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
     let tables =
         tables(&conn).map_err(|e| refuse(format!("an unreadable SQLite database ({e})")))?;
     if tables.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let has = |t: &str| tables.iter().any(|n| n == t);
     if has("kvr_meta") {
@@ -232,8 +236,9 @@ pub(super) fn examine(path: &Path) -> Result<(), StoreError> {
             )
             .optional()
             .unwrap_or(None);
-        if version.is_some() {
-            return Ok(());
+        if let Some(v) = version {
+            // Unreadable as a number: `migrate` reads it again and decides.
+            return Ok(Some(v.trim().parse().unwrap_or(-1)));
         }
     }
     let listed = list_tables(&tables);

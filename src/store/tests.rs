@@ -262,14 +262,20 @@ fn pinned_replica_stores_new_logs_without_showing_them() {
     );
 }
 
-#[test]
-fn checkout_by_time_picks_newest_point_at_or_before() {
+/// A store with 20 random commits applied (seed 7) and those commits.
+fn applied_history(dir: &tempfile::TempDir) -> (Store, Vec<Commit>) {
     let mut rng = Rng(7);
     let commits = history(&mut rng, 20);
     let batches = objects(&mut rng, &commits);
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = seeded_store(&dir, &Model::new(), commits[0].vs);
+    let mut store = seeded_store(dir, &Model::new(), commits[0].vs);
     store.apply_logs(batches).unwrap();
+    (store, commits)
+}
+
+#[test]
+fn checkout_by_time_picks_newest_point_at_or_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = applied_history(&dir);
     let points = store.history().points(None, None, None, 100).unwrap();
     // Object timestamps are those of their last commit, so look the
     // expected answer up in the stored points rather than the commits.
@@ -751,4 +757,71 @@ fn an_upgraded_file_assumes_what_it_cannot_know() {
         LateOutcome::Unrepairable { why, .. } => assert!(why.contains("pruned"), "{why}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A checkout raises `synchronous` and the page cache for its own
+/// transaction only: after it, done or refused, the apply path runs with
+/// its own settings again.
+#[test]
+fn a_checkout_leaves_the_apply_settings_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, commits) = applied_history(&dir);
+    let settings = |s: &Store| -> (i64, i64) {
+        let sync = s.conn.query_row("pragma synchronous", [], |r| r.get(0));
+        let cache = s.conn.query_row("pragma cache_size", [], |r| r.get(0));
+        (sync.unwrap(), cache.unwrap())
+    };
+    let apply = (1, CACHE_SIZE_KIB); // NORMAL
+    assert_eq!(settings(&store), apply);
+    store
+        .checkout(CheckoutTarget::Versionstamp(commits[5].vs))
+        .unwrap();
+    assert_eq!(settings(&store), apply, "after a checkout");
+    let not_a_point = Versionstamp::from_parts(1, 0);
+    assert!(store
+        .checkout(CheckoutTarget::Versionstamp(not_a_point))
+        .is_err());
+    assert_eq!(settings(&store), apply, "after a refused checkout");
+}
+
+/// Opening a replica already at the current schema skips the migration;
+/// one at an older version is still migrated (its missing tables appear
+/// and its version is raised).
+#[test]
+fn only_an_older_schema_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    drop(Store::open(&path).unwrap());
+    let version = |path: &Path| -> i64 {
+        let c = Connection::open(path).unwrap();
+        c.query_row(
+            "select cast(v as integer) from kvr_meta where k = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(version(&path), schema::SCHEMA_VERSION);
+    // Back to version 1: without `kvr_consumed`.
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "drop table kvr_consumed; update kvr_meta set v = '1' where k = 'schema_version';",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let has_consumed: i64 = store
+        .conn
+        .query_row(
+            "select count(*) from sqlite_master where name = 'kvr_consumed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(has_consumed, 1, "the migration to version 2 ran");
+    drop(store);
+    assert_eq!(version(&path), schema::SCHEMA_VERSION);
+    drop(Store::open(&path).unwrap());
+    assert_eq!(version(&path), schema::SCHEMA_VERSION);
 }
