@@ -98,8 +98,8 @@ fn h2load(
     let mut cmd = Command::new(&bin);
     cmd.args(["-t", "1", "-c", &load.clients.to_string()])
         .args(["-m", &load.streams.to_string()])
-        .args(["-D", &format!("{}", duration.as_secs_f64())])
-        .args(["--warm-up-time", &format!("{}", warmup.as_secs_f64())])
+        .args(["-D", &format!("{}ms", duration.as_millis())])
+        .args(["--warm-up-time", &format!("{}ms", warmup.as_millis())])
         .arg("-d")
         .arg(body)
         .args(["-H", "content-type: application/x-protobuf"])
@@ -114,7 +114,12 @@ fn h2load(
         .output()
         .unwrap_or_else(|e| panic!("running {bin} (set H2LOAD): {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
-    let run = parse(&text).unwrap_or_else(|| panic!("unexpected h2load output:\n{text}"));
+    let run = parse(&text).unwrap_or_else(|| {
+        panic!(
+            "unexpected h2load output:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     assert!(
         out.status.success() && run.failed == 0 && run.errored == 0 && run.succeeded > 0,
         "h2load against {url} ({}) failed:\n{text}",
@@ -144,7 +149,7 @@ fn body(key: &[u8], limit: i32) -> Vec<u8> {
 }
 
 /// Reads `body` once from `srv` (h2c) and checks the keys against `want`.
-fn check(pair: &Pair, srv: &Server, body: &[u8], want: &[&Vec<u8>]) {
+fn check(pair: &Pair, srv: &Server, database_id: &str, body: &[u8], want: &[&Vec<u8>]) {
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -154,14 +159,22 @@ fn check(pair: &Pair, srv: &Server, body: &[u8], want: &[&Vec<u8>]) {
             .post(format!("{}/v2/snapshot_read", srv.kv_url))
             .header("authorization", format!("Bearer {ACCESS_TOKEN}"))
             .header("x-denokv-version", "2")
-            .header("x-denokv-database-id", &pair.database_id)
+            .header("x-denokv-database-id", database_id)
             .header("content-type", "application/x-protobuf")
             .body(body.to_vec())
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{}", srv.kv_url);
-        r.bytes().await.unwrap()
+        let status = r.status();
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(
+            status,
+            200,
+            "{}: {}",
+            srv.kv_url,
+            String::from_utf8_lossy(&bytes)
+        );
+        bytes
     });
     let out = SnapshotReadOutput::decode(answer).unwrap();
     let got: Vec<&Vec<u8>> = out.ranges[0].values.iter().map(|e| &e.key).collect();
@@ -203,7 +216,7 @@ pub fn report(pair: &Pair, args: &[String]) {
         "\n| load | request | {} | kvreplica / denokv | kvreplica h2c / own http/1.1 |",
         servers
             .iter()
-            .map(|(n, _)| format!("{n} req/s"))
+            .map(|(n, _, _)| format!("{n} req/s"))
             .collect::<Vec<_>>()
             .join(" | ")
     );
@@ -211,8 +224,8 @@ pub fn report(pair: &Pair, args: &[String]) {
     for (kind, body, want) in &kinds {
         let file = pair.dir.path().join(format!("{kind}.bin"));
         std::fs::write(&file, body).unwrap();
-        for (_, srv) in &servers {
-            check(pair, srv, body, want);
+        for (_, srv, id) in &servers {
+            check(pair, srv, id, body, want);
         }
         let mut rows: Vec<(&Load, Vec<f64>)> = Vec::new();
         for load in LOADS
@@ -221,15 +234,8 @@ pub fn report(pair: &Pair, args: &[String]) {
         {
             let mut per_server = vec![Vec::new(); servers.len()];
             for _ in 0..runs {
-                for (i, (_, srv)) in servers.iter().enumerate() {
-                    let r = h2load(
-                        &srv.kv_url,
-                        &pair.database_id,
-                        &file,
-                        load,
-                        duration,
-                        warmup,
-                    );
+                for (i, (_, srv, id)) in servers.iter().enumerate() {
+                    let r = h2load(&srv.kv_url, id, &file, load, duration, warmup);
                     per_server[i].push(r.req_per_s);
                 }
             }

@@ -18,8 +18,8 @@ pub struct Pair {
     pub kvreplica: Server,
     /// The database id kvreplica requires on the data path.
     pub database_id: String,
-    /// `None` without `DENOKV_BIN`.
-    pub denokv: Option<Server>,
+    /// `None` without `DENOKV_BIN`; with the database id it requires.
+    pub denokv: Option<(Server, String)>,
     /// A copy of the replica file nobody serves, for local clients.
     pub local_copy: PathBuf,
     pub rt: tokio::runtime::Runtime,
@@ -73,13 +73,15 @@ impl Pair {
         let denokv = std::env::var_os("DENOKV_BIN").map(|bin| {
             let copy = dir.path().join("denokv.sqlite");
             copy_db(&db, &copy);
-            Server::start_denokv(
+            let srv = Server::start_denokv(
                 Path::new(&bin),
                 &copy,
                 &["--read-only".to_string()],
                 &[],
                 READY_TIMEOUT,
-            )
+            );
+            let id = rt.block_on(server::database_id(&reqwest::Client::new(), &srv.kv_url));
+            (srv, id)
         });
         eprintln!(
             "serving {} keys: kvreplica at {}, denokv at {}",
@@ -87,7 +89,7 @@ impl Pair {
             kvreplica.kv_url,
             denokv
                 .as_ref()
-                .map_or("(DENOKV_BIN not set)", |d| &d.kv_url)
+                .map_or("(DENOKV_BIN not set)", |(d, _)| &d.kv_url)
         );
         Pair {
             state,
@@ -100,11 +102,12 @@ impl Pair {
         }
     }
 
-    /// The servers by name, kvreplica first.
-    pub fn servers(&self) -> Vec<(&'static str, &Server)> {
-        let mut v = vec![("kvreplica", &self.kvreplica)];
-        if let Some(d) = &self.denokv {
-            v.push(("denokv", d));
+    /// The servers by name with the database id each requires,
+    /// kvreplica first.
+    pub fn servers(&self) -> Vec<(&'static str, &Server, &str)> {
+        let mut v = vec![("kvreplica", &self.kvreplica, self.database_id.as_str())];
+        if let Some((d, id)) = &self.denokv {
+            v.push(("denokv", d, id.as_str()));
         }
         v
     }

@@ -70,7 +70,7 @@ pub fn report(pair: &Pair, args: &[String]) {
     let mut targets: Vec<(String, String)> = pair
         .servers()
         .into_iter()
-        .map(|(name, s)| (format!("{name} (KV Connect)"), s.kv_url.clone()))
+        .map(|(name, s, _)| (format!("{name} (KV Connect)"), s.kv_url.clone()))
         .collect();
     targets.push((
         "local file (Deno.openKv(path))".into(),
