@@ -23,6 +23,9 @@ use crate::pair::Pair;
 use crate::server::{Server, ACCESS_TOKEN};
 use crate::{arg, median, num, secs};
 
+/// A request kind: its name, body and the keys it must answer.
+type Request<'a> = (&'static str, Vec<u8>, Vec<&'a Vec<u8>>);
+
 /// One load shape.
 struct Load {
     label: &'static str,
@@ -203,7 +206,7 @@ pub fn report(pair: &Pair, args: &[String]) {
     let keys: Vec<&Vec<u8>> = pair.state.keys().collect();
     let point_key = keys[keys.len() / 3];
     let range_at = keys.len() / 2;
-    let kinds: [(&str, Vec<u8>, Vec<&Vec<u8>>); 2] = [
+    let kinds: [Request; 2] = [
         ("point", body(point_key, 1), vec![point_key]),
         (
             "range-100",
