@@ -215,6 +215,7 @@ pub fn report(pair: &Pair, args: &[String]) {
         ),
     ];
     let servers = pair.servers();
+    let denokv = servers.iter().position(|(n, _, _)| *n == "denokv");
     println!(
         "\n| load | request | {} | kvreplica / denokv | kvreplica h2c / own http/1.1 |",
         servers
@@ -248,8 +249,8 @@ pub fn report(pair: &Pair, args: &[String]) {
         }
         let own_h1 = rows.iter().find(|(l, _)| l.h1).map(|(_, m)| m[0]);
         for (load, m) in &rows {
-            let ratio = m
-                .get(1)
+            let ratio = denokv
+                .map(|i| m[i])
                 .map_or("–".to_string(), |d| format!("{:.2}", m[0] / d));
             let vs_h1 = match own_h1 {
                 Some(h1) if !load.h1 => format!("{:.2}", m[0] / h1),

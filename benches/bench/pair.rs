@@ -18,6 +18,10 @@ pub struct Pair {
     pub kvreplica: Server,
     /// The database id kvreplica requires on the data path.
     pub database_id: String,
+    /// Another kvreplica build (`KVREPLICA_BASELINE_BIN`, e.g. the commit
+    /// before a change), serving its own sync of the same backup: for
+    /// before/after figures taken side by side.
+    pub baseline: Option<(Server, String)>,
     /// `None` without `DENOKV_BIN`; with the database id it requires.
     pub denokv: Option<(Server, String)>,
     /// A copy of the replica file nobody serves, for local clients.
@@ -68,6 +72,11 @@ impl Pair {
         let source = format!("file://{}/", src.display());
         let (kvreplica, _, database_id, _) =
             server::start_synced(&rt, &kvreplica_release(), &source, &db, &latest);
+        let baseline = std::env::var_os("KVREPLICA_BASELINE_BIN").map(|bin| {
+            let db = dir.path().join("baseline.sqlite");
+            let (srv, _, id, _) = server::start_synced(&rt, Path::new(&bin), &source, &db, &latest);
+            (srv, id)
+        });
         let local_copy = dir.path().join("local.sqlite");
         copy_db(&db, &local_copy);
         let denokv = std::env::var_os("DENOKV_BIN").map(|bin| {
@@ -95,6 +104,7 @@ impl Pair {
             state,
             kvreplica,
             database_id,
+            baseline,
             denokv,
             local_copy,
             rt,
@@ -106,6 +116,9 @@ impl Pair {
     /// kvreplica first.
     pub fn servers(&self) -> Vec<(&'static str, &Server, &str)> {
         let mut v = vec![("kvreplica", &self.kvreplica, self.database_id.as_str())];
+        if let Some((b, id)) = &self.baseline {
+            v.push(("kvreplica baseline", b, id.as_str()));
+        }
         if let Some((d, id)) = &self.denokv {
             v.push(("denokv", d, id.as_str()));
         }

@@ -116,12 +116,16 @@ fn in_read_tx<T>(
     }
 }
 
+// No `limit ?`: with STAT4 (rusqlite's bundled SQLite) a bound LIMIT is
+// part of the plan, so binding one expires the statement and the next step
+// parses and plans it again. The rows come in key order straight off the
+// primary key, so stopping after `limit` of them (`take`) costs nothing.
 const SQL_FORWARD: &str = "select k, v, v_encoding, version, seq from kv \
      where k >= ?1 and k < ?2 and (expiration_ms < 0 or expiration_ms > ?3) \
-     order by k asc limit ?4";
+     order by k asc";
 const SQL_REVERSE: &str = "select k, v, v_encoding, version, seq from kv \
      where k >= ?1 and k < ?2 and (expiration_ms < 0 or expiration_ms > ?3) \
-     order by k desc limit ?4";
+     order by k desc";
 const SQL_KEY: &str = "select k, v, v_encoding, version, seq from kv \
      where k = ?1 and (expiration_ms < 0 or expiration_ms > ?2)";
 
@@ -155,11 +159,13 @@ pub fn read_ranges(
             }
             let sql = if r.reverse { SQL_REVERSE } else { SQL_FORWARD };
             let mut stmt = tx.prepare_cached(sql)?;
-            let rows = stmt.query_map(
-                rusqlite::params![r.start, r.end, now_ms, r.limit as i64],
-                entry,
-            )?;
-            out.push(rows.collect::<Result<Vec<_>, _>>()?);
+            let limit = usize::try_from(r.limit).unwrap_or(0);
+            let rows = stmt.query_map(rusqlite::params![r.start, r.end, now_ms], entry)?;
+            let mut values = Vec::with_capacity(limit.min(1024));
+            for row in rows.take(limit) {
+                values.push(row?);
+            }
+            out.push(values);
         }
         Ok(out)
     })
@@ -181,4 +187,64 @@ pub fn read_keys(
         }
         Ok(out)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    fn replica(rows: u8) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let w = Connection::open(&path).unwrap();
+        // The replica's `kv` table (src/store/schema.rs).
+        w.execute_batch(
+            "pragma journal_mode = wal;
+             create table kv (k blob primary key, v blob not null,
+               v_encoding integer not null, version integer not null,
+               seq integer not null default 0,
+               expiration_ms integer not null default -1) without rowid;
+             create index kv_expiration_ms_idx on kv (expiration_ms);",
+        )
+        .unwrap();
+        for i in 0..rows {
+            w.execute(
+                "insert into kv (k, v, v_encoding, version, seq) values (?1, x'01', 1, 7, 0)",
+                [vec![i]],
+            )
+            .unwrap();
+        }
+        let r = store::open_read_only(&path).unwrap();
+        (dir, r)
+    }
+
+    /// A cached read statement is planned once: binding new bounds, limits
+    /// or clocks must not make SQLite prepare it again on the next step
+    /// (with STAT4, a bound LIMIT is part of the plan, and every request
+    /// re-parsed and re-planned its query: a quarter of the server's CPU
+    /// under a point-read load).
+    #[test]
+    fn reads_do_not_reprepare_their_statements() {
+        let (_dir, mut conn) = replica(50);
+        for i in 0..40u8 {
+            let range = ReadRange {
+                start: vec![i],
+                end: vec![0xff],
+                limit: 1 + i as i32 % 7,
+                reverse: i % 2 == 0,
+            };
+            let got = read_ranges(&mut conn, &[range], 1_000 + i as i64).unwrap();
+            assert_eq!(got[0].len(), 1 + i as usize % 7);
+            read_keys(&mut conn, &[vec![i]], 2_000 + i as i64).unwrap();
+        }
+        for sql in [SQL_FORWARD, SQL_REVERSE, SQL_KEY] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(StatementStatus::RePrepare),
+                0,
+                "re-prepared: {sql}"
+            );
+        }
+    }
 }
