@@ -993,14 +993,19 @@ mod tests {
         assert!(table.take(ip, 2).is_some());
     }
 
-    #[tokio::test]
-    async fn deadlines_follow_requests_and_stalls() {
-        let limits = Limits {
+    /// Timeouts of 1 s (headers), 5 s (idle) and 7 s (stall).
+    fn short_limits() -> Limits {
+        Limits {
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(7),
             ..Limits::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn deadlines_follow_requests_and_stalls() {
+        let limits = short_limits();
         let a = Activity::new();
         let (at, why) = a.deadline(&limits).unwrap();
         assert_eq!(why, Expiry::Unserved);
@@ -1021,12 +1026,7 @@ mod tests {
     /// any deadline a request could set from now on.
     #[tokio::test]
     async fn checks_come_before_any_deadline_a_request_can_set() {
-        let limits = Limits {
-            header_read_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
-            stall_timeout: Duration::from_secs(7),
-            ..Limits::default()
-        };
+        let limits = short_limits();
         let a = Activity::new();
         let now = Instant::now();
         // A new connection: its first request is due first.
