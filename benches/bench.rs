@@ -38,14 +38,20 @@ mod certs;
 mod checkout;
 #[path = "bench/compare.rs"]
 mod compare;
+#[path = "bench/h2load.rs"]
+mod h2load;
 #[path = "bench/load.rs"]
 mod load;
+#[path = "bench/pair.rs"]
+mod pair;
 #[path = "bench/raw.rs"]
 mod raw;
 #[path = "bench/remote.rs"]
 mod remote;
 #[path = "../tests/common/s3_server.rs"]
 mod s3_server;
+#[path = "bench/scan.rs"]
+mod scan;
 #[path = "bench/serve_read.rs"]
 mod serve_read;
 #[path = "bench/server.rs"]
@@ -97,9 +103,11 @@ fn main() {
         Some("checkout") => checkout::run(&args),
         Some("compare") => compare::run(&args),
         Some("proxy") => remote::run(&args),
+        Some("h2load") => h2load::run(&args),
+        Some("scan") => scan::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan …"
             );
         }
     }

@@ -285,6 +285,16 @@ pub fn run(args: &[String]) {
             println!("note: {n}");
         }
     }
+    // Outside clients on one replica served by both (benches/bench/pair.rs).
+    if args.iter().any(|a| a == "--h2load" || a == "--scan") {
+        let pair = crate::pair::Pair::start(args);
+        if args.iter().any(|a| a == "--h2load") {
+            crate::h2load::report(&pair, args);
+        }
+        if args.iter().any(|a| a == "--scan") {
+            crate::scan::report(&pair, args);
+        }
+    }
 }
 
 /// What a table of `mode` measured.

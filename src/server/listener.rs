@@ -46,7 +46,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -220,10 +220,14 @@ where
 }
 
 /// What one connection is doing, for its idle and stall deadlines.
+///
+/// Requests and responses only record what they do here; they never wake
+/// the connection's driver, which looks at the state on a schedule
+/// ([`Activity::next_check`]) instead. Waking it per request (three times:
+/// a response waiting, taken, finished) re-polled the connection and
+/// re-armed a timer each time, on the path of every request.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Wakes the connection's driver when a deadline may have come closer.
-    wake: Notify,
 }
 
 struct ActivityState {
@@ -260,7 +264,6 @@ impl Activity {
                 next_id: 0,
                 waiting: Vec::new(),
             }),
-            wake: Notify::new(),
         })
     }
 
@@ -283,6 +286,20 @@ impl Activity {
                 .map(|(_, since)| *since)
                 .min()
                 .map(|since| (since + limits.stall_timeout, Expiry::Stalled))
+        }
+    }
+
+    /// When the driver must look at the state next, `now`: the current
+    /// deadline, and no later than the shortest idle or stall timeout from
+    /// now. A deadline that appears later (a request ends, a response
+    /// starts waiting on the client) lies at least that far after the
+    /// moment it appears, so it is never missed, however many requests
+    /// come and go in between.
+    fn next_check(&self, limits: &Limits, now: Instant) -> Instant {
+        let horizon = now + limits.idle_timeout.min(limits.stall_timeout);
+        match self.deadline(limits) {
+            Some((at, _)) => at.min(horizon),
+            None => horizon,
         }
     }
 
@@ -312,12 +329,7 @@ impl InFlight {
     fn set_waiting(&self, waiting: bool) {
         let mut s = self.activity.lock();
         if waiting {
-            let first = s.waiting.is_empty();
             s.waiting.push((self.id, Instant::now()));
-            drop(s);
-            if first {
-                self.activity.wake.notify_one();
-            }
         } else if let Some(i) = s.waiting.iter().position(|(id, _)| *id == self.id) {
             s.waiting.swap_remove(i);
         }
@@ -333,8 +345,6 @@ impl Drop for InFlight {
         }
         if s.requests == 0 {
             s.idle_since = Instant::now();
-            drop(s);
-            self.activity.wake.notify_one();
         }
     }
 }
@@ -883,17 +893,12 @@ where
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         // How long the connection may take to wind down once told to.
+        let check = activity.next_check(&self.limits, Instant::now());
+        let mut check = std::pin::pin!(tokio::time::sleep_until(check));
         let grace = loop {
             if *self.closing.borrow_and_update() {
                 break SHUTDOWN_GRACE;
             }
-            let deadline = activity.deadline(&self.limits);
-            let sleep = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -901,18 +906,17 @@ where
                     }
                     return;
                 }
-                _ = activity.wake.notified() => {}
                 changed = self.closing.changed() => {
                     if changed.is_err() {
                         break SHUTDOWN_GRACE;
                     }
                 }
-                _ = sleep => {
-                    // The state may have moved since: only act on a
-                    // deadline that still holds.
+                _ = check.as_mut() => {
+                    let now = Instant::now();
+                    // Only act on a deadline that holds in the state now.
                     let due = activity
                         .deadline(&self.limits)
-                        .filter(|(at, _)| *at <= Instant::now());
+                        .filter(|(at, _)| *at <= now);
                     if let Some((_, why)) = due {
                         match why {
                             // A client that sent no request in time, or
@@ -933,6 +937,7 @@ where
                             }
                         }
                     }
+                    check.as_mut().reset(activity.next_check(&self.limits, now));
                 }
             }
         };
@@ -988,14 +993,19 @@ mod tests {
         assert!(table.take(ip, 2).is_some());
     }
 
-    #[tokio::test]
-    async fn deadlines_follow_requests_and_stalls() {
-        let limits = Limits {
+    /// Timeouts of 1 s (headers), 5 s (idle) and 7 s (stall).
+    fn short_limits() -> Limits {
+        Limits {
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(7),
             ..Limits::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn deadlines_follow_requests_and_stalls() {
+        let limits = short_limits();
         let a = Activity::new();
         let (at, why) = a.deadline(&limits).unwrap();
         assert_eq!(why, Expiry::Unserved);
@@ -1010,5 +1020,27 @@ mod tests {
         let (at, why) = a.deadline(&limits).unwrap();
         assert_eq!(why, Expiry::Idle);
         assert!(at > Instant::now() + Duration::from_secs(4));
+    }
+
+    /// The driver is not woken by requests, so it must look again before
+    /// any deadline a request could set from now on.
+    #[tokio::test]
+    async fn checks_come_before_any_deadline_a_request_can_set() {
+        let limits = short_limits();
+        let a = Activity::new();
+        let now = Instant::now();
+        // A new connection: its first request is due first.
+        assert!(a.next_check(&limits, now) <= now + Duration::from_secs(1));
+        let flight = a.start();
+        // Nothing due while a request runs, but a response may start
+        // waiting (stall) or the request end (idle) at any moment.
+        let check = a.next_check(&limits, now);
+        assert_eq!(check, now + Duration::from_secs(5));
+        flight.set_waiting(true);
+        let later = now + Duration::from_secs(1);
+        assert!(a.next_check(&limits, later) <= a.deadline(&limits).unwrap().0);
+        drop(flight);
+        let (idle_at, _) = a.deadline(&limits).unwrap();
+        assert!(check <= idle_at, "the check precedes the idle deadline");
     }
 }

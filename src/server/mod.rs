@@ -30,9 +30,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::Utc;
-use denokv_proto::datapath::{
-    ReadRangeOutput, SnapshotRead, SnapshotReadOutput, SnapshotReadStatus, Watch,
-};
+use denokv_proto::datapath::{SnapshotRead, Watch};
 use futures::{Stream, StreamExt};
 use prost::Message;
 use serde::Deserialize;
@@ -399,25 +397,16 @@ async fn snapshot_read(kv: &Arc<KvConnect>, body: &[u8]) -> Result<Response, Api
         return Err(ApiError::TooManyEntries);
     }
     let now_ms = Utc::now().timestamp_millis();
-    let ranges = if total <= READ_HERE_MAX_ENTRIES {
+    let out = if total <= READ_HERE_MAX_ENTRIES {
         kv.pool
-            .read_here(|c| read::read_ranges(c, &req.ranges, now_ms))
+            .read_here(|c| read::read_ranges_encoded(c, &req.ranges, now_ms))
             .await?
     } else {
         kv.pool
-            .read(move |c| read::read_ranges(c, &req.ranges, now_ms))
+            .read(move |c| read::read_ranges_encoded(c, &req.ranges, now_ms))
             .await?
     };
-    let out = SnapshotReadOutput {
-        ranges: ranges
-            .into_iter()
-            .map(|values| ReadRangeOutput { values })
-            .collect(),
-        read_disabled: false,
-        read_is_strongly_consistent: true,
-        status: SnapshotReadStatus::SrSuccess as i32,
-    };
-    Ok(protobuf(out.encode_to_vec()))
+    Ok(protobuf(out))
 }
 
 /// `POST /v2/watch`.
