@@ -113,6 +113,42 @@ fn main() {
     }
 }
 
+/// The harness's client runtime: two workers, like the machine the
+/// figures come from.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The backup shape the read and checkout benchmarks share: `keys` keys,
+/// `pre` commits before `differential` and `post` after, commits of up to
+/// 20 mutations in objects of about 100, one snapshot range per 20,000
+/// keys (4 to 256) plus an empty one, no later objects.
+pub(crate) fn read_spec(
+    seed: u64,
+    keys: usize,
+    pre: usize,
+    post: usize,
+    split_commits: bool,
+) -> fixture::Spec {
+    fixture::Spec {
+        seed,
+        keys,
+        pre_commits: pre,
+        post_commits: post,
+        append_commits: 0,
+        max_muts_per_commit: 20,
+        muts_per_log: 100,
+        ranges: (keys / 20_000).clamp(4, 256),
+        empty_range: true,
+        format0_logs: 0,
+        split_commits,
+    }
+}
+
 fn generate(args: &[String]) {
     let keys = num(args, "--keys", 10_000);
     let commits = num(args, "--commits", 1000);

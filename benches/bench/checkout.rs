@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::common::fixture::{Fixture, Rec, Spec};
+use crate::common::fixture::{Fixture, Rec};
 use crate::compare::quantile;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
@@ -136,19 +136,7 @@ pub fn run(args: &[String]) {
 
     let t = Instant::now();
     let pre = (commits / 12).max(2);
-    let fx = Fixture::generate(Spec {
-        seed: 7,
-        keys,
-        pre_commits: pre,
-        post_commits: commits - pre,
-        append_commits: 0,
-        max_muts_per_commit: 20,
-        muts_per_log: 100,
-        ranges: (keys / 20_000).clamp(4, 256),
-        empty_range: true,
-        format0_logs: 0,
-        split_commits: true,
-    });
+    let fx = Fixture::generate(crate::read_spec(7, keys, pre, commits - pre, true));
     fx.write_initial(&src);
     let logged_muts: usize = fx.commits[fx.first_logged..=fx.last_initial]
         .iter()
@@ -170,11 +158,7 @@ pub fn run(args: &[String]) {
     );
     let latest = hex::encode(fx.commits[fx.last_initial].versionstamp);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::runtime();
     let source = format!("file://{}/", src.display());
     let (mut srv, http, database_id, synced_after) =
         server::start_synced(&rt, &bin, &source, &db, &latest);

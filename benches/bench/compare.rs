@@ -473,11 +473,7 @@ fn size_run(bin: &Path, denokv: Option<&Path>, keys: usize, mode: Mode, st: &Set
         std::env::set_var("SSL_CERT_FILE", &ca);
         env.push(("SSL_CERT_FILE", ca));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::runtime();
     let tmp = tempfile::tempdir().unwrap();
 
     // 5. The machine's limits.

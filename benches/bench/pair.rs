@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::fixture::{Fixture, Rec, Spec};
+use crate::common::fixture::{Fixture, Rec};
 use crate::server::{self, Server, READY_TIMEOUT};
 use crate::{kvreplica_release, num};
 
@@ -47,27 +47,17 @@ impl Pair {
         let commits = num(args, "--commits", 1000);
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("backup");
-        let fx = Fixture::generate(Spec {
-            seed: 42,
+        let fx = Fixture::generate(crate::read_spec(
+            42,
             keys,
-            pre_commits: commits / 2,
-            post_commits: commits - commits / 2,
-            append_commits: 0,
-            max_muts_per_commit: 20,
-            muts_per_log: 100,
-            ranges: (keys / 20_000).clamp(4, 256),
-            empty_range: true,
-            format0_logs: 0,
-            split_commits: false,
-        });
+            commits / 2,
+            commits - commits / 2,
+            false,
+        ));
         fx.write_initial(&src);
         let state = fx.state_at(fx.last_initial);
         let latest = hex::encode(fx.commits[fx.last_initial].versionstamp);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = crate::runtime();
         let db = dir.path().join("replica.sqlite");
         let source = format!("file://{}/", src.display());
         let (kvreplica, _, database_id, _) =

@@ -241,11 +241,7 @@ pub fn run(args: &[String]) {
     );
     let latest_initial = hex::encode(fx.commits[fx.last_initial].versionstamp);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::runtime();
     let source = format!("file://{}/", src.display());
     let (mut srv, http, database_id, _) =
         server::start_synced(&rt, &bin, &source, &db, &latest_initial);
