@@ -39,6 +39,11 @@
 //!   (a bar on a terminal, log lines otherwise).
 //! - [`metrics`]: the Prometheus registry, one function per event.
 //!
+//! Reading it back:
+//! - [`decode`]: what the replica stores, readable: tuple-encoded keys to
+//!   JSON parts and back, V8-serialized/KvU64/bytes values to JSON with a
+//!   tagged form for what JSON cannot say (used by `kvreplica export`).
+//!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
 //!   accept loop and its limits (both listeners), TLS with certificate
@@ -66,6 +71,7 @@ pub mod checkout;
 pub mod cli;
 mod clock;
 mod config;
+pub mod decode;
 mod exit;
 pub mod format;
 mod health;

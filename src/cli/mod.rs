@@ -4,6 +4,7 @@
 //! (`config::SettingArgs`).
 
 mod check_config;
+mod export;
 mod pitr;
 mod serve;
 mod sync;
@@ -33,6 +34,10 @@ pub enum Command {
     /// print the effective settings, secrets redacted; exits non-zero with
     /// the error otherwise.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Export the replica's visible state, decoded, one entry per line
+    /// (JSON Lines or CSV) in key order; reads only, so it runs beside
+    /// `serve`.
+    Export(export::ExportArgs),
 }
 
 /// Writes `text` to stdout and flushes it. A reader that went away
@@ -94,7 +99,10 @@ pub fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     // `sync` and `serve` set up logging from their settings.
-    if matches!(cli.command, Command::Pitr(_) | Command::CheckConfig(_)) {
+    if matches!(
+        cli.command,
+        Command::Pitr(_) | Command::CheckConfig(_) | Command::Export(_)
+    ) {
         crate::logging::init_default();
     }
     // `pitr` works on the file alone: no runtime to start (its worker
@@ -102,6 +110,7 @@ pub fn main() -> std::process::ExitCode {
     // `pitr checkout`).
     let result = match cli.command {
         Command::Pitr(args) => pitr::run(args),
+        Command::Export(args) => export::run(args),
         command => run_async(command),
     };
     match result {
@@ -129,6 +138,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(args).await,
             Command::Pitr(args) => pitr::run(args),
             Command::CheckConfig(args) => check_config::run(args),
+            Command::Export(args) => export::run(args),
         }
     })
 }

@@ -1,0 +1,226 @@
+//! `kvreplica export`: the visible state of a replica file, decoded, one
+//! entry per line (JSON Lines or CSV), in key order.
+//!
+//! It only reads (like `pitr list`), so it runs beside a `serve` that
+//! writes the file: all rows come from one read transaction, so the export
+//! is one commit even while new logs are applied. Rows are streamed, so
+//! memory stays flat whatever the size.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use crate::config::PitrDbArgs;
+use crate::decode::{decode_value, key_to_json, ValueEncoding};
+use crate::store;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// `--db` and `--config`, from the settings table.
+    #[command(flatten)]
+    pub db: PitrDbArgs,
+    /// `jsonl`: one JSON object per line; `csv`: a header row, then key and
+    /// value as JSON text in their cells.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Write to this file (replaced only once the export is complete) or
+    /// `-` for standard output.
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub output: String,
+    /// Also export entries whose expiry has passed (left out by default,
+    /// as reads leave them out).
+    #[arg(long)]
+    pub include_expired: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+const CSV_HEADER: &str = "key,key_hex,value,encoding,versionstamp,expires_at_ms\n";
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let path = args.db.resolve()?;
+    if !path.exists() {
+        bail!(
+            "{} does not exist: sync a replica first (kvreplica sync)",
+            path.display()
+        );
+    }
+    let conn = open_replica(&path)?;
+    if args.output == "-" {
+        let out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        return match export(&conn, &args, out) {
+            // A reader that went away (`| head -1`) ends the export quietly.
+            Err(e) if is_broken_pipe(&e) => Ok(()),
+            r => r,
+        };
+    }
+    let target = PathBuf::from(&args.output);
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    export(
+        &conn,
+        &args,
+        BufWriter::with_capacity(1 << 16, tmp.as_file()),
+    )?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Opens `path` read-only and checks it is a replica (not any SQLite file,
+/// and not some other file): its `kvr_meta` and `kv` tables.
+fn open_replica(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    let not_replica = |why: String| {
+        anyhow::anyhow!(
+            "{} is not a kvreplica replica file ({why}); give the file `kvreplica sync` or `serve` writes",
+            path.display()
+        )
+    };
+    let conn = store::open_read_only(path).map_err(|e| not_replica(e.to_string()))?;
+    let tables: i64 = conn
+        .query_row(
+            "select count(*) from sqlite_master where type = 'table' and name in ('kv', 'kvr_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| not_replica(e.to_string()))?;
+    if tables != 2 {
+        return Err(not_replica("no kv and kvr_meta tables".into()));
+    }
+    Ok(conn)
+}
+
+fn export(
+    conn: &rusqlite::Connection,
+    args: &ExportArgs,
+    mut out: impl Write,
+) -> anyhow::Result<()> {
+    // One read transaction: the state checked and every row are one commit.
+    let tx = conn.unchecked_transaction()?;
+    let state = store::read_state(&tx)?;
+    if !state.initial_complete() {
+        bail!(
+            "the replica's initial load is not complete yet: nothing consistent to export; \
+             let `kvreplica sync` or `serve` finish it first"
+        );
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut stmt = tx.prepare(
+        "select k, v, v_encoding, version, seq, expiration_ms from kv \
+         where ?1 or expiration_ms < 0 or expiration_ms > ?2 order by k",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![args.include_expired, now_ms])?;
+    if args.format == Format::Csv {
+        out.write_all(CSV_HEADER.as_bytes())?;
+    }
+    let mut line = String::new();
+    while let Some(row) = rows.next()? {
+        let entry = Entry {
+            key: row.get_ref(0)?.as_blob()?,
+            value: row.get_ref(1)?.as_blob()?,
+            encoding: ValueEncoding::from_column(row.get(2)?),
+            version: row.get(3)?,
+            seq: row.get(4)?,
+            expires_at_ms: row.get(5)?,
+        };
+        line.clear();
+        match args.format {
+            Format::Jsonl => entry.jsonl(&mut line),
+            Format::Csv => entry.csv(&mut line),
+        }
+        out.write_all(line.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One row of the `kv` table, as read.
+struct Entry<'r> {
+    key: &'r [u8],
+    value: &'r [u8],
+    encoding: ValueEncoding,
+    version: i64,
+    seq: i64,
+    expires_at_ms: i64,
+}
+
+impl Entry<'_> {
+    /// The key's JSON parts, or an `undecodable` object with the reason
+    /// (the hex is exported next to it in any case).
+    fn key_json(&self) -> String {
+        match key_to_json(self.key) {
+            Ok(k) => k.to_string(),
+            Err(e) => {
+                serde_json::json!({"$type": "undecodable", "reason": e.to_string()}).to_string()
+            }
+        }
+    }
+
+    fn versionstamp(&self) -> String {
+        format!("{:016x}{:04x}", self.version as u64, self.seq as u16)
+    }
+
+    fn expiry(&self) -> String {
+        if self.expires_at_ms < 0 {
+            "null".into()
+        } else {
+            self.expires_at_ms.to_string()
+        }
+    }
+
+    fn jsonl(&self, out: &mut String) {
+        use std::fmt::Write;
+        write!(
+            out,
+            r#"{{"key":{},"key_hex":"{}","value":{},"encoding":"{}","versionstamp":"{}","expires_at_ms":{}}}"#,
+            self.key_json(),
+            hex::encode(self.key),
+            decode_value(self.encoding, self.value),
+            self.encoding.name(),
+            self.versionstamp(),
+            self.expiry(),
+        )
+        .expect("write to a String");
+        out.push('\n');
+    }
+
+    fn csv(&self, out: &mut String) {
+        let expiry = if self.expires_at_ms < 0 {
+            String::new()
+        } else {
+            self.expires_at_ms.to_string()
+        };
+        let cells = [
+            csv_cell(&self.key_json()),
+            hex::encode(self.key),
+            csv_cell(&decode_value(self.encoding, self.value)),
+            self.encoding.name(),
+            self.versionstamp(),
+            expiry,
+        ];
+        *out += &cells.join(",");
+        out.push('\n');
+    }
+}
+
+/// A CSV cell (RFC 4180): quoted, inner quotes doubled.
+fn csv_cell(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
