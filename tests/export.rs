@@ -259,3 +259,26 @@ fn a_file_that_is_not_a_replica_is_refused_and_left_unchanged() {
         assert_eq!(std::fs::read(&file).unwrap(), before, "{file:?} changed");
     }
 }
+
+#[test]
+fn a_replica_whose_initial_load_is_incomplete_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = Sample::load("sample-1");
+    let source = sample.install_initial(&tmp.path().join("bucket"));
+    let db = tmp.path().join("replica.sqlite");
+    let db_arg = db.to_str().unwrap();
+    let mut cmd = Command::new(kvreplica_bin());
+    cmd.args(["sync", "--source", &source, "--db", db_arg])
+        .args(["--fetch-concurrency", "1"]);
+    assert!(
+        common::kill_after(cmd, "snapshot range loaded", 1),
+        "the sync finished before the kill"
+    );
+    let out = run(&["export", "--db", db_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a partial load was exported");
+    assert!(out.stdout.is_empty(), "nothing written");
+    assert!(stderr.contains("initial load is not complete"), "{stderr}");
+    run_ok(&["sync", "--source", &source, "--db", db_arg]);
+    run_ok(&["export", "--db", db_arg]);
+}
