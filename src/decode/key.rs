@@ -73,11 +73,47 @@ pub fn parse_key(text: &str) -> Result<Vec<u8>, KeyError> {
         text: text.to_owned(),
         reason,
     };
-    let value: Value = serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(&exact_numbers(text)).map_err(|e| syntax(e.to_string()))?;
     key_from_json(&value).map_err(|e| match e {
         KeyError::Syntax { reason, .. } => syntax(reason),
         e => e,
     })
+}
+
+/// `text` with every number token outside strings turned into
+/// `{"number": "<token>"}`, read later by Rust's exact `f64` parser:
+/// serde_json's own float parsing (without its `float_roundtrip` feature)
+/// can be one bit off, and a key one bit off is another key.
+fn exact_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    let (mut in_string, mut escaped) = (false, false);
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '-' || c.is_ascii_digit() {
+            let mut token = String::from(c);
+            while let Some(&d) = chars.peek() {
+                if !matches!(d, '0'..='9' | '.' | 'e' | 'E' | '+' | '-') {
+                    break;
+                }
+                token.push(d);
+                chars.next();
+            }
+            out += &format!(r#"{{"number":"{token}"}}"#);
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The tuple-encoded bytes of a key in the JSON form (see [`parse_key`]).
@@ -120,7 +156,9 @@ fn part_from_json(part: &Value) -> Result<KeyPart, String> {
                     "NaN" => f64::NAN,
                     "Infinity" => f64::INFINITY,
                     "-Infinity" => f64::NEG_INFINITY,
-                    _ => return Err(format!("{v:?} is not NaN, Infinity or -Infinity")),
+                    v => v.parse().map_err(|_| {
+                        format!("{v:?} is not a number (a JSON number, NaN, Infinity or -Infinity)")
+                    })?,
                 }),
                 _ => return Err(format!("unknown tag {tag:?} (bigint, bytes or number)")),
             }

@@ -92,7 +92,25 @@ pub fn decode_value(encoding: ValueEncoding, bytes: &[u8]) -> String {
     })
 }
 
+/// The V8 format version written by current V8 (the Deno CLI 2.x and
+/// Deploy): `v8_valueserializer` 0.1.1 reads up to 15.
+const V8_VERSION_16: [u8; 2] = [0xff, 0x10];
+
 fn decode_v8(bytes: &[u8]) -> Result<String, String> {
+    // Version 16 differs from 15 only in writing ArrayBuffer and view
+    // lengths and offsets as 64-bit varints instead of 32-bit ones: the
+    // same bytes for any value below 4 GiB (a KV value is at most 64 KiB),
+    // and one above fails the 32-bit read as an undecodable value. So a
+    // version-16 value is read as 15; any other version is left to the
+    // parser (which names it when it cannot).
+    let patched;
+    let bytes = match bytes.strip_prefix(&V8_VERSION_16) {
+        Some(rest) => {
+            patched = [&[0xff, 0x0f], rest].concat();
+            &patched[..]
+        }
+        None => bytes,
+    };
     // The parser is a third-party crate fed bytes from a bucket: a panic
     // in it must become an undecodable value, not a dead export.
     std::panic::catch_unwind(|| {
