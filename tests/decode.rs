@@ -4,6 +4,8 @@
 //! form; arbitrary bytes never panic and always give JSON.
 
 mod common;
+#[path = "common/same_json.rs"]
+mod same_json;
 
 use std::path::Path;
 use std::process::Command;
@@ -11,22 +13,8 @@ use std::time::Duration;
 
 use kvreplica::decode::{decode_value, key_from_json, key_to_json, parse_key, ValueEncoding};
 use proptest::prelude::*;
+use same_json::same;
 use serde_json::{json, Value};
-
-/// Numbers compared as doubles (the script's JSON prints `1e21` where the
-/// decoder prints `1e21` or `1000000000000000000000`).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
 
 #[test]
 fn every_kind_the_deno_cli_writes_decodes_to_its_documented_form() {

@@ -4,12 +4,15 @@
 //! quietly; a file that is not a replica is refused and left unchanged.
 
 mod common;
+#[path = "common/same_json.rs"]
+mod same_json;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{kvreplica_bin, read_replica, run, run_ok, Sample};
+use same_json::same;
 use serde_json::{json, Value};
 
 fn synced_sample(dir: &Path) -> (Sample, std::path::PathBuf) {
@@ -57,21 +60,6 @@ fn fixture_value(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(fixture_value).collect()),
         v => v.clone(),
-    }
-}
-
-/// Numbers compared as doubles (the fixtures print shortest round-trip
-/// forms; export prints integers without a fraction).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
     }
 }
 
