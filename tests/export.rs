@@ -11,7 +11,8 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{kvreplica_bin, read_replica, run, run_ok, Sample};
+use common::serve::ServeProcess;
+use common::{kvreplica_bin, read_replica, run, run_ok, Expected, Sample};
 use same_json::same;
 use serde_json::{json, Value};
 
@@ -65,8 +66,8 @@ fn fixture_value(v: &Value) -> Value {
 
 /// Asserts that `entries` (export's objects, in output order) are the
 /// sample's final state and the replica's rows, one for one.
-fn assert_export_is_expected(entries: &[Value], sample: &Sample, db: &Path) {
-    let expected = &sample.json0.raw;
+fn assert_export_is_expected(entries: &[Value], expected: &Expected, db: &Path) {
+    let expected = &expected.raw;
     let state = expected["final_state"].as_object().unwrap();
     let rows = read_replica(db);
     let hexes: Vec<&str> = entries
@@ -109,17 +110,46 @@ fn assert_export_is_expected(entries: &[Value], sample: &Sample, db: &Path) {
     }
 }
 
+/// `kvreplica export --db DB` as parsed JSON lines.
+fn export_jsonl(db: &Path) -> Vec<Value> {
+    let out = run_ok(&["export", "--db", db.to_str().unwrap()]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn jsonl_export_equals_the_expected_state() {
     let tmp = tempfile::tempdir().unwrap();
     let (sample, db) = synced_sample(tmp.path());
-    let out = run_ok(&["export", "--db", db.to_str().unwrap()]);
-    let entries: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_export_is_expected(&entries, &sample, &db);
+    assert_export_is_expected(&export_jsonl(&db), &sample.json0, &db);
+}
+
+#[test]
+fn export_runs_beside_a_serve_that_holds_the_file() {
+    let sample = Sample::load("sample-1");
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    let source = sample.install_initial(&bucket);
+    let db = tmp.path().join("replica.sqlite");
+    let db_arg = db.display().to_string();
+    let mut serve = ServeProcess::start(&[
+        "--source",
+        &source,
+        "--db",
+        &db_arg,
+        "--poll-interval",
+        "100ms",
+    ]);
+    serve.wait_ready();
+    serve.wait_at(&sample.json0.latest_point());
+    assert_export_is_expected(&export_jsonl(&db), &sample.json0, &db);
+    sample.install_append(&bucket);
+    serve.wait_at(&sample.json1.latest_point());
+    assert_export_is_expected(&export_jsonl(&db), &sample.json1, &db);
+    assert!(serve.terminate().success());
 }
 
 /// Splits RFC 4180 CSV text into records of cells.
@@ -190,7 +220,7 @@ fn csv_export_to_a_file_equals_the_expected_state() {
             })
         })
         .collect();
-    assert_export_is_expected(&entries, &sample, &db);
+    assert_export_is_expected(&entries, &sample.json0, &db);
 }
 
 #[test]
