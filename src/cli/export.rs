@@ -44,13 +44,7 @@ pub enum Format {
 const CSV_HEADER: &str = "key,key_hex,value,encoding,versionstamp,expires_at_ms\n";
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let path = args.db.resolve()?;
-    if !path.exists() {
-        bail!(
-            "{} does not exist: sync a replica first (kvreplica sync)",
-            path.display()
-        );
-    }
+    let path = super::existing_replica(&args.db)?;
     let conn = open_replica(&path)?;
     if args.output == "-" {
         let out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -82,27 +76,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Opens `path` read-only and checks it is a replica (not any SQLite file,
-/// and not some other file): its `kvr_meta` and `kv` tables.
+/// Opens `path` read-only once the store's examination of the file
+/// ([`store::replica_version`], what `sync` and `serve` refuse foreign
+/// files with) says it is a replica, and names what it is otherwise.
 fn open_replica(path: &Path) -> anyhow::Result<rusqlite::Connection> {
-    let not_replica = |why: String| {
+    let not_replica = |why: &str| {
         anyhow::anyhow!(
             "{} is not a kvreplica replica file ({why}); give the file `kvreplica sync` or `serve` writes",
             path.display()
         )
     };
-    let conn = store::open_read_only(path).map_err(|e| not_replica(e.to_string()))?;
-    let tables: i64 = conn
-        .query_row(
-            "select count(*) from sqlite_master where type = 'table' and name in ('kv', 'kvr_meta')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| not_replica(e.to_string()))?;
-    if tables != 2 {
-        return Err(not_replica("no kv and kvr_meta tables".into()));
+    match store::replica_version(path) {
+        Ok(Some(_)) => Ok(store::open_read_only(path)?),
+        Ok(None) => Err(not_replica("an empty file")),
+        Err(store::StoreError::NotAReplica { what, .. }) => Err(not_replica(&what)),
+        Err(e) => Err(e.into()),
     }
-    Ok(conn)
 }
 
 fn export(

@@ -40,6 +40,19 @@ pub enum Command {
     Export(export::ExportArgs),
 }
 
+/// The replica file a reading command (`pitr`, `export`) names. It must
+/// exist: these commands never create one.
+fn existing_replica(db: &crate::config::PitrDbArgs) -> anyhow::Result<std::path::PathBuf> {
+    let path = db.resolve()?;
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: sync a replica first (kvreplica sync)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Writes `text` to stdout and flushes it. A reader that went away
 /// (`kvreplica pitr list | head -1`) is not an error: the answer is
 /// `Ok(false)`, and the caller stops writing and exits quietly (`print!`

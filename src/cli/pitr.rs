@@ -70,13 +70,7 @@ pub fn list_line(p: &Point, at_time: u64) -> String {
 }
 
 pub fn run(args: PitrArgs) -> anyhow::Result<()> {
-    let path = args.db.resolve()?;
-    if !path.exists() {
-        bail!(
-            "{} does not exist: sync a replica first (kvreplica sync)",
-            path.display()
-        );
-    }
+    let path = super::existing_replica(&args.db)?;
     match args.command {
         PitrCommand::List { start, end, limit } => {
             let conn = store::open_read_only(&path)?;

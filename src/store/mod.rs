@@ -550,6 +550,16 @@ fn open_immutable(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// What `path` is, without writing to it: `Ok(None)` for a missing or
+/// empty file, the schema version of a replica, or
+/// [`StoreError::NotAReplica`] naming what the file appears to be (another
+/// program's database, the Deno CLI's own KV file, not SQLite at all).
+/// [`Store::open`] refuses foreign files with it; reading commands use it
+/// to say the same.
+pub fn replica_version(path: &Path) -> Result<Option<i64>, StoreError> {
+    schema::examine(path)
+}
+
 /// Reads the sync state of an open connection (writer or reader).
 pub fn read_state(conn: &Connection) -> Result<SyncState, StoreError> {
     let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
