@@ -23,7 +23,8 @@
 //!   retention, its retry policy.
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
-//!   source binding, the log objects consumed (to fold in a late one).
+//!   source binding, the log objects consumed (to fold in a late one),
+//!   and the state at any point read without moving it (`store::view`).
 //! - `rebuild` *(internal)*: after a re-export, a replica of the new
 //!   export built beside the file while the old one is served, then
 //!   copied in in one transaction (`sync.on_reexport = "rebuild"`).

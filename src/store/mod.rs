@@ -17,6 +17,7 @@ pub mod pitr;
 mod schema;
 mod swap;
 mod testhook;
+pub mod view;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -255,7 +255,7 @@ impl<'a> HistoryView<'a> {
         Ok(self.conn.query_row(sql, [], row_point).optional()?)
     }
 
-    fn resolve(&self, target: CheckoutTarget) -> Result<Point, CheckoutError> {
+    pub(crate) fn resolve(&self, target: CheckoutTarget) -> Result<Point, CheckoutError> {
         match target {
             CheckoutTarget::Latest => match self.edge_point(true)? {
                 Some(p) => Ok(p),

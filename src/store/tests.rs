@@ -825,3 +825,157 @@ fn only_an_older_schema_is_migrated_on_open() {
     drop(Store::open(&path).unwrap());
     assert_eq!(version(&path), schema::SCHEMA_VERSION);
 }
+
+/// The entries `view` scans in `range`, as a model.
+fn scanned(view: &super::view::StateAt<'_>, range: &super::view::KeyRange) -> Model {
+    let mut out = Model::new();
+    let mut last: Option<Vec<u8>> = None;
+    view.scan(range, |e| {
+        assert!(last.as_ref().is_none_or(|l| *l < e.key), "key order");
+        last = Some(e.key.clone());
+        out.insert(e.key.clone(), e.record.clone());
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn the_state_at_any_point_reads_as_a_checkout_would_make_it_without_moving_anything() {
+    use super::view::{diff, KeyRange, StateAt};
+    for seed in 1..=4u64 {
+        let mut rng = Rng(100 + seed);
+        let commits = history(&mut rng, 80);
+        let batches = objects(&mut rng, &commits);
+        // A snapshot with keys no log touches and keys the logs change.
+        let snapshot: Model = (0..20u8)
+            .map(|n| {
+                let key = if n < 10 { vec![b'k', n] } else { vec![b'j', n] };
+                let record = KvRecord {
+                    value: vec![b's', n],
+                    encoding: 3,
+                    versionstamp: Versionstamp::from_parts(500, 0),
+                    expire_at_ms: if n % 3 == 0 { 1_900_000_000_000 } else { -1 },
+                };
+                (key, record)
+            })
+            .collect();
+        let initial = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = seeded_store(&dir, &snapshot, commits[initial].vs);
+        // All but the last object (which may end inside a commit: an
+        // unfinished tail in redo that no state may show), pinned half way
+        // so redo also holds complete commits ahead of the visible state.
+        let (_, rest) = batches.split_last().unwrap();
+        let half = rest.len() / 2;
+        store.apply_logs(rest[..half].to_vec()).unwrap();
+        let visible = store.state().visible().unwrap();
+        let vidx = commits.iter().position(|c| c.vs == visible).unwrap();
+        store
+            .checkout(CheckoutTarget::Versionstamp(
+                commits[(initial + 1 + vidx) / 2].vs,
+            ))
+            .unwrap();
+        store.apply_logs(rest[half..].to_vec()).unwrap();
+        let latest = store.history().position().unwrap().unwrap().latest;
+        let lidx = commits
+            .iter()
+            .position(|c| c.vs == latest.versionstamp)
+            .unwrap();
+        let ranges = [
+            KeyRange::all(),
+            KeyRange::prefix(b"k"),
+            KeyRange {
+                start: vec![b'k', 3],
+                end: Some(vec![b'k', 8]),
+            },
+            KeyRange::prefix(b"j").intersect(&KeyRange::prefix(b"k")),
+            KeyRange::all().after(&[b'k', 5]),
+        ];
+        for round in 0..3 {
+            // Three positions: pinned in the middle, at a random point,
+            // following at the newest.
+            if round == 1 {
+                let p = initial + 1 + rng.below((lidx - initial) as u64) as usize;
+                store
+                    .checkout(CheckoutTarget::Versionstamp(commits[p].vs))
+                    .unwrap();
+            } else if round == 2 {
+                store.checkout(CheckoutTarget::Latest).unwrap();
+            }
+            let before = (
+                kv(&store),
+                dump(&store, "kvr_undo"),
+                dump(&store, "kvr_redo"),
+            );
+            let state = store.state().clone();
+            let tx = store.conn.unchecked_transaction().unwrap();
+            let visible = StateAt::visible(&tx, &state).unwrap();
+            assert_eq!(scanned(&visible, &KeyRange::all()), before.0);
+            for idx in initial + 1..=lidx {
+                let view =
+                    StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[idx].vs))
+                        .unwrap();
+                let model = model_after(&snapshot, &commits, idx);
+                for range in &ranges {
+                    let want: Model = model
+                        .iter()
+                        .filter(|(k, _)| range.contains(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    assert_eq!(
+                        scanned(&view, range),
+                        want,
+                        "seed {seed} round {round} point {idx} range {range:?}"
+                    );
+                }
+                for n in 0..12u8 {
+                    let key = vec![b'k', n];
+                    assert_eq!(view.get(&key).unwrap(), model.get(&key).cloned());
+                }
+            }
+            // Diffs between random pairs, either way round.
+            for _ in 0..40 {
+                let a = initial + 1 + rng.below((lidx - initial) as u64) as usize;
+                let b = initial + 1 + rng.below((lidx - initial) as u64) as usize;
+                let va = StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[a].vs))
+                    .unwrap();
+                let vb = StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[b].vs))
+                    .unwrap();
+                let (ma, mb) = (
+                    model_after(&snapshot, &commits, a),
+                    model_after(&snapshot, &commits, b),
+                );
+                for range in &ranges {
+                    let mut want: Vec<(Vec<u8>, Option<KvRecord>, Option<KvRecord>)> = ma
+                        .keys()
+                        .chain(mb.keys())
+                        .filter(|k| range.contains(k))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .map(|k| (k.clone(), ma.get(k).cloned(), mb.get(k).cloned()))
+                        .filter(|(_, x, y)| x != y)
+                        .collect();
+                    want.sort_by(|x, y| x.0.cmp(&y.0));
+                    let mut got = Vec::new();
+                    diff(&va, &vb, range, |c| {
+                        got.push((c.key.clone(), c.before.clone(), c.after.clone()));
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                    assert_eq!(got, want, "seed {seed} diff {a} → {b} in {range:?}");
+                }
+            }
+            drop(tx);
+            assert_eq!(
+                (
+                    kv(&store),
+                    dump(&store, "kvr_undo"),
+                    dump(&store, "kvr_redo")
+                ),
+                before,
+                "reading states moves nothing"
+            );
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The replica as it stood at any recoverable point, read without moving
+//! what it serves.
+//!
+//! A checkout rewrites `kv` to move the visible state; an export or a diff
+//! of an earlier point must not (the replica keeps serving its state, and
+//! another process may be syncing the same file). The history needed is
+//! already stored: `kvr_undo` holds, for every entry applied after the
+//! initial point, the key's previous row, and `kvr_redo` the entries
+//! beyond the visible position. So the state at a point is `kv` with an
+//! *overlay* of the keys that changed between the visible position and the
+//! point, computed from those rows exactly as a checkout's walk would, in
+//! the caller's read transaction:
+//!
+//! - behind the position: per key, the previous row of its oldest undo
+//!   entry after the point (what the key held before it first changed);
+//! - ahead of it: per key, its newest redo entry up to the point.
+//!
+//! Both come out of SQLite sorted by key, so a scan is a merge of two
+//! ordered streams: memory stays flat whatever the size (SQLite's sorter
+//! spills to temporary files) and the cost beyond reading `kv` is the
+//! history between the position and the point, not the database.
+
+use std::ops::ControlFlow;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{pitr::CheckoutError, pitr::CheckoutTarget, pitr::HistoryView, StoreError, SyncState};
+use crate::format::{KvRecord, LogStamp, Versionstamp};
+
+/// Keys from `start` (inclusive) to `end` (exclusive; `None`: no end), in
+/// the byte order of their tuple encoding, which is Deno KV's key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        KeyRange::default()
+    }
+
+    /// Every key whose encoding starts with `prefix`: the keys under a
+    /// tuple prefix (`["users"]` → `["users", …]`) and the prefix key
+    /// itself. Parts encode self-delimited, so a byte prefix of whole
+    /// parts never catches a longer part (`["user"]` is not a prefix of
+    /// `["users"]`).
+    pub fn prefix(prefix: &[u8]) -> Self {
+        KeyRange {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
+    }
+
+    /// The keys of both ranges (an empty range when they do not meet).
+    pub fn intersect(&self, other: &KeyRange) -> KeyRange {
+        let start = self.start.clone().max(other.start.clone());
+        let end = match (&self.end, &other.end) {
+            (Some(a), Some(b)) => Some(a.clone().min(b.clone())),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        KeyRange { start, end }
+    }
+
+    /// The same range, starting just after `key` (a page's cursor): the
+    /// first byte string after `key` in byte order is `key` followed by a
+    /// zero byte.
+    pub fn after(&self, key: &[u8]) -> KeyRange {
+        let mut next = key.to_vec();
+        next.push(0);
+        KeyRange {
+            start: self.start.clone().max(next),
+            end: self.end.clone(),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.start[..] && self.end.as_deref().is_none_or(|e| key < e)
+    }
+
+    /// The SQL condition on column `k` (parameters `?1` and `?2`) and its
+    /// parameters: a plain range the primary key answers.
+    fn sql(&self) -> &'static str {
+        if self.end.is_some() {
+            "k >= ?1 and k < ?2"
+        } else {
+            "k >= ?1 and ?2 is null"
+        }
+    }
+}
+
+/// The first byte string after every string that starts with `prefix`;
+/// `None` when there is none (a prefix of only `0xff` bytes, or empty).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// One key's entry in a state: its row, or `None` when the key is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Vec<u8>,
+    pub record: KvRecord,
+}
+
+/// How a key's entry differs between two states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Changed,
+}
+
+impl ChangeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Changed => "changed",
+        }
+    }
+}
+
+/// A key whose entry differs between the two states of a diff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: Vec<u8>,
+    pub before: Option<KvRecord>,
+    pub after: Option<KvRecord>,
+}
+
+impl Change {
+    pub fn kind(&self) -> ChangeKind {
+        match (&self.before, &self.after) {
+            (None, _) => ChangeKind::Added,
+            (_, None) => ChangeKind::Removed,
+            _ => ChangeKind::Changed,
+        }
+    }
+}
+
+/// The state of a replica at one point, read through a connection the
+/// caller holds a read transaction on (so every row belongs to one commit
+/// of the file, whatever a writer does meanwhile).
+pub struct StateAt<'c> {
+    conn: &'c Connection,
+    /// Where `kv` stands.
+    position: LogStamp,
+    /// The point, as the stamp of its commit's end.
+    at: LogStamp,
+    point: Versionstamp,
+}
+
+impl<'c> StateAt<'c> {
+    /// The state at `target` (`latest` is the newest complete commit, which
+    /// a pinned replica does not show), resolved as a checkout resolves it.
+    pub fn resolve(
+        conn: &'c Connection,
+        state: &SyncState,
+        target: CheckoutTarget,
+    ) -> Result<Self, CheckoutError> {
+        let position = state.position.filter(|_| state.initial_complete());
+        let position = position.ok_or(CheckoutError::InitialIncomplete)?;
+        let point = HistoryView::new(conn, state).resolve(target)?.versionstamp;
+        Ok(StateAt {
+            conn,
+            position,
+            at: point.commit_end(),
+            point,
+        })
+    }
+
+    /// The visible state: `kv` as it is.
+    pub fn visible(conn: &'c Connection, state: &SyncState) -> Result<Self, CheckoutError> {
+        let position = state.position.filter(|_| state.initial_complete());
+        let position = position.ok_or(CheckoutError::InitialIncomplete)?;
+        Ok(StateAt {
+            conn,
+            position,
+            at: position,
+            point: position.versionstamp(),
+        })
+    }
+
+    /// The commit this state is the state at.
+    pub fn point(&self) -> Versionstamp {
+        self.point
+    }
+
+    /// Calls `f` for every entry in `range`, in key order, until it breaks.
+    pub fn scan(
+        &self,
+        range: &KeyRange,
+        mut f: impl FnMut(&Entry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut kv = self.conn.prepare_cached(&format!(
+            "select k, v, v_encoding, version, seq, expiration_ms from kv where {} order by k",
+            range.sql()
+        ))?;
+        let mut kv_rows = kv.query(rusqlite::params![range.start, range.end])?;
+        let mut query = OverlayQuery::new(self.conn, self.position, self.at, range)?;
+        let mut overlay = query.rows()?;
+        let mut base = next_kv(&mut kv_rows)?;
+        let mut over = overlay.next()?;
+        loop {
+            // The smaller key comes first; on a tie the overlay's row (or
+            // absence) replaces kv's.
+            let take_over = match (&base, &over) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(b), Some((ok, _))) => ok <= &b.key,
+            };
+            let entry = if take_over {
+                let (key, record) = over.take().expect("checked");
+                if base.as_ref().is_some_and(|b| b.key == key) {
+                    base = next_kv(&mut kv_rows)?;
+                }
+                over = overlay.next()?;
+                record.map(|record| Entry { key, record })
+            } else {
+                let b = base.take();
+                base = next_kv(&mut kv_rows)?;
+                b
+            };
+            if let Some(entry) = entry {
+                if f(&entry).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One key's entry in this state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+        let range = KeyRange {
+            start: key.to_vec(),
+            end: Some([key, &[0]].concat()),
+        };
+        let mut found = None;
+        self.scan(&range, |e| {
+            found = Some(e.record.clone());
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+}
+
+/// Calls `f` for every key in `range` whose entry differs between the
+/// states `from` and `to`, in key order, until it breaks. Keys that
+/// changed and changed back (same value *and* versionstamp, which only a
+/// write that was later undone can give) are not differences; a key
+/// written again with the same value is (its versionstamp moved).
+///
+/// Only keys with history between the visible position and either state
+/// are candidates: the cost is that history (plus one `kv` lookup per
+/// candidate), not the database.
+pub fn diff(
+    from: &StateAt<'_>,
+    to: &StateAt<'_>,
+    range: &KeyRange,
+    mut f: impl FnMut(&Change) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    debug_assert_eq!(from.position, to.position, "one read transaction");
+    let conn = from.conn;
+    let mut query_a = OverlayQuery::new(conn, from.position, from.at, range)?;
+    let mut query_b = OverlayQuery::new(conn, to.position, to.at, range)?;
+    let (mut a, mut b) = (query_a.rows()?, query_b.rows()?);
+    let mut kv = conn.prepare_cached(
+        "select k, v, v_encoding, version, seq, expiration_ms from kv where k = ?1",
+    )?;
+    let mut base = |key: &[u8]| -> Result<Option<KvRecord>, StoreError> {
+        Ok(kv.query_row([key], |r| Ok(row_record(r)?.1)).optional()?)
+    };
+    let mut next_a = a.next()?;
+    let mut next_b = b.next()?;
+    loop {
+        let key = match (&next_a, &next_b) {
+            (None, None) => return Ok(()),
+            (Some((k, _)), None) | (None, Some((k, _))) => k.clone(),
+            (Some((ka, _)), Some((kb, _))) => ka.min(kb).clone(),
+        };
+        let before = match next_a.take_if(|(k, _)| *k == key) {
+            Some((_, r)) => {
+                next_a = a.next()?;
+                r
+            }
+            None => base(&key)?,
+        };
+        let after = match next_b.take_if(|(k, _)| *k == key) {
+            Some((_, r)) => {
+                next_b = b.next()?;
+                r
+            }
+            None => base(&key)?,
+        };
+        if before != after {
+            let change = Change { key, before, after };
+            if f(&change).is_break() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The query for the keys whose entry at `at` differs from `kv` (at
+/// `position`); [`OverlayQuery::rows`] streams them with that entry, in
+/// key order. The statement lives in the caller's frame so its rows can
+/// be read one at a time.
+struct OverlayQuery<'c> {
+    /// The statement, and whether it reads undo (behind) or redo (ahead).
+    stmt: Option<(rusqlite::CachedStatement<'c>, bool)>,
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+    lo: LogStamp,
+    hi: LogStamp,
+}
+
+type OverlayRow = (Vec<u8>, Option<KvRecord>);
+
+impl<'c> OverlayQuery<'c> {
+    fn new(
+        conn: &'c Connection,
+        position: LogStamp,
+        at: LogStamp,
+        range: &KeyRange,
+    ) -> Result<Self, StoreError> {
+        use std::cmp::Ordering::*;
+        let (stmt, lo, hi) = match at.cmp(&position) {
+            Equal => (None, position, at),
+            // Behind: the oldest undo entry after the point holds the row
+            // the key had at the point.
+            Less => (
+                Some((
+                    conn.prepare_cached(&format!(
+                        "select k, v, v_encoding, version, seq, expiration_ms from kvr_undo \
+                         where {} and stamp > ?3 and stamp <= ?4 order by k, stamp",
+                        range.sql()
+                    ))?,
+                    true,
+                )),
+                at,
+                position,
+            ),
+            // Ahead: the newest redo entry up to the point is the row.
+            Greater => (
+                Some((
+                    conn.prepare_cached(&format!(
+                        "select k, v, v_encoding, stamp, expiration_ms from kvr_redo \
+                         where {} and stamp > ?3 and stamp <= ?4 order by k, stamp desc",
+                        range.sql()
+                    ))?,
+                    false,
+                )),
+                position,
+                at,
+            ),
+        };
+        Ok(OverlayQuery {
+            stmt,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            lo,
+            hi,
+        })
+    }
+
+    fn rows(&mut self) -> Result<OverlayRows<'_>, StoreError> {
+        Ok(match &mut self.stmt {
+            None => OverlayRows {
+                rows: None,
+                undo: false,
+                last: None,
+            },
+            Some((stmt, undo)) => OverlayRows {
+                rows: Some(stmt.query(rusqlite::params![
+                    self.start,
+                    self.end,
+                    &self.lo.0[..],
+                    &self.hi.0[..]
+                ])?),
+                undo: *undo,
+                last: None,
+            },
+        })
+    }
+}
+
+/// The overlay's rows: the first row of each key (they come sorted by key,
+/// then by the stamp order that puts the deciding row first).
+struct OverlayRows<'s> {
+    rows: Option<rusqlite::Rows<'s>>,
+    undo: bool,
+    last: Option<Vec<u8>>,
+}
+
+impl OverlayRows<'_> {
+    fn next(&mut self) -> Result<Option<OverlayRow>, StoreError> {
+        let Some(rows) = self.rows.as_mut() else {
+            return Ok(None);
+        };
+        while let Some(r) = rows.next()? {
+            let key = blob(r, 0)?;
+            if self.last.as_deref() == Some(key) {
+                continue;
+            }
+            let key = key.to_vec();
+            let value: Option<Vec<u8>> = r.get(1)?;
+            let record = match value {
+                None => None,
+                Some(value) if self.undo => Some(KvRecord {
+                    value,
+                    encoding: r.get(2)?,
+                    versionstamp: Versionstamp::from_parts(r.get::<_, i64>(3)? as u64, r.get(4)?),
+                    expire_at_ms: r.get(5)?,
+                }),
+                Some(value) => {
+                    let stamp = LogStamp::from_slice(blob(r, 3)?).ok_or_else(|| {
+                        StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
+                    })?;
+                    Some(KvRecord {
+                        value,
+                        encoding: r.get(2)?,
+                        versionstamp: stamp.versionstamp(),
+                        expire_at_ms: r.get(4)?,
+                    })
+                }
+            };
+            self.last = Some(key.clone());
+            return Ok(Some((key, record)));
+        }
+        Ok(None)
+    }
+}
+
+/// A blob column, borrowed from the row.
+fn blob<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8], StoreError> {
+    r.get_ref(i)?
+        .as_blob()
+        .map_err(|e| StoreError::Corrupt(format!("a history row's column {i}: {e}")))
+}
+
+fn next_kv(rows: &mut rusqlite::Rows<'_>) -> Result<Option<Entry>, StoreError> {
+    match rows.next()? {
+        Some(r) => {
+            let (key, record) = row_record(r)?;
+            Ok(Some(Entry { key, record }))
+        }
+        None => Ok(None),
+    }
+}
+
+fn row_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, KvRecord)> {
+    Ok((
+        r.get(0)?,
+        KvRecord {
+            value: r.get(1)?,
+            encoding: r.get(2)?,
+            versionstamp: Versionstamp::from_parts(r.get::<_, i64>(3)? as u64, r.get(4)?),
+            expire_at_ms: r.get(5)?,
+        },
+    ))
+}
