@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use crate::config::PitrDbArgs;
-use crate::decode::{decode_value, key_to_json, ValueEncoding};
+use crate::decode::{EntryRef, ValueEncoding, CSV_HEADER};
+use crate::format::Versionstamp;
 use crate::store;
 
 #[derive(Debug, Args)]
@@ -40,8 +41,6 @@ pub enum Format {
     Jsonl,
     Csv,
 }
-
-const CSV_HEADER: &str = "key,key_hex,value,encoding,versionstamp,expires_at_ms\n";
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let path = super::existing_replica(&args.db)?;
@@ -121,95 +120,23 @@ fn export(
     }
     let mut line = String::new();
     while let Some(row) = rows.next()? {
-        let entry = Entry {
+        let entry = EntryRef {
             key: row.get_ref(0)?.as_blob()?,
             value: row.get_ref(1)?.as_blob()?,
             encoding: ValueEncoding::from_column(row.get(2)?),
-            version: row.get(3)?,
-            seq: row.get(4)?,
+            versionstamp: Versionstamp::from_parts(row.get::<_, i64>(3)? as u64, row.get(4)?),
             expires_at_ms: row.get(5)?,
         };
         line.clear();
         match args.format {
-            Format::Jsonl => entry.jsonl(&mut line),
+            Format::Jsonl => {
+                entry.json(&mut line);
+                line.push('\n');
+            }
             Format::Csv => entry.csv(&mut line),
         }
         out.write_all(line.as_bytes())?;
     }
     out.flush()?;
     Ok(())
-}
-
-/// One row of the `kv` table, as read.
-struct Entry<'r> {
-    key: &'r [u8],
-    value: &'r [u8],
-    encoding: ValueEncoding,
-    version: i64,
-    seq: i64,
-    expires_at_ms: i64,
-}
-
-impl Entry<'_> {
-    /// The key's JSON parts, or an `undecodable` object with the reason
-    /// (the hex is exported next to it in any case).
-    fn key_json(&self) -> String {
-        match key_to_json(self.key) {
-            Ok(k) => k.to_string(),
-            Err(e) => {
-                serde_json::json!({"$type": "undecodable", "reason": e.to_string()}).to_string()
-            }
-        }
-    }
-
-    fn versionstamp(&self) -> String {
-        format!("{:016x}{:04x}", self.version as u64, self.seq as u16)
-    }
-
-    fn expiry(&self) -> String {
-        if self.expires_at_ms < 0 {
-            "null".into()
-        } else {
-            self.expires_at_ms.to_string()
-        }
-    }
-
-    fn jsonl(&self, out: &mut String) {
-        use std::fmt::Write;
-        write!(
-            out,
-            r#"{{"key":{},"key_hex":"{}","value":{},"encoding":"{}","versionstamp":"{}","expires_at_ms":{}}}"#,
-            self.key_json(),
-            hex::encode(self.key),
-            decode_value(self.encoding, self.value),
-            self.encoding.name(),
-            self.versionstamp(),
-            self.expiry(),
-        )
-        .expect("write to a String");
-        out.push('\n');
-    }
-
-    fn csv(&self, out: &mut String) {
-        let expiry = if self.expires_at_ms < 0 {
-            String::new()
-        } else {
-            self.expires_at_ms.to_string()
-        };
-        let cells = [
-            csv_cell(&self.key_json()),
-            hex::encode(self.key),
-            csv_cell(&decode_value(self.encoding, self.value)),
-            self.encoding.name(),
-            self.versionstamp(),
-            expiry,
-        ];
-        *out += &cells.join(",");
-        out.push('\n');
-    }
-}
-
-/// A CSV cell (RFC 4180): quoted, inner quotes doubled.
-fn csv_cell(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
 }

@@ -5,10 +5,12 @@
 //!
 //! Everything that shows data (`kvreplica export`, and later diffs,
 //! browsing and prefix filters) goes through this one module, so a key or
-//! a value reads the same everywhere.
+//! a value reads the same everywhere; `EntryRef` renders a whole entry.
 
+mod entry;
 mod key;
 mod value;
 
+pub use entry::{key_json, EntryRef, CSV_HEADER};
 pub use key::{key_from_json, key_to_json, parse_key, KeyError};
 pub use value::{decode_value, ValueEncoding};
