@@ -272,6 +272,9 @@ async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
         // Age of the newest fetched commit: the replication lag when the
         // source database is busy.
         "sync_lag_seconds": lag_seconds(pos.latest.ts_ms, now_ms),
+        // The keys this replica keeps: null (every key) or
+        // {"include": [key…], "exclude": [key…]}.
+        "filter": ctx.syncer.state().filter.to_json(),
     }))
     .into_response())
 }

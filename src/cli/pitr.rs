@@ -50,6 +50,16 @@ pub enum PitrCommand {
     },
 }
 
+/// `pitr info`'s filter line: `filter: {"include":[…],"exclude":[…]}`
+/// (keys as JSON), or that every key is kept.
+fn filter_line(f: &store::KeyFilter) -> String {
+    if f.is_empty() {
+        "filter: none (every key)\n".into()
+    } else {
+        format!("filter: {}\n", f.to_json())
+    }
+}
+
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     pitr::parse_time(s)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
@@ -106,9 +116,10 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             let conn = store::open_read_only(&path)?;
             let state = store::read_state(&conn)?;
             let view = HistoryView::new(&conn, &state);
+            let filter = filter_line(&state.filter);
             let Some(pos) = view.position()? else {
                 super::print_out(&format!(
-                    "source: {}\ninitial snapshot: in progress (no visible state yet)\n",
+                    "source: {}\n{filter}initial snapshot: in progress (no visible state yet)\n",
                     state.source.unwrap_or_default()
                 ))?;
                 return Ok(());
@@ -130,7 +141,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 "following the newest commit"
             };
             super::print_out(&format!(
-                "source: {}\ncurrent versionstamp: {}\ncurrent time: {}\nmode: {mode}\n\
+                "source: {}\n{filter}current versionstamp: {}\ncurrent time: {}\nmode: {mode}\n\
                  latest versionstamp: {}\nlatest time: {}\npoints behind latest: {}\n\
                  initial point: {}\nrecoverable points: {}\nkeys: {keys}\n",
                 state.source.unwrap_or_default(),
