@@ -50,16 +50,6 @@ pub enum PitrCommand {
     },
 }
 
-/// `pitr info`'s filter line: `filter: {"include":[…],"exclude":[…]}`
-/// (keys as JSON), or that every key is kept.
-fn filter_line(f: &store::KeyFilter) -> String {
-    if f.is_empty() {
-        "filter: none (every key)\n".into()
-    } else {
-        format!("filter: {}\n", f.to_json())
-    }
-}
-
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     pitr::parse_time(s)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-11-23T10:15:00Z"))
@@ -116,7 +106,8 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             let conn = store::open_read_only(&path)?;
             let state = store::read_state(&conn)?;
             let view = HistoryView::new(&conn, &state);
-            let filter = filter_line(&state.filter);
+            // `{"exclude":[…],"include":[…]}` (keys as JSON) or "none".
+            let filter = format!("filter: {}\n", state.filter.describe());
             let Some(pos) = view.position()? else {
                 super::print_out(&format!(
                     "source: {}\n{filter}initial snapshot: in progress (no visible state yet)\n",

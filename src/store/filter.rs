@@ -106,6 +106,15 @@ impl KeyFilter {
         serde_json::json!({ "include": keys(&self.include), "exclude": keys(&self.exclude) })
     }
 
+    /// The filter in a sentence: its JSON, or "none (every key)".
+    pub fn describe(&self) -> String {
+        if self.is_empty() {
+            "none (every key)".into()
+        } else {
+            self.to_json().to_string()
+        }
+    }
+
     /// The command-line flags that give this filter (`--include-prefix
     /// '["users"]' …`), for the message that refuses another one; "no
     /// prefix flags" without one.

@@ -89,7 +89,7 @@ pub enum StoreError {
     )]
     FilterMismatch {
         path: String,
-        /// Both filters as JSON (`null`: none).
+        /// Both filters as [`KeyFilter::describe`] puts them.
         recorded: String,
         requested: String,
         /// The flags that give the recorded filter.
@@ -350,8 +350,8 @@ impl Store {
         if !holds_nothing {
             return Err(StoreError::FilterMismatch {
                 path: self.path.display().to_string(),
-                recorded: self.state.filter.to_json().to_string(),
-                requested: filter.to_json().to_string(),
+                recorded: self.state.filter.describe(),
+                requested: filter.describe(),
                 flags: self.state.filter.as_flags(),
             });
         }
