@@ -355,9 +355,16 @@ impl Value {
             Value::Tokens(TokensInput::Values(v)) => {
                 format!("[{}]", vec![string(REDACTED); v.len()].join(", "))
             }
-            // Each key as JSON text in a TOML string: what the file takes.
+            // Each key as JSON text in a TOML string, literal when it can
+            // be (no quotes to escape): what the file takes.
             Value::Prefixes(p) => {
-                let keys: Vec<String> = p.iter().map(|k| string(&key_text(k))).collect();
+                let keys: Vec<String> = p
+                    .iter()
+                    .map(|k| match key_text(k) {
+                        t if !t.contains(['\'', '\n']) => format!("'{t}'"),
+                        t => string(&t),
+                    })
+                    .collect();
                 format!("[{}]", keys.join(", "))
             }
             _ => string(&self.plain()),
@@ -413,6 +420,17 @@ mod tests {
             let e = super::addr(bad).unwrap_err();
             assert!(e.contains("HOST:PORT or :PORT"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn prefixes_show_as_the_file_takes_them() {
+        let keys = |t: &str| crate::store::parse_prefixes(t).unwrap();
+        let v = super::Value::Prefixes(keys(r#"[["users"], ["it's", {"bigint": "7"}]]"#));
+        assert_eq!(
+            v.toml(),
+            r#"['["users"]', "[\"it's\",{\"bigint\":\"7\"}]"]"#
+        );
+        assert_eq!(v.plain(), r#"[["users"], ["it's",{"bigint":"7"}]]"#);
     }
 
     #[test]
