@@ -533,3 +533,35 @@ kv.close();
     assert_ne!(meta["databaseId"], whole.hyphenated().to_string());
     server.terminate();
 }
+
+/// A re-exported backup rebuilt in place (`--on-reexport rebuild`) is
+/// rebuilt with the file's filter: the new export's state restricted,
+/// its points, and the filter still recorded.
+#[test]
+fn a_rebuild_after_a_reexport_keeps_the_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Sample::load("sample-1");
+    let new = Sample::load("sample-2");
+    let bucket = dir.path().join("bucket");
+    let source = old.install_initial(&bucket);
+    let db = dir.path().join("r.sqlite");
+    sync_ok(&source, &db, &FLAGS);
+    // The new export replaces everything under the same prefix.
+    let folder = bucket.join(&old.prefix);
+    std::fs::remove_dir_all(&folder).unwrap();
+    common::copy_dir(&new.bucket_root.join(&new.prefix), &folder);
+    let mut args = FLAGS.to_vec();
+    args.extend(["--on-reexport", "rebuild"]);
+    sync_ok(&source, &db, &args);
+    assert_eq!(pitr_list(&db), new.json0.points());
+    new.json0.assert_state(
+        &read_replica(&db),
+        &restricted(&new.json0, &new.json0.raw["final_state"]),
+        "rebuilt",
+    );
+    assert_history_holds_only_kept_keys(&db, "rebuilt");
+    // Still the same filter: the flags are accepted, another one is not.
+    sync_ok(&source, &db, &FLAGS);
+    let out = sync(&source, &db, &[]);
+    assert_eq!(out.status.code(), Some(78));
+}
