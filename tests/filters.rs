@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::serve::{deno_bin, metadata, run_deno, Method, ServeProcess, ACCESS_TOKEN};
-use common::{pitr_list, read_replica, run, run_ok, Expected, Sample};
+use common::{pitr_list, read_replica, run_ok, Expected, Sample};
 use s3_server::S3Server;
 use serde_json::{json, Value};
 
@@ -162,22 +162,32 @@ fn assert_history_holds_only_kept_keys(db: &Path, label: &str) {
     );
 }
 
-fn sync(source: &str, db: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["sync", "--source", source, "--db"];
-    let db = db_arg(db);
-    args.push(&db);
-    args.extend_from_slice(extra);
-    run(args.as_slice())
+/// `kvreplica sync --source SOURCE --db DB EXTRA…`, to add to and run.
+fn sync_cmd(source: &str, db: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(common::kvreplica_bin());
+    cmd.args(["sync", "--source", source, "--db", &db_arg(db)])
+        .args(extra)
+        .env_remove("RUST_LOG");
+    cmd
 }
 
-fn sync_ok(source: &str, db: &Path, extra: &[&str]) {
-    let out = sync(source, db, extra);
+fn sync(source: &str, db: &Path, extra: &[&str]) -> Output {
+    sync_cmd(source, db, extra).output().unwrap()
+}
+
+/// Runs `cmd`, which must succeed.
+fn succeeds(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "sync failed ({}):\n{}",
+        "{cmd:?} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn sync_ok(source: &str, db: &Path, extra: &[&str]) {
+    succeeds(&mut sync_cmd(source, db, extra));
 }
 
 #[test]
@@ -210,25 +220,13 @@ fn a_filtered_replica_from_s3_equals_the_restricted_state_at_every_point() {
     let db = dir.path().join("r.sqlite");
     let source = format!("s3://{}/{}", sample.bucket, sample.prefix);
     let s3 = |db: &Path| {
-        let out = Command::new(common::kvreplica_bin())
-            .args(["sync", "--source", &source, "--db", &db_arg(db)])
-            .args([
-                "--s3-endpoint",
-                &server.endpoint(),
-                "--s3-region",
-                "us-east-1",
-            ])
-            .args(FLAGS)
-            .env_remove("RUST_LOG")
-            .env("AWS_ACCESS_KEY_ID", server.access_key())
-            .env("AWS_SECRET_ACCESS_KEY", server.secret_key())
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let endpoint = server.endpoint();
+        let s3_flags = ["--s3-endpoint", &endpoint, "--s3-region", "us-east-1"];
+        succeeds(
+            sync_cmd(&source, db, &[&FLAGS[..], &s3_flags[..]].concat())
+                .env("AWS_ACCESS_KEY_ID", server.access_key())
+                .env("AWS_SECRET_ACCESS_KEY", server.secret_key())
+                .env("AWS_EC2_METADATA_DISABLED", "true"),
         );
     };
     s3(&db);
@@ -256,20 +254,13 @@ fn another_filter_on_an_existing_file_is_refused_and_the_file_left_alone() {
 
     // The same filter spelled otherwise (another order, a covered prefix,
     // the environment's list form) is the same filter.
-    let out = Command::new(common::kvreplica_bin())
-        .args(["sync", "--source", &source, "--db", &db_arg(&db)])
-        .env_remove("RUST_LOG")
-        .env(
-            "KVREPLICA_INCLUDE_PREFIXES",
-            r#"[[{"bigint": "372"}], ["nul\u0000s"], ["counters"], ["flags"], ["counters", 1]]"#,
-        )
-        .env("KVREPLICA_EXCLUDE_PREFIXES", r#"["flags", true]"#)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        sync_cmd(&source, &db, &[])
+            .env(
+                "KVREPLICA_INCLUDE_PREFIXES",
+                r#"[[{"bigint": "372"}], ["nul\u0000s"], ["counters"], ["flags"], ["counters", 1]]"#,
+            )
+            .env("KVREPLICA_EXCLUDE_PREFIXES", r#"["flags", true]"#),
     );
 
     let before = file_bytes(&db);
@@ -329,10 +320,7 @@ fn an_invalid_prefix_is_a_configuration_error_naming_it() {
     let db = dir.path().join("r.sqlite");
     let config = dir.path().join("kvreplica.toml");
     let fails = |args: &[&str], env: &[(&str, &str)], expect: &[&str]| {
-        let out = Command::new(common::kvreplica_bin())
-            .args(["sync", "--source", &source, "--db", &db_arg(&db)])
-            .args(args)
-            .env_remove("RUST_LOG")
+        let out = sync_cmd(&source, &db, args)
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -383,24 +371,7 @@ fn an_invalid_prefix_is_a_configuration_error_naming_it() {
          exclude_prefixes = [[\"flags\", true]]\n",
     )
     .unwrap();
-    let out = Command::new(common::kvreplica_bin())
-        .args([
-            "sync",
-            "--source",
-            &source,
-            "--db",
-            &db_arg(&db),
-            "--config",
-            &c,
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync_ok(&source, &db, &["--config", &c]);
     // …which is the filter of the flags: the file accepts them.
     sync_ok(&source, &db, &FLAGS);
 }
@@ -481,16 +452,15 @@ kv.close();
     )
     .unwrap();
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(deno_bin())
-        .args(["run", "--unstable-kv", "-A"])
+    let mut deno = Command::new(deno_bin());
+    deno.args(["run", "--unstable-kv", "-A"])
         .arg(&script)
         .arg(server.kv_url())
         .env("DENO_KV_ACCESS_TOKEN", ACCESS_TOKEN)
         .env("DENO_DIR", home.path())
         .env("HOME", home.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+        .current_dir(dir.path());
+    let out = deno.output().unwrap();
     assert!(
         out.status.success(),
         "{}",

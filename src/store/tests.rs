@@ -521,6 +521,20 @@ fn dump(store: &Store, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
         .unwrap()
 }
 
+/// The objects after the initial point `dv` whose absence the apply path
+/// cannot see (no commit left half done between its neighbours): those a
+/// test may hold back and fold in late.
+fn late_candidates(batches: &[LogBatch], dv: Versionstamp) -> Vec<usize> {
+    (1..batches.len() - 1)
+        .filter(|&k| {
+            let prev = batches[k - 1].name.last;
+            batches[k].name.first > dv.commit_end()
+                && (prev.is_commit_end()
+                    || batches[k + 1].name.first.versionstamp() == prev.versionstamp())
+        })
+        .collect()
+}
+
 /// A log object held back and folded in late (following, or pinned before
 /// or after it) leaves exactly the store that applying every object in
 /// order leaves: rows, data version, undo, redo, points and their times.
@@ -532,16 +546,7 @@ fn a_late_object_folded_in_leaves_the_store_an_in_order_one_has() {
         let batches = objects(&mut rng, &commits);
         let initial = 10;
         let dv = commits[initial].vs;
-        // Objects after the initial point whose absence the apply path
-        // cannot see (no commit left half done between its neighbours).
-        let candidates: Vec<usize> = (1..batches.len() - 1)
-            .filter(|&k| {
-                let prev = batches[k - 1].name.last;
-                batches[k].name.first > dv.commit_end()
-                    && (prev.is_commit_end()
-                        || batches[k + 1].name.first.versionstamp() == prev.versionstamp())
-            })
-            .collect();
+        let candidates = late_candidates(&batches, dv);
         let k = candidates[rng.below(candidates.len() as u64) as usize];
         let late = &batches[k];
         // Pinned in a third of the seeds, at a point the late object does
@@ -1055,14 +1060,7 @@ fn a_filtered_store_is_the_restricted_whole_at_every_point_late_objects_included
         }
 
         // A late object: folded in, the same store as `clean`.
-        let candidates: Vec<usize> = (1..batches.len() - 1)
-            .filter(|&k| {
-                let prev = batches[k - 1].name.last;
-                batches[k].name.first > dv.commit_end()
-                    && (prev.is_commit_end()
-                        || batches[k + 1].name.first.versionstamp() == prev.versionstamp())
-            })
-            .collect();
+        let candidates = late_candidates(&batches, dv);
         let k = candidates[rng.below(candidates.len() as u64) as usize];
         let mut late = filtered(&d3, &before, dv);
         let rest: Vec<LogBatch> = (0..batches.len())
