@@ -116,19 +116,17 @@ impl KeyFilter {
     }
 
     /// The command-line flags that give this filter (`--include-prefix
-    /// '["users"]' …`), for the message that refuses another one; "no
-    /// prefix flags" without one.
+    /// '["users"]' …`), for the message that refuses another one; empty
+    /// without one.
     pub fn as_flags(&self) -> String {
-        if self.is_empty() {
-            return "no --include-prefix or --exclude-prefix (and neither setting)".into();
-        }
         let flags = |flag: &str, l: &[Vec<u8>]| -> Vec<String> {
             l.iter()
                 .map(|k| {
                     let json = crate::decode::key_to_json(k)
                         .map(|v| v.to_string())
                         .unwrap_or_default();
-                    format!("{flag} '{json}'")
+                    // Quoted for a POSIX shell, a quote in a key too.
+                    format!("{flag} '{}'", json.replace('\'', r"'\''"))
                 })
                 .collect()
         };
@@ -252,6 +250,8 @@ mod tests {
             a.as_flags(),
             r#"--include-prefix '["a"]' --include-prefix '["b"]'"#
         );
+        let quote = KeyFilter::new(vec![], vec![k(r#"["it's"]"#)]);
+        assert_eq!(quote.as_flags(), r#"--exclude-prefix '["it'\''s"]'"#);
     }
 
     #[test]

@@ -82,18 +82,17 @@ pub enum StoreError {
     /// The file was built with other prefix filters than the settings
     /// give: its content is not what the new ones would keep.
     #[error(
-        "{path} was built with the prefix filter {recorded}, not {requested}: the file holds \
-         only the keys its own filter kept. Run with the filter it records ({flags}, or the same \
-         sync.include_prefixes / sync.exclude_prefixes in the config file or environment), or \
-         delete {path} (and its -wal/-shm files) to resync from the backup with the new filter"
+        "{path} was built with the prefix filter {recorded}, not {requested}, and holds the keys \
+         its filter kept. {advice}; or, for the new filter, delete {path} (and its -wal/-shm \
+         files) and sync again from the backup"
     )]
     FilterMismatch {
         path: String,
         /// Both filters as [`KeyFilter::describe`] puts them.
         recorded: String,
         requested: String,
-        /// The flags that give the recorded filter.
-        flags: String,
+        /// How to run with the recorded filter: the flags that give it.
+        advice: String,
     },
 }
 
@@ -352,7 +351,16 @@ impl Store {
                 path: self.path.display().to_string(),
                 recorded: self.state.filter.describe(),
                 requested: filter.describe(),
-                flags: self.state.filter.as_flags(),
+                advice: match self.state.filter.as_flags() {
+                    flags if flags.is_empty() => "Run it without --include-prefix and \
+                        --exclude-prefix (and without sync.include_prefixes and \
+                        sync.exclude_prefixes in the config file or environment)"
+                        .to_string(),
+                    flags => format!(
+                        "Run it with {flags} (or the same sync.include_prefixes / \
+                         sync.exclude_prefixes in the config file or environment)"
+                    ),
+                },
             });
         }
         self.record_filter(filter)
