@@ -204,7 +204,7 @@ pub fn diff(
     for range in ranges {
         view::diff(&a, &b, range, |c| {
             totals.count(c.kind());
-            if after.is_some_and(|k| c.key.as_slice() <= k) {
+            if after.is_some_and(|k| c.key.as_slice() < k) {
                 return ControlFlow::Continue(());
             }
             if given == limit {
