@@ -103,7 +103,7 @@ impl Totals {
         self.added + self.removed + self.changed
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         json!({"added": self.added, "removed": self.removed, "changed": self.changed})
     }
 }
@@ -204,7 +204,7 @@ pub fn diff(
     for range in ranges {
         view::diff(&a, &b, range, |c| {
             totals.count(c.kind());
-            if after.is_some_and(|k| c.key.as_slice() < k) {
+            if after.is_some_and(|k| c.key.as_slice() <= k) {
                 return ControlFlow::Continue(());
             }
             if given == limit {
@@ -308,21 +308,46 @@ pub fn point_arg(text: &str, what: &str) -> Result<CheckoutTarget, InspectError>
 }
 
 /// An entry's JSON object (the form `kvreplica export` writes).
-pub fn entry_json(key: &[u8], record: &KvRecord) -> Value {
-    EntryRef::new(key, record).to_json()
+pub fn entry_json(key: &[u8], record: &KvRecord) -> String {
+    let mut out = String::new();
+    EntryRef::new(key, record).json(&mut out);
+    out
 }
 
-/// A change's JSON object: kind, key, and the entry before and after
-/// (`null` where the key is absent).
-pub fn change_json(c: &Change) -> Value {
-    let side = |r: &Option<KvRecord>| r.as_ref().map_or(Value::Null, |r| entry_json(&c.key, r));
-    json!({
-        "kind": c.kind().name(),
-        "key": serde_json::from_str::<Value>(&key_json(&c.key)).expect("a key renders as JSON"),
-        "key_hex": hex::encode(&c.key),
-        "before": side(&c.before),
-        "after": side(&c.after),
-    })
+/// Appends a change's JSON object: kind, key, and the entry before and
+/// after (`null` where the key is absent), fields in that order.
+pub fn change_json(c: &Change, out: &mut String) {
+    let side = |r: &Option<KvRecord>, out: &mut String| match r {
+        Some(r) => EntryRef::new(&c.key, r).json(out),
+        None => out.push_str("null"),
+    };
+    out.push_str(r#"{"kind":""#);
+    out.push_str(c.kind().name());
+    out.push_str(r#"","key":"#);
+    out.push_str(&key_json(&c.key));
+    out.push_str(r#","key_hex":""#);
+    out.push_str(&hex::encode(&c.key));
+    out.push_str(r#"","before":"#);
+    side(&c.before, out);
+    out.push_str(r#","after":"#);
+    side(&c.after, out);
+    out.push('}');
+}
+
+/// A JSON answer whose fields are JSON texts, in this order (entries are
+/// rendered as text once, and read best with their first fields first).
+fn json_answer(fields: &[(&str, &str)]) -> Response {
+    let mut body = String::from("{");
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(name).expect("a field name"));
+        body.push(':');
+        body.push_str(value);
+    }
+    body.push('}');
+    warp::reply::with_header(body, "content-type", "application/json").into_response()
 }
 
 /// A change as one line of text: kind, key, value before → after.
@@ -483,11 +508,15 @@ pub(crate) async fn diff_endpoint(db: PathBuf, raw: &str) -> Result<Response, Ad
     };
     let ranges = prefix_ranges(prefix.as_slice());
     let (changes, summary) = read(db, move |conn| {
-        let mut changes = Vec::new();
+        let mut changes = String::from("[");
         let summary = diff(conn, from, to, &ranges, after.as_deref(), limit, |c| {
-            changes.push(change_json(c));
+            if changes.len() > 1 {
+                changes.push(',');
+            }
+            change_json(c, &mut changes);
             ControlFlow::Continue(())
         })?;
+        changes.push(']');
         Ok((changes, summary))
     })
     .await?;
@@ -499,14 +528,13 @@ pub(crate) async fn diff_endpoint(db: PathBuf, raw: &str) -> Result<Response, Ad
         }
         .encode()
     });
-    Ok(warp::reply::json(&json!({
-        "from": summary.from.json(),
-        "to": summary.to.json(),
-        "changes": changes,
-        "totals": summary.totals.json(),
-        "next_cursor": next,
-    }))
-    .into_response())
+    Ok(json_answer(&[
+        ("from", &summary.from.json().to_string()),
+        ("to", &summary.to.json().to_string()),
+        ("totals", &summary.totals.json().to_string()),
+        ("changes", &changes),
+        ("next_cursor", &json!(next).to_string()),
+    ]))
 }
 
 #[derive(Debug, Deserialize)]
@@ -563,10 +591,14 @@ pub(crate) async fn kv_endpoint(db: PathBuf, raw: &str) -> Result<Response, Admi
         range = range.after(&c.key);
     }
     let (entries, (point, more_after)) = read(db, move |conn| {
-        let mut entries = Vec::new();
+        let mut entries = String::from("[");
         let page = browse(conn, at, &range, limit, |e| {
-            entries.push(entry_json(&e.key, &e.record))
+            if entries.len() > 1 {
+                entries.push(',');
+            }
+            EntryRef::new(&e.key, &e.record).json(&mut entries);
         })?;
+        entries.push(']');
         Ok((entries, page))
     })
     .await?;
@@ -578,12 +610,11 @@ pub(crate) async fn kv_endpoint(db: PathBuf, raw: &str) -> Result<Response, Admi
         }
         .encode()
     });
-    Ok(warp::reply::json(&json!({
-        "at": point.json(),
-        "entries": entries,
-        "next_cursor": next,
-    }))
-    .into_response())
+    Ok(json_answer(&[
+        ("at", &point.json().to_string()),
+        ("entries", &entries),
+        ("next_cursor", &json!(next).to_string()),
+    ]))
 }
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ pub fn run(path: &Path, args: DiffArgs) -> anyhow::Result<()> {
         |c| {
             let line = match args.format {
                 Format::Text => inspect::change_line(c),
-                Format::Jsonl => format!("{}\n", inspect::change_json(c)),
+                Format::Jsonl => {
+                    let mut line = String::new();
+                    inspect::change_json(c, &mut line);
+                    line.push('\n');
+                    line
+                }
             };
             match out.write_all(line.as_bytes()) {
                 Ok(()) => ControlFlow::Continue(()),
@@ -87,7 +92,7 @@ fn summary_text(s: &DiffSummary, format: Format) -> String {
         Format::Jsonl => format!(
             "{}\n",
             serde_json::json!({
-                "totals": {"added": s.totals.added, "removed": s.totals.removed, "changed": s.totals.changed},
+                "totals": s.totals.json(),
                 "from": s.from.json(),
                 "to": s.to.json(),
             })

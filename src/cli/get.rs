@@ -35,7 +35,7 @@ pub fn run(args: GetArgs) -> anyhow::Result<()> {
     let conn = super::export::open_replica(&path)?;
     let (_, record) = inspect::get(&conn, at, &key).map_err(|e| e.into_anyhow())?;
     let text = match record {
-        Some(r) => inspect::entry_json(&key, &r).to_string(),
+        Some(r) => inspect::entry_json(&key, &r),
         None => "null".into(),
     };
     super::print_out(&format!("{text}\n"))?;
