@@ -101,17 +101,28 @@ fn key_value(key: &[u8]) -> Value {
     serde_json::from_str(&key_json(key)).unwrap()
 }
 
+/// The keys whose values differ between two maps, in key order, with the
+/// kind of difference a diff names.
+fn differences<'m, K: Ord, V: PartialEq>(
+    a: &'m BTreeMap<K, V>,
+    b: &'m BTreeMap<K, V>,
+) -> Vec<(&'static str, &'m K)> {
+    let keys: BTreeSet<&K> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| match (a.get(k), b.get(k)) {
+            (x, y) if x == y => None,
+            (None, _) => Some(("added", k)),
+            (_, None) => Some(("removed", k)),
+            _ => Some(("changed", k)),
+        })
+        .collect()
+}
+
 /// The difference of two expected states, as the changes a diff lists.
 fn expected_diff(a: &BTreeMap<Vec<u8>, Rec>, b: &BTreeMap<Vec<u8>, Rec>) -> Vec<Value> {
-    let keys: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let kind = match (a.get(k), b.get(k)) {
-                (None, _) => "added",
-                (_, None) => "removed",
-                _ => "changed",
-            };
+    differences(a, b)
+        .into_iter()
+        .map(|(kind, k)| {
             json!({
                 "kind": kind,
                 "key": key_value(k),
@@ -360,6 +371,7 @@ fn expected_entries<'a>(state: impl IntoIterator<Item = (&'a Vec<u8>, &'a Rec)>)
 #[test]
 fn browse_and_get_at_the_visible_state_and_at_points_equal_the_expected_states() {
     let s = served_fixture(43);
+    let (_, current) = s.serve.admin(Method::Get, "/pitr/current", Value::Null);
     let visible = s.fx.state_at(s.visible);
     let (items, first) = all_pages(&s.serve, "/kv", &[], 17, "entries");
     assert_eq!(entries(&items), expected_entries(&visible), "visible state");
@@ -410,6 +422,19 @@ fn browse_and_get_at_the_visible_state_and_at_points_equal_the_expected_states()
     );
     let (_, empty) = all_pages(&s.serve, "/kv", &[("prefix", r#"["none"]"#)], 5, "entries");
     assert_eq!(empty["entries"], json!([]));
+    let (_, after) = s.serve.admin(Method::Get, "/pitr/current", Value::Null);
+    assert_eq!(
+        (&after["versionstamp"], &after["mode"]),
+        (&current["versionstamp"], &current["mode"]),
+        "browsing at points does not move the served replica"
+    );
+}
+
+/// A sampled state (`{key_hex: [value_id, versionstamp]}`) as key hex →
+/// versionstamp (a key's value changes only with its versionstamp).
+fn versionstamps(state: &Value) -> BTreeMap<String, Value> {
+    let entries = state.as_object().unwrap().iter();
+    entries.map(|(k, e)| (k.clone(), e[1].clone())).collect()
 }
 
 #[test]
@@ -437,20 +462,10 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
     for n in 0..20 {
         let (a, sa) = &states[rng.below(states.len())];
         let (b, sb) = &states[rng.below(states.len())];
-        let (sa, sb) = (sa.as_object().unwrap(), sb.as_object().unwrap());
-        let keys: BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
-        let want: Vec<Value> = keys
+        let (sa, sb) = (versionstamps(sa), versionstamps(sb));
+        let want: Vec<Value> = differences(&sa, &sb)
             .into_iter()
-            .filter(|k| sa.get(*k) != sb.get(*k))
-            .map(|k| {
-                let kind = match (sa.get(k), sb.get(k)) {
-                    (None, _) => "added",
-                    (_, None) => "removed",
-                    _ => "changed",
-                };
-                let vs = |s: &serde_json::Map<String, Value>| s.get(k).map(|e| e[1].clone());
-                json!([kind, k, vs(sa), vs(sb)])
-            })
+            .map(|(kind, k)| json!([kind, k, sa.get(k), sb.get(k)]))
             .collect();
         let short = |c: &Value| {
             json!([
@@ -493,13 +508,7 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
                 )
             })
             .collect();
-        let want: BTreeMap<String, Value> = state
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, e)| (k.clone(), e[1].clone()))
-            .collect();
-        assert_eq!(got, want, "browse at {vs}");
+        assert_eq!(got, versionstamps(state), "browse at {vs}");
     }
     assert!(serve.terminate().success());
 }
