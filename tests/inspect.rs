@@ -438,8 +438,14 @@ fn versionstamps(state: &Value) -> BTreeMap<String, Value> {
 }
 
 #[test]
-fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
-    let sample = Sample::load("sample-1");
+fn diffs_and_browses_of_the_samples_equal_their_sampled_states() {
+    for name in ["sample-1", "sample-2"] {
+        sample_diffs_and_browses(name);
+    }
+}
+
+fn sample_diffs_and_browses(name: &str) {
+    let sample = Sample::load(name);
     let tmp = tempfile::tempdir().unwrap();
     let bucket = tmp.path().join("bucket");
     let source = sample.install_initial(&bucket);
@@ -456,7 +462,7 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
         .into_iter()
         .filter(|(vs, _)| points.contains(vs))
         .collect();
-    assert!(states.len() >= 8, "{} sampled points", states.len());
+    assert!(states.len() >= 8, "{name}: {} sampled points", states.len());
     let vs_of = |e: &Value| e["versionstamp"].as_str().map(String::from);
     let mut rng = Rng::new(3);
     for n in 0..20 {
@@ -485,7 +491,7 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
         assert_eq!(
             changes.iter().map(short).collect::<Vec<_>>(),
             want,
-            "{a} → {b}"
+            "{name}: {a} → {b}"
         );
         assert_eq!(first["totals"], totals(&changes));
         if n % 5 == 0 {
@@ -493,7 +499,7 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
             assert_eq!(
                 changes.iter().map(short).collect::<Vec<_>>(),
                 want,
-                "CLI {a} → {b}"
+                "{name}: CLI {a} → {b}"
             );
         }
     }
@@ -508,7 +514,7 @@ fn diffs_and_browses_of_a_sample_equal_its_sampled_states() {
                 )
             })
             .collect();
-        assert_eq!(got, versionstamps(state), "browse at {vs}");
+        assert_eq!(got, versionstamps(state), "{name}: browse at {vs}");
     }
     assert!(serve.terminate().success());
 }
@@ -600,6 +606,17 @@ fn bad_parameters_get_exact_statuses_and_clear_errors() {
     // Only POST moves anything: other methods are refused.
     let (status, _) = s.serve.admin(Method::Post, "/kv", json!({}));
     assert_eq!(status, 405);
+    // Answers are JSON.
+    let auth = format!("Bearer {}", common::serve::ADMIN_TOKEN);
+    for path in [diff(""), "/kv".into()] {
+        let url = format!("{}{path}", s.serve.admin_url());
+        let r = http(Method::Get, &url, &[("authorization", &auth)], Vec::new()).unwrap();
+        assert_eq!(
+            (r.status, r.content_type.as_str()),
+            (200, "application/json"),
+            "{path}"
+        );
+    }
     // Without the admin token, or with a wrong one: 401.
     for path in [diff(""), "/kv".into()] {
         let url = format!("{}{path}", s.serve.admin_url());

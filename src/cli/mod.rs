@@ -30,7 +30,7 @@ pub enum Command {
     /// Sync continuously and serve the replica to Deno KV clients (KV Connect).
     Serve(serve::ServeArgs),
     /// Point-in-time recovery on a replica file: list points, show the
-    /// position, check out a point.
+    /// position, check out a point, diff two points.
     Pitr(pitr::PitrArgs),
     /// Check the configuration of `serve` (file, environment, flags) and
     /// print the effective settings, secrets redacted; exits non-zero with

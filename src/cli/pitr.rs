@@ -1,4 +1,4 @@
-//! `kvreplica pitr list|info|checkout`: point-in-time recovery on the
+//! `kvreplica pitr list|info|checkout|diff`: point-in-time recovery on the
 //! replica file, offline.
 //!
 //! `list` and `info` only read, so they work beside a running `serve`;
