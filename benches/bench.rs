@@ -24,6 +24,11 @@
 //!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
 //!   side by side, with ratios and the targets.
 //!
+//! - `diff [--keys N] [--commits C] [--distances 100,10000] [--runs R]
+//!   [--page P]`: time of a diff between two points on a served replica,
+//!   `kvreplica pitr diff` (CLI) and `GET /pitr/diff` (admin API, every
+//!   page), N commits to the newest point and 100 commits far back.
+//!
 //! - `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: the remote mode's TLS
 //!   delay proxy alone, in front of a server started by hand.
 //!
@@ -38,6 +43,8 @@ mod certs;
 mod checkout;
 #[path = "bench/compare.rs"]
 mod compare;
+#[path = "bench/diff.rs"]
+mod diff;
 #[path = "bench/h2load.rs"]
 mod h2load;
 #[path = "bench/load.rs"]
@@ -105,9 +112,10 @@ fn main() {
         Some("proxy") => remote::run(&args),
         Some("h2load") => h2load::run(&args),
         Some("scan") => scan::run(&args),
+        Some("diff") => diff::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff …"
             );
         }
     }

@@ -358,7 +358,9 @@ async fn dispatch(
         ("/healthz" | "/readyz" | "/metrics", m) => {
             return Err(AdminError::MethodNotAllowed(m.clone()))
         }
-        (p, _) if !PITR_PATHS.contains(&p) => return Err(AdminError::NotFound(p.to_string())),
+        (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) => {
+            return Err(AdminError::NotFound(p.to_string()))
+        }
         _ => {}
     }
     if ctx.tokens.is_empty() {
@@ -374,12 +376,16 @@ async fn dispatch(
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
+        ("/pitr/diff", &Method::GET) => crate::inspect::diff_endpoint(ctx.db.clone(), &query).await,
+        ("/kv", &Method::GET) => crate::inspect::kv_endpoint(ctx.db.clone(), &query).await,
         (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
 }
 
 /// The endpoints behind the admin token.
 const PITR_PATHS: [&str; 3] = ["/pitr/points", "/pitr/current", "/pitr/checkout"];
+/// The read-only views behind the admin token (`crate::inspect`).
+const INSPECT_PATHS: [&str; 2] = ["/pitr/diff", "/kv"];
 
 /// The admin API as a warp filter (every request answers; errors are JSON).
 pub fn routes(

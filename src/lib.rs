@@ -44,6 +44,9 @@
 //! - [`decode`]: what the replica stores, readable: tuple-encoded keys to
 //!   JSON parts and back, V8-serialized/KvU64/bytes values to JSON with a
 //!   tagged form for what JSON cannot say (used by `kvreplica export`).
+//! - [`inspect`]: what changed between two points and the entries of one
+//!   state, decoded and paged, read without moving the replica (`pitr
+//!   diff`, `get`, `GET /pitr/diff`, `GET /kv`).
 //!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
@@ -76,6 +79,7 @@ pub mod decode;
 mod exit;
 pub mod format;
 mod health;
+pub mod inspect;
 mod logging;
 pub mod metrics;
 mod notify;

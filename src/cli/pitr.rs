@@ -1,4 +1,4 @@
-//! `kvreplica pitr list|info|checkout`: point-in-time recovery on the
+//! `kvreplica pitr list|info|checkout|diff`: point-in-time recovery on the
 //! replica file, offline.
 //!
 //! `list` and `info` only read, so they work beside a running `serve`;
@@ -48,6 +48,10 @@ pub enum PitrCommand {
         /// <versionstamp> | <RFC 3339 time> | latest
         target: String,
     },
+    /// Show every key whose entry differs between two points (added,
+    /// removed, changed), decoded, in key order, then the totals. Reads
+    /// only: the visible state does not move.
+    Diff(super::diff::DiffArgs),
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -146,6 +150,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
+        PitrCommand::Diff(diff) => super::diff::run(&path, diff),
         PitrCommand::Checkout { target } => {
             let target: CheckoutTarget = target.parse().map_err(anyhow::Error::msg)?;
             let mut store = match Store::open(&path) {
