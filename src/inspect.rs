@@ -182,15 +182,20 @@ pub fn prefix_ranges(prefixes: &[Vec<u8>]) -> Vec<KeyRange> {
 }
 
 /// The diff between the states at `from` and `to` over `ranges` (sorted,
-/// apart), in key order: `emit` gets at most `limit` changes after the key
-/// `after`, and breaking stops the pass (a reader that went away). The
-/// totals count every change in the ranges.
+/// apart), in key order: `emit` gets at most `limit` changes after the
+/// page's start, and breaking stops the pass (a reader that went away).
+///
+/// A first page (`page` = `None`) counts every change in the ranges for
+/// the totals, in the same pass. A later page gets the totals the first
+/// one counted (they cannot change: its cursor pins both points) and the
+/// last key given, so it reads only the history of the keys after that
+/// key and stops once it has a full page and knows whether more follow.
 pub fn diff(
     conn: &Connection,
     from: CheckoutTarget,
     to: CheckoutTarget,
     ranges: &[KeyRange],
-    after: Option<&[u8]>,
+    page: Option<(&[u8], Totals)>,
     limit: usize,
     mut emit: impl FnMut(&Change) -> ControlFlow<()>,
 ) -> Result<DiffSummary, InspectError> {
@@ -199,19 +204,33 @@ pub fn diff(
     let state = store::read_state(&tx)?;
     let (a, from) = resolve(&tx, &state, from)?;
     let (b, to) = resolve(&tx, &state, to)?;
-    let mut totals = Totals::default();
+    let (mut totals, counting) = match page {
+        Some((_, totals)) => (totals, false),
+        None => (Totals::default(), true),
+    };
+    let ranges: Vec<KeyRange> = match page {
+        Some((after, _)) => ranges
+            .iter()
+            .filter(|r| r.end.as_deref().is_none_or(|e| e > after))
+            .map(|r| r.after(after))
+            .collect(),
+        None => ranges.to_vec(),
+    };
     let (mut given, mut more_after, mut last, mut stopped) = (0, None, None::<Vec<u8>>, false);
-    for range in ranges {
+    for range in &ranges {
         view::diff(&a, &b, range, |c| {
-            totals.count(c.kind());
-            if after.is_some_and(|k| c.key.as_slice() <= k) {
-                return ControlFlow::Continue(());
+            if counting {
+                totals.count(c.kind());
             }
             if given == limit {
                 if more_after.is_none() {
                     more_after = last.clone();
                 }
-                return ControlFlow::Continue(());
+                if counting {
+                    return ControlFlow::Continue(());
+                }
+                stopped = true;
+                return ControlFlow::Break(());
             }
             given += 1;
             last = Some(c.key.clone());
@@ -370,6 +389,8 @@ pub fn change_line(c: &Change) -> String {
 struct Cursor {
     request: u64,
     points: Vec<Versionstamp>,
+    /// A diff's totals, counted by its first page.
+    totals: Option<Totals>,
     key: Vec<u8>,
 }
 
@@ -379,13 +400,23 @@ impl Cursor {
         for p in &self.points {
             bytes.extend_from_slice(&p.0);
         }
+        if let Some(t) = self.totals {
+            for n in [t.added, t.removed, t.changed] {
+                bytes.extend_from_slice(&n.to_be_bytes());
+            }
+        }
         bytes.extend_from_slice(&self.key);
         hex::encode(bytes)
     }
 
     /// Reads `text` as a cursor of the request `request` carrying `points`
-    /// points.
-    fn decode(text: &str, request: u64, points: usize) -> Result<Cursor, InspectError> {
+    /// points, and totals when `totals` (a diff's).
+    fn decode(
+        text: &str,
+        request: u64,
+        points: usize,
+        totals: bool,
+    ) -> Result<Cursor, InspectError> {
         let malformed = || {
             InspectError::BadRequest(format!(
                 "cursor={text:?} is not a cursor of this endpoint: pass the previous page's \
@@ -393,7 +424,8 @@ impl Cursor {
             ))
         };
         let bytes = hex::decode(text).map_err(|_| malformed())?;
-        if bytes.len() < 8 + 10 * points {
+        let counts = if totals { 24 } else { 0 };
+        if bytes.len() < 8 + 10 * points + counts {
             return Err(malformed());
         }
         let (head, rest) = bytes.split_at(8);
@@ -405,13 +437,21 @@ impl Cursor {
                     .into(),
             ));
         }
-        let (stamps, key) = rest.split_at(10 * points);
+        let (stamps, rest) = rest.split_at(10 * points);
+        let (counts, key) = rest.split_at(counts);
+        let n =
+            |i: usize| u64::from_be_bytes(counts[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Ok(Cursor {
             request,
             points: stamps
                 .chunks(10)
                 .map(|c| Versionstamp::from_slice(c).expect("10 bytes"))
                 .collect(),
+            totals: totals.then(|| Totals {
+                added: n(0),
+                removed: n(1),
+                changed: n(2),
+            }),
             key: key.to_vec(),
         })
     }
@@ -497,19 +537,20 @@ pub(crate) async fn diff_endpoint(db: PathBuf, raw: &str) -> Result<Response, Ad
         to_text.trim().as_bytes(),
         prefix.as_deref().unwrap_or(b"\xff-all"),
     ]);
-    let after = match q.cursor.as_deref() {
+    let page = match q.cursor.as_deref() {
         None => None,
         Some(c) => {
-            let c = Cursor::decode(c, request, 2)?;
+            let c = Cursor::decode(c, request, 2, true)?;
             from = CheckoutTarget::Versionstamp(c.points[0]);
             to = CheckoutTarget::Versionstamp(c.points[1]);
-            Some(c.key)
+            Some((c.key, c.totals.expect("decoded with totals")))
         }
     };
     let ranges = prefix_ranges(prefix.as_slice());
     let (changes, summary) = read(db, move |conn| {
         let mut changes = String::from("[");
-        let summary = diff(conn, from, to, &ranges, after.as_deref(), limit, |c| {
+        let page = page.as_ref().map(|(k, t)| (k.as_slice(), *t));
+        let summary = diff(conn, from, to, &ranges, page, limit, |c| {
             if changes.len() > 1 {
                 changes.push(',');
             }
@@ -524,6 +565,7 @@ pub(crate) async fn diff_endpoint(db: PathBuf, raw: &str) -> Result<Response, Ad
         Cursor {
             request,
             points: vec![summary.from.versionstamp, summary.to.versionstamp],
+            totals: Some(summary.totals),
             key,
         }
         .encode()
@@ -584,7 +626,7 @@ pub(crate) async fn kv_endpoint(db: PathBuf, raw: &str) -> Result<Response, Admi
     ]);
     let pinned = usize::from(at.is_some());
     if let Some(c) = q.cursor.as_deref() {
-        let c = Cursor::decode(c, request, pinned)?;
+        let c = Cursor::decode(c, request, pinned, false)?;
         if let Some(p) = c.points.first() {
             at = Some(CheckoutTarget::Versionstamp(*p));
         }
@@ -606,6 +648,7 @@ pub(crate) async fn kv_endpoint(db: PathBuf, raw: &str) -> Result<Response, Admi
         Cursor {
             request,
             points: [point.versionstamp][..pinned].to_vec(),
+            totals: None,
             key,
         }
         .encode()
@@ -642,16 +685,30 @@ mod tests {
                 Versionstamp::from_parts(7, 1),
                 Versionstamp::from_parts(9, 0),
             ],
+            totals: Some(Totals {
+                added: 3,
+                removed: 1 << 40,
+                changed: 0,
+            }),
             key: b"\x02k\x00".to_vec(),
         };
         let text = c.encode();
-        let back = Cursor::decode(&text, c.request, 2).unwrap();
-        assert_eq!((back.points, back.key), (c.points.clone(), c.key.clone()));
+        let back = Cursor::decode(&text, c.request, 2, true).unwrap();
+        assert_eq!(
+            (back.points, back.totals, back.key),
+            (c.points.clone(), c.totals, c.key.clone())
+        );
         let other = request_id(&[b"diff", b"latest", b"y"]);
-        let e = Cursor::decode(&text, other, 2).err().unwrap().to_string();
+        let e = Cursor::decode(&text, other, 2, true)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("another request"), "{e}");
         for bad in ["zz", "", "00ff"] {
-            let e = Cursor::decode(bad, c.request, 2).err().unwrap().to_string();
+            let e = Cursor::decode(bad, c.request, 2, true)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(e.contains("not a cursor"), "{bad}: {e}");
         }
     }
