@@ -371,12 +371,13 @@ async fn dispatch(
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
+        ("/export", &Method::GET) => crate::export::http::respond(&ctx.db, &query).await,
         (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
 }
 
 /// The endpoints behind the admin token.
-const PITR_PATHS: [&str; 3] = ["/pitr/points", "/pitr/current", "/pitr/checkout"];
+const PITR_PATHS: [&str; 4] = ["/pitr/points", "/pitr/current", "/pitr/checkout", "/export"];
 
 /// The admin API as a warp filter (every request answers; errors are JSON).
 pub fn routes(

@@ -44,6 +44,9 @@
 //! - [`decode`]: what the replica stores, readable: tuple-encoded keys to
 //!   JSON parts and back, V8-serialized/KvU64/bytes values to JSON with a
 //!   tagged form for what JSON cannot say (used by `kvreplica export`).
+//! - [`export`]: the state at a point, decoded, streamed one entry per
+//!   line in one read transaction: `kvreplica export` and the admin API's
+//!   `GET /export` (`export::http`).
 //!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
@@ -74,6 +77,7 @@ mod clock;
 mod config;
 pub mod decode;
 mod exit;
+pub mod export;
 pub mod format;
 mod health;
 mod logging;
