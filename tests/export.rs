@@ -702,3 +702,77 @@ fn progress_shows_on_a_terminal_and_never_in_a_pipe() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Threads of process `pid` named `export` (the admin API's export readers).
+fn export_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "export")
+        })
+        .count()
+}
+
+/// Waits (10 s at most) until process `pid` runs no export reader.
+fn wait_no_export_threads(pid: u32, round: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while export_threads(pid) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "round {round}: an export reader still runs 10 s later"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_goes_away_mid_export_stops_its_reader() {
+    let fx = Fixture::generate(Spec {
+        seed: 43,
+        keys: 20_000,
+        append_commits: 0,
+        ..Spec::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("prefix");
+    fx.write_initial(&bucket);
+    let source = format!("file://{}/", bucket.display());
+    let db = tmp.path().join("replica.sqlite");
+    let db_arg = db.display().to_string();
+    let mut serve = ServeProcess::start(&["--source", &source, "--db", &db_arg]);
+    serve.wait_ready();
+    let addr = serve.admin_url().trim_start_matches("http://").to_string();
+    let token = common::serve::ADMIN_TOKEN;
+    for round in 0..3 {
+        let (mut stream, head) = export_entries::open_get(&addr, "/export", token);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut some = vec![0u8; 16 * 1024];
+        stream.read_exact(&mut some).unwrap();
+        // The reader waits on the client that is not reading.
+        assert_eq!(export_threads(serve.pid()), 1, "round {round}: one reader");
+        drop(stream);
+        wait_no_export_threads(serve.pid(), round);
+    }
+    // Each reader stopped because its client left, not by finishing.
+    let log = serve.log();
+    assert_eq!(
+        log.matches("export stopped: the client went away").count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("export sent"), "{log}");
+    // A whole export still works, and leaves no reader behind either.
+    let (mut stream, head) = export_entries::open_get(&addr, "/export", token);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    assert_entries(
+        &parse_jsonl(&export_entries::dechunk(&raw)),
+        &entries(&fx.state_at(fx.last_initial)),
+        "a whole export after the abandoned ones",
+    );
+    wait_no_export_threads(serve.pid(), 3);
+    assert!(serve.log().contains("export sent through the admin API"));
+    assert!(serve.terminate().success());
+}

@@ -152,13 +152,17 @@ fn run(
         buf: Vec::with_capacity(CHUNK),
         chunks,
     };
+    let point = export.point();
     match export.write(&mut out, &mut |_| {}) {
-        Ok(counts) => tracing::debug!(
+        Ok(counts) => tracing::info!(
+            %point,
             entries = counts.entries,
             bytes = counts.bytes,
-            "export sent"
+            "export sent through the admin API"
         ),
-        Err(ExportError::Write(_)) => tracing::debug!("export ended: the client went away"),
+        Err(ExportError::Write(_)) => {
+            tracing::info!(%point, "export stopped: the client went away")
+        }
         Err(e) => {
             tracing::warn!(error = %e, "export failed after it started; aborting the response");
             let _ = out
@@ -181,9 +185,8 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.chunks
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+        let _ = self.chunks.blocking_send(Ok(chunk));
+        Ok(())
     }
 }
 

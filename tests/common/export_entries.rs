@@ -116,3 +116,55 @@ pub fn assert_entries(got: &[Value], want: &[Value], label: &str) {
 pub fn same_entries(got: &[Value], want: &[Value]) -> bool {
     got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same(g, w))
 }
+
+/// A `GET` over HTTP/1.1 on a socket with a small receive buffer, so the
+/// server can run ahead of the reader by little more than its own send
+/// buffer: the connection, after the request was sent, and its headers.
+pub fn open_get(addr: &str, path: &str, token: &str) -> (std::net::TcpStream, String) {
+    use std::io::{BufRead, Write};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::with_capacity(1, stream.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    (stream, head)
+}
+
+/// A chunked body's data.
+pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16)
+            .expect("a chunk size");
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        assert!(raw.len() >= size + 2, "the body was cut short in a chunk");
+        out.extend_from_slice(&raw[..size]);
+        assert_eq!(&raw[size..size + 2], b"\r\n", "chunk end");
+        raw = &raw[size + 2..];
+    }
+}
