@@ -24,6 +24,10 @@
 //!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
 //!   side by side, with ratios and the targets.
 //!
+//! - `export [--keys N] [--commits C] [--runs R]`: `kvreplica export` of an
+//!   N-key replica (1M by default) against a plain `SELECT` of the same
+//!   rows, and of an earlier point: entries/s, MB/s, peak RSS.
+//!
 //! - `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: the remote mode's TLS
 //!   delay proxy alone, in front of a server started by hand.
 //!
@@ -38,6 +42,8 @@ mod certs;
 mod checkout;
 #[path = "bench/compare.rs"]
 mod compare;
+#[path = "bench/export.rs"]
+mod export;
 #[path = "bench/h2load.rs"]
 mod h2load;
 #[path = "bench/load.rs"]
@@ -105,9 +111,10 @@ fn main() {
         Some("proxy") => remote::run(&args),
         Some("h2load") => h2load::run(&args),
         Some("scan") => scan::run(&args),
+        Some("export") => export::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|export …"
             );
         }
     }
