@@ -557,31 +557,34 @@ fn visible(serve: &ServeProcess) -> String {
     body["versionstamp"].as_str().unwrap().to_string()
 }
 
+/// A generated backup's initial objects served (polling every 100 ms) from
+/// `prefix/` into `replica.sqlite` of the returned directory, once ready
+/// and at the backup's newest point.
+fn served_fixture(spec: Spec) -> (Fixture, tempfile::TempDir, ServeProcess) {
+    let fx = Fixture::generate(spec);
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("prefix");
+    fx.write_initial(&bucket);
+    let source = format!("file://{}/", bucket.display());
+    let db = tmp.path().join("replica.sqlite").display().to_string();
+    let mut serve =
+        ServeProcess::start(&["--source", &source, "--db", &db, "--poll-interval", "100ms"]);
+    serve.wait_ready();
+    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    (fx, tmp, serve)
+}
+
 #[test]
 fn an_export_read_slowly_while_serve_applies_logs_is_exactly_one_commit() {
-    let fx = Fixture::generate(Spec {
+    let (fx, tmp, serve) = served_fixture(Spec {
         seed: 41,
         keys: 6000,
         append_commits: 120,
         muts_per_log: 8,
         ..Spec::default()
     });
-    let tmp = tempfile::tempdir().unwrap();
     let bucket = tmp.path().join("prefix");
-    fx.write_initial(&bucket);
-    let source = format!("file://{}/", bucket.display());
-    let db = tmp.path().join("replica.sqlite");
-    let db_arg = db.display().to_string();
-    let mut serve = ServeProcess::start(&[
-        "--source",
-        &source,
-        "--db",
-        &db_arg,
-        "--poll-interval",
-        "100ms",
-    ]);
-    serve.wait_ready();
-    serve.wait_at(&hex::encode(fx.commits[fx.last_initial].versionstamp));
+    let db_arg = tmp.path().join("replica.sqlite").display().to_string();
     // Every state the replica can show, by point.
     let states: Vec<(usize, String)> = fx
         .points(fx.last_commit())
@@ -604,6 +607,8 @@ fn an_export_read_slowly_while_serve_applies_logs_is_exactly_one_commit() {
         let before = visible(&serve);
         let mut child = Command::new(kvreplica_bin())
             .args(["export", "--db", &db_arg])
+            // Every other round through `--at latest`'s resolution.
+            .args(if round % 2 == 1 { &["--at", "latest"][..] } else { &[] })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -728,20 +733,12 @@ fn wait_no_export_threads(pid: u32, round: usize) {
 
 #[test]
 fn a_client_that_goes_away_mid_export_stops_its_reader() {
-    let fx = Fixture::generate(Spec {
+    let (fx, _tmp, serve) = served_fixture(Spec {
         seed: 43,
         keys: 20_000,
         append_commits: 0,
         ..Spec::default()
     });
-    let tmp = tempfile::tempdir().unwrap();
-    let bucket = tmp.path().join("prefix");
-    fx.write_initial(&bucket);
-    let source = format!("file://{}/", bucket.display());
-    let db = tmp.path().join("replica.sqlite");
-    let db_arg = db.display().to_string();
-    let mut serve = ServeProcess::start(&["--source", &source, "--db", &db_arg]);
-    serve.wait_ready();
     let addr = serve.admin_url().trim_start_matches("http://").to_string();
     let token = common::serve::ADMIN_TOKEN;
     for round in 0..3 {
