@@ -608,7 +608,11 @@ fn an_export_read_slowly_while_serve_applies_logs_is_exactly_one_commit() {
         let mut child = Command::new(kvreplica_bin())
             .args(["export", "--db", &db_arg])
             // Every other round through `--at latest`'s resolution.
-            .args(if round % 2 == 1 { &["--at", "latest"][..] } else { &[] })
+            .args(if round % 2 == 1 {
+                &["--at", "latest"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -735,14 +739,17 @@ fn wait_no_export_threads(pid: u32, round: usize) {
 fn a_client_that_goes_away_mid_export_stops_its_reader() {
     let (fx, _tmp, serve) = served_fixture(Spec {
         seed: 43,
-        keys: 20_000,
+        // An export (about 11 MB) far larger than what the kernel buffers
+        // between the two ends (a send buffer of up to 4 MiB), so that a
+        // reader waits on its client.
+        keys: 60_000,
         append_commits: 0,
         ..Spec::default()
     });
     let addr = serve.admin_url().trim_start_matches("http://").to_string();
     let token = common::serve::ADMIN_TOKEN;
     for round in 0..3 {
-        let (mut stream, head) = export_entries::open_get(&addr, "/export", token);
+        let (mut stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let mut some = vec![0u8; 16 * 1024];
         stream.read_exact(&mut some).unwrap();
@@ -760,7 +767,7 @@ fn a_client_that_goes_away_mid_export_stops_its_reader() {
     );
     assert!(!log.contains("export sent"), "{log}");
     // A whole export still works, and leaves no reader behind either.
-    let (mut stream, head) = export_entries::open_get(&addr, "/export", token);
+    let (mut stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();

@@ -241,7 +241,9 @@ async fn refusals_are_json_errors_with_their_status_before_the_first_byte() {
 async fn an_export_slower_than_every_deadline_completes_while_its_client_reads() {
     let (tmp, fx) = backup(Spec {
         seed: 7,
-        keys: 20_000,
+        // About 11 MB: far more than the kernel buffers between the ends
+        // (a send buffer of up to 4 MiB), so the server waits on the reader.
+        keys: 60_000,
         append_commits: 0,
         ..Spec::default()
     });
@@ -251,7 +253,7 @@ async fn an_export_slower_than_every_deadline_completes_while_its_client_reads()
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(300),
-        stall_timeout: Duration::from_millis(50),
+        stall_timeout: Duration::from_millis(1000),
         ..admin::limits()
     };
     let api = Api::start(&tmp.path().join("prefix"), &db, true, limits).await;
@@ -259,11 +261,11 @@ async fn an_export_slower_than_every_deadline_completes_while_its_client_reads()
     let (took, head, raw) = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let started = Instant::now();
-        let (mut stream, head) = export_entries::open_get(&addr, "/export", TOKEN);
+        let (mut stream, head) = export_entries::open_get(&addr, "/export", TOKEN, 256 * 1024);
         let mut raw = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         // A slow reader: a pause (shorter than the stall timeout) after
-        // every 256 KiB.
+        // every 512 KiB.
         let mut since_pause = 0;
         loop {
             let n = stream.read(&mut buf).unwrap();
@@ -272,7 +274,7 @@ async fn an_export_slower_than_every_deadline_completes_while_its_client_reads()
             }
             raw.extend_from_slice(&buf[..n]);
             since_pause += n;
-            if since_pause >= 256 * 1024 {
+            if since_pause >= 512 * 1024 {
                 since_pause = 0;
                 std::thread::sleep(Duration::from_millis(150));
             }

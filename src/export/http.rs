@@ -185,8 +185,9 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        let _ = self.chunks.blocking_send(Ok(chunk));
-        Ok(())
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
     }
 }
 

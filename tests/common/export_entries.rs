@@ -117,14 +117,20 @@ pub fn same_entries(got: &[Value], want: &[Value]) -> bool {
     got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same(g, w))
 }
 
-/// A `GET` over HTTP/1.1 on a socket with a small receive buffer, so the
-/// server can run ahead of the reader by little more than its own send
-/// buffer: the connection, after the request was sent, and its headers.
-pub fn open_get(addr: &str, path: &str, token: &str) -> (std::net::TcpStream, String) {
+/// A `GET` over HTTP/1.1 on a socket with a receive buffer of `rcvbuf`
+/// bytes (no autotuning), so the server can run ahead of the reader by
+/// little more than its own send buffer: the connection, after the request
+/// was sent, and its headers.
+pub fn open_get(
+    addr: &str,
+    path: &str,
+    token: &str,
+    rcvbuf: usize,
+) -> (std::net::TcpStream, String) {
     use std::io::{BufRead, Write};
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
     socket.connect(&addr.into()).unwrap();
     let mut stream: std::net::TcpStream = socket.into();
     stream
