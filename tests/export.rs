@@ -725,11 +725,17 @@ fn export_threads(pid: u32) -> usize {
 
 /// Waits (10 s at most) until process `pid` runs no export reader.
 fn wait_no_export_threads(pid: u32, round: usize) {
+    wait_until_threads(pid, 0, round)
+}
+
+/// Waits (10 s at most) until process `pid` runs `n` export readers.
+fn wait_until_threads(pid: u32, n: usize, round: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while export_threads(pid) > 0 {
+    while export_threads(pid) != n {
         assert!(
             std::time::Instant::now() < deadline,
-            "round {round}: an export reader still runs 10 s later"
+            "round {round}: {} export readers 10 s later, not {n}",
+            export_threads(pid)
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -766,6 +772,31 @@ fn a_client_that_goes_away_mid_export_stops_its_reader() {
         "{log}"
     );
     assert!(!log.contains("export sent"), "{log}");
+    // At most MAX_EXPORTS at once: one more is answered 503, in the admin
+    // API's error form, before any work; a place is free again once an
+    // export ends.
+    let max = kvreplica::export::http::MAX_EXPORTS;
+    let mut held: Vec<_> = (0..max)
+        .map(|_| {
+            let (stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            stream
+        })
+        .collect();
+    let (mut stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    assert!(body.contains("exports are running already"), "{body}");
+    assert_eq!(export_threads(serve.pid()), max);
+    held.pop();
+    wait_until_threads(serve.pid(), max - 1, 4);
+    let (stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    held.push(stream);
+    drop(held);
+    wait_no_export_threads(serve.pid(), 5);
     // A whole export still works, and leaves no reader behind either.
     let (mut stream, head) = export_entries::open_get(&addr, "/export", token, 4096);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -9,11 +9,13 @@
 //! a small bounded channel: memory stays flat, and a client that goes away
 //! closes the channel, which ends the thread at its next chunk. A failure
 //! after the first byte aborts the body, so a client never takes a cut-off
-//! export for a whole one.
+//! export for a whole one. At most [`MAX_EXPORTS`] run at once; more are
+//! answered 503 with `Retry-After`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,6 +35,48 @@ const CHUNK: usize = 64 * 1024;
 const CHUNKS_AHEAD: usize = 4;
 /// The header naming the commit exported.
 pub const POINT_HEADER: &str = "x-kvreplica-versionstamp";
+/// Exports running at once. Each holds a thread and a read transaction
+/// (which keeps SQLite from checkpointing past it); the admin listener's
+/// connections times HTTP/2's streams would allow thousands.
+pub const MAX_EXPORTS: usize = 8;
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_EXPORTS`] places, given back when the export's
+/// thread ends.
+struct Place;
+
+impl Place {
+    fn take() -> Option<Place> {
+        RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_EXPORTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// 503 with `Retry-After`, in the admin API's error form.
+fn busy() -> Response {
+    let body = serde_json::json!({
+        "error": format!("{MAX_EXPORTS} exports are running already; retry when one ends")
+    });
+    let mut r = warp::reply::with_status(
+        warp::reply::json(&body),
+        warp::http::StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .into_response();
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("5"));
+    r
+}
 
 type Chunk = Result<Bytes, std::io::Error>;
 
@@ -103,10 +147,16 @@ pub(crate) async fn respond(db: &Path, query: &str) -> Result<Response, AdminErr
     let format = request.format;
     let (started_tx, started) = oneshot::channel();
     let (chunks_tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
+    let Some(place) = Place::take() else {
+        return Ok(busy());
+    };
     let db = db.to_path_buf();
     std::thread::Builder::new()
         .name("export".into())
-        .spawn(move || run(db, request, started_tx, chunks_tx))
+        .spawn(move || {
+            let _place = place;
+            run(db, request, started_tx, chunks_tx)
+        })
         .map_err(|e| AdminError::Internal(format!("cannot start the export: {e}")))?;
     let point = started
         .await

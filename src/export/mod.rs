@@ -14,7 +14,7 @@
 //! there now (reads leave expired entries out by the clock, not by the
 //! point). `include_expired` keeps them.
 
-pub(crate) mod http;
+pub mod http;
 
 use std::io::Write;
 use std::ops::ControlFlow;
