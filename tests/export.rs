@@ -290,15 +290,20 @@ fn a_replica_whose_initial_load_is_incomplete_is_refused() {
     run_ok(&["export", "--db", db_arg]);
 }
 
-/// A generated backup (initial objects) synced to a replica.
-fn synced_fixture(dir: &Path, spec: Spec) -> (Fixture, std::path::PathBuf, String) {
-    let fx = Fixture::generate(spec);
+/// A generated backup of the default shape (initial objects only) synced
+/// to a replica.
+fn synced_fixture(dir: &Path, seed: u64) -> (Fixture, std::path::PathBuf) {
+    let fx = Fixture::generate(Spec {
+        seed,
+        append_commits: 0,
+        ..Spec::default()
+    });
     let bucket = dir.join("prefix");
     fx.write_initial(&bucket);
     let source = format!("file://{}/", bucket.display());
     let db = dir.join("replica.sqlite");
     run_ok(&["sync", "--source", &source, "--db", db.to_str().unwrap()]);
-    (fx, db, source)
+    (fx, db)
 }
 
 fn export_args(db: &Path, args: &[&str]) -> Vec<Value> {
@@ -307,24 +312,16 @@ fn export_args(db: &Path, args: &[&str]) -> Vec<Value> {
     parse_jsonl(&run_ok(&all).stdout)
 }
 
-fn rfc3339_ms(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+/// A commit time (ms since the epoch) as `--at` takes it.
+fn at_time(ms: u64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[test]
 fn export_at_latest_and_earlier_points_equals_the_state_there_and_moves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (fx, db, _) = synced_fixture(
-        tmp.path(),
-        Spec {
-            seed: 17,
-            append_commits: 0,
-            ..Spec::default()
-        },
-    );
+    let (fx, db) = synced_fixture(tmp.path(), 17);
     let points = fx.points(fx.last_initial);
     assert!(points.len() > 20, "{} points", points.len());
     // Pin the replica in the middle: earlier points are behind what it
@@ -364,7 +361,7 @@ fn export_at_latest_and_earlier_points_equals_the_state_there_and_moves_nothing(
         .max()
         .unwrap();
     assert_entries(
-        &export_args(&db, &["--at", &rfc3339_ms(*ms)]),
+        &export_args(&db, &["--at", &at_time(*ms)]),
         &entries(&fx.state_at(newest)),
         "--at a time",
     );
@@ -481,14 +478,7 @@ fn duckdb_python() -> String {
 #[test]
 fn duckdb_loads_the_export_with_the_expected_counts_and_sums() {
     let tmp = tempfile::tempdir().unwrap();
-    let (fx, db, _) = synced_fixture(
-        tmp.path(),
-        Spec {
-            seed: 23,
-            append_commits: 0,
-            ..Spec::default()
-        },
-    );
+    let (fx, db) = synced_fixture(tmp.path(), 23);
     let file = tmp.path().join("export.jsonl");
     run_ok(&[
         "export",
