@@ -24,6 +24,11 @@
 //!   sync`, `serve --sync-from-s3`, `serve --read-only`, `pitr checkout`)
 //!   side by side, with ratios and the targets.
 //!
+//! - `diff [--keys N] [--commits C] [--distances 100,10000] [--runs R]
+//!   [--page P]`: time of a diff between two points on a served replica,
+//!   `kvreplica pitr diff` (CLI) and `GET /pitr/diff` (admin API, every
+//!   page), N commits to the newest point and 100 commits far back.
+//!
 //! - `export [--keys N] [--commits C] [--runs R]`: `kvreplica export` of an
 //!   N-key replica (1M by default) against a plain `SELECT` of the same
 //!   rows, and of an earlier point: entries/s, MB/s, peak RSS.
@@ -42,6 +47,8 @@ mod certs;
 mod checkout;
 #[path = "bench/compare.rs"]
 mod compare;
+#[path = "bench/diff.rs"]
+mod diff;
 #[path = "bench/export.rs"]
 mod export;
 #[path = "bench/h2load.rs"]
@@ -111,10 +118,11 @@ fn main() {
         Some("proxy") => remote::run(&args),
         Some("h2load") => h2load::run(&args),
         Some("scan") => scan::run(&args),
+        Some("diff") => diff::run(&args),
         Some("export") => export::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|export …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff|export …"
             );
         }
     }

@@ -272,6 +272,9 @@ async fn current(ctx: &Arc<AdminContext>) -> Result<Response, AdminError> {
         // Age of the newest fetched commit: the replication lag when the
         // source database is busy.
         "sync_lag_seconds": lag_seconds(pos.latest.ts_ms, now_ms),
+        // The keys this replica keeps: null (every key) or
+        // {"include": [key…], "exclude": [key…]}.
+        "filter": ctx.syncer.state().filter.to_json(),
     }))
     .into_response())
 }
@@ -355,7 +358,9 @@ async fn dispatch(
         ("/healthz" | "/readyz" | "/metrics", m) => {
             return Err(AdminError::MethodNotAllowed(m.clone()))
         }
-        (p, _) if !PITR_PATHS.contains(&p) => return Err(AdminError::NotFound(p.to_string())),
+        (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) => {
+            return Err(AdminError::NotFound(p.to_string()))
+        }
         _ => {}
     }
     if ctx.tokens.is_empty() {
@@ -371,6 +376,8 @@ async fn dispatch(
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
+        ("/pitr/diff", &Method::GET) => crate::inspect::diff_endpoint(ctx.db.clone(), &query).await,
+        ("/kv", &Method::GET) => crate::inspect::kv_endpoint(ctx.db.clone(), &query).await,
         ("/export", &Method::GET) => crate::export::http::respond(&ctx.db, &query).await,
         (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
@@ -378,6 +385,8 @@ async fn dispatch(
 
 /// The endpoints behind the admin token.
 const PITR_PATHS: [&str; 4] = ["/pitr/points", "/pitr/current", "/pitr/checkout", "/export"];
+/// The read-only views behind the admin token (`crate::inspect`).
+const INSPECT_PATHS: [&str; 2] = ["/pitr/diff", "/kv"];
 
 /// The admin API as a warp filter (every request answers; errors are JSON).
 pub fn routes(

@@ -118,6 +118,9 @@ fn store(e: &StoreError) -> Exit {
         | StoreError::SchemaTooNew { .. }
         | StoreError::NotAReplica { .. } => Exit::ReplicaMismatch,
         StoreError::Corrupt(_) | StoreError::Object(_) => Exit::CorruptBackup,
+        // The settings ask for another filter than the file was built
+        // with: the configuration must change (or the file go).
+        StoreError::FilterMismatch { .. } => Exit::BadConfig,
         StoreError::Sqlite(_)
         | StoreError::Io { .. }
         | StoreError::Write { .. }

@@ -44,6 +44,9 @@
 //! - [`decode`]: what the replica stores, readable: tuple-encoded keys to
 //!   JSON parts and back, V8-serialized/KvU64/bytes values to JSON with a
 //!   tagged form for what JSON cannot say (used by `kvreplica export`).
+//! - [`inspect`]: what changed between two points and the entries of one
+//!   state, decoded and paged, read without moving the replica (`pitr
+//!   diff`, `get`, `GET /pitr/diff`, `GET /kv`).
 //! - [`export`]: the state at a point, decoded, streamed one entry per
 //!   line in one read transaction: `kvreplica export` and the admin API's
 //!   `GET /export` (`export::http`).
@@ -80,6 +83,7 @@ mod exit;
 pub mod export;
 pub mod format;
 mod health;
+pub mod inspect;
 mod logging;
 pub mod metrics;
 mod notify;

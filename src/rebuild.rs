@@ -92,6 +92,7 @@ pub(crate) async fn rebuild(live: &Syncer) -> Result<(), SyncError> {
                     SyncError::Reexported { .. }
                         | SyncError::Store(
                             StoreError::BoundToOtherSource { .. }
+                                | StoreError::FilterMismatch { .. }
                                 | StoreError::NotAReplica { .. }
                                 | StoreError::SchemaTooNew { .. }
                                 | StoreError::Corrupt(_)
@@ -102,8 +103,8 @@ pub(crate) async fn rebuild(live: &Syncer) -> Result<(), SyncError> {
                     return Err(e);
                 }
                 if start_over {
-                    // Built from an export that is gone too, or not ours:
-                    // start again from nothing.
+                    // Built from an export that is gone too, with another
+                    // prefix filter, or not ours: start again from nothing.
                     remove_replica(&path);
                 }
                 failures += 1;

@@ -118,7 +118,8 @@ impl SyncError {
             SyncError::Store(
                 StoreError::BoundToOtherSource { .. }
                 | StoreError::SchemaTooNew { .. }
-                | StoreError::NotAReplica { .. },
+                | StoreError::NotAReplica { .. }
+                | StoreError::FilterMismatch { .. },
             ) => true,
             _ => false,
         }
@@ -178,6 +179,10 @@ pub struct SyncOptions {
     pub retention: Retention,
     /// What a re-exported backup makes the engine do.
     pub on_reexport: OnReexport,
+    /// The keys the replica keeps (`sync.include_prefixes`,
+    /// `sync.exclude_prefixes`); recorded in a fresh file, checked against
+    /// an existing one.
+    pub filter: crate::store::KeyFilter,
 }
 
 /// What the engine does when the backup is re-exported under the same
@@ -249,6 +254,7 @@ impl Default for SyncOptions {
             late_window: 1000,
             retention: Retention::default(),
             on_reexport: OnReexport::Stop,
+            filter: crate::store::KeyFilter::default(),
         }
     }
 }
@@ -322,8 +328,13 @@ impl Syncer {
     /// backup. A fresh file is bound to `source` only once its
     /// `differential` has been read (see [`Syncer::initial`]): a mistyped
     /// or unreachable source leaves it unbound.
-    pub fn new(source: Arc<Backup>, store: Store, opts: SyncOptions) -> Result<Self, SyncError> {
+    pub fn new(
+        source: Arc<Backup>,
+        mut store: Store,
+        opts: SyncOptions,
+    ) -> Result<Self, SyncError> {
         store.check_source(&source.identity())?;
+        store.bind_filter(&opts.filter)?;
         let visible = watch::Sender::new(store.state().visible());
         metrics::opened(store.state());
         let state = Mutex::new(store.state().clone());

@@ -126,7 +126,7 @@ fn write(export: &Export<'_>, out: &mut dyn Write) -> Result<Counts, ExportError
 /// Opens `path` read-only once the store's examination of the file
 /// ([`store::replica_version`], what `sync` and `serve` refuse foreign
 /// files with) says it is a replica, and names what it is otherwise.
-fn open_replica(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+pub(super) fn open_replica(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     let not_replica = |why: &str| {
         anyhow::anyhow!(
             "{} is not a kvreplica replica file ({why}); give the file `kvreplica sync` or `serve` writes",

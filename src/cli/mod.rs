@@ -4,7 +4,9 @@
 //! (`config::SettingArgs`).
 
 mod check_config;
+mod diff;
 mod export;
+mod get;
 mod pitr;
 mod serve;
 mod sync;
@@ -28,7 +30,7 @@ pub enum Command {
     /// Sync continuously and serve the replica to Deno KV clients (KV Connect).
     Serve(serve::ServeArgs),
     /// Point-in-time recovery on a replica file: list points, show the
-    /// position, check out a point.
+    /// position, check out a point, diff two points.
     Pitr(pitr::PitrArgs),
     /// Check the configuration of `serve` (file, environment, flags) and
     /// print the effective settings, secrets redacted; exits non-zero with
@@ -38,6 +40,9 @@ pub enum Command {
     /// (JSON Lines or CSV) in key order; reads only, so it runs beside
     /// `serve`.
     Export(export::ExportArgs),
+    /// Print one key's entry, decoded (JSON, `null` when absent), in the
+    /// visible state or at a point (--at); reads only.
+    Get(get::GetArgs),
 }
 
 /// The replica file a reading command (`pitr`, `export`) names. It must
@@ -114,7 +119,7 @@ pub fn main() -> std::process::ExitCode {
     // `sync` and `serve` set up logging from their settings.
     if matches!(
         cli.command,
-        Command::Pitr(_) | Command::CheckConfig(_) | Command::Export(_)
+        Command::Pitr(_) | Command::CheckConfig(_) | Command::Export(_) | Command::Get(_)
     ) {
         crate::logging::init_default();
     }
@@ -124,6 +129,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Pitr(args) => pitr::run(args),
         Command::Export(args) => export::run(args),
+        Command::Get(args) => get::run(args),
         command => run_async(command),
     };
     match result {
@@ -152,6 +158,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Pitr(args) => pitr::run(args),
             Command::CheckConfig(args) => check_config::run(args),
             Command::Export(args) => export::run(args),
+            Command::Get(args) => get::run(args),
         }
     })
 }

@@ -1,4 +1,4 @@
-//! `kvreplica pitr list|info|checkout`: point-in-time recovery on the
+//! `kvreplica pitr list|info|checkout|diff`: point-in-time recovery on the
 //! replica file, offline.
 //!
 //! `list` and `info` only read, so they work beside a running `serve`;
@@ -48,6 +48,10 @@ pub enum PitrCommand {
         /// <versionstamp> | <RFC 3339 time> | latest
         target: String,
     },
+    /// Show every key whose entry differs between two points (added,
+    /// removed, changed), decoded, in key order, then the totals. Reads
+    /// only: the visible state does not move.
+    Diff(super::diff::DiffArgs),
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -106,9 +110,11 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             let conn = store::open_read_only(&path)?;
             let state = store::read_state(&conn)?;
             let view = HistoryView::new(&conn, &state);
+            // `{"exclude":[…],"include":[…]}` (keys as JSON) or "none".
+            let filter = format!("filter: {}\n", state.filter.describe());
             let Some(pos) = view.position()? else {
                 super::print_out(&format!(
-                    "source: {}\ninitial snapshot: in progress (no visible state yet)\n",
+                    "source: {}\n{filter}initial snapshot: in progress (no visible state yet)\n",
                     state.source.unwrap_or_default()
                 ))?;
                 return Ok(());
@@ -130,7 +136,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
                 "following the newest commit"
             };
             super::print_out(&format!(
-                "source: {}\ncurrent versionstamp: {}\ncurrent time: {}\nmode: {mode}\n\
+                "source: {}\n{filter}current versionstamp: {}\ncurrent time: {}\nmode: {mode}\n\
                  latest versionstamp: {}\nlatest time: {}\npoints behind latest: {}\n\
                  initial point: {}\nrecoverable points: {}\nkeys: {keys}\n",
                 state.source.unwrap_or_default(),
@@ -144,6 +150,7 @@ pub fn run(args: PitrArgs) -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
+        PitrCommand::Diff(diff) => super::diff::run(&path, diff),
         PitrCommand::Checkout { target } => {
             let target: CheckoutTarget = target.parse().map_err(anyhow::Error::msg)?;
             let mut store = match Store::open(&path) {

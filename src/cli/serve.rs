@@ -99,7 +99,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "admin",
     )
     .await?;
-    let database_id = server::database_id(&url);
+    let database_id = server::replica_database_id(&url, &settings.sync.filter);
     let kv = KvConnect::new(
         syncer.clone(),
         &db,

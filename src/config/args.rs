@@ -89,7 +89,7 @@ fn arg(key: &'static Setting) -> Arg {
         .value_name(flag.value_name)
         .help(format!("{} [{}]", key.help(), bracket.join("; ")))
         .action(match key.kind {
-            Kind::Tokens => ArgAction::Append,
+            Kind::Tokens | Kind::Prefixes => ArgAction::Append,
             _ => ArgAction::Set,
         })
         .value_parser(parser(key.kind))

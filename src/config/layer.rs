@@ -218,6 +218,17 @@ pub(super) fn from_flags(flags: &Flags) -> Result<Layer, ConfigError> {
             Kind::Tokens => Value::Tokens(value::TokensInput::Values(
                 raw.iter().map(super::Secret::new).collect(),
             )),
+            // Repeated: every flag's keys.
+            Kind::Prefixes => {
+                let mut all = Vec::new();
+                for raw in raw {
+                    match value::parse(key, raw, &origin)? {
+                        Value::Prefixes(p) => all.extend(p),
+                        other => unreachable!("prefixes parse as {other:?}"),
+                    }
+                }
+                Value::Prefixes(all)
+            }
             _ => match raw.last() {
                 Some(raw) => value::parse(key, raw, &origin)?,
                 None => return Ok(None),

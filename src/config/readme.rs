@@ -18,16 +18,9 @@ fn row(key: &'static Setting) -> String {
         names.extend(file.map(f).unwrap_or_default());
         code(&names)
     };
-    let list = if key.kind == Kind::Tokens {
-        " (a list)"
-    } else {
-        ""
-    };
-    let repeat = if key.kind == Kind::Tokens {
-        " (repeatable)"
-    } else {
-        ""
-    };
+    let listed = matches!(key.kind, Kind::Tokens | Kind::Prefixes);
+    let list = if listed { " (a list)" } else { "" };
+    let repeat = if listed { " (repeatable)" } else { "" };
     let flags = both(&|s| s.flag.iter().map(|f| f.long).collect());
     let flags = match (flags.is_empty(), flags.split_once(", ")) {
         (true, _) => "—".to_string(),

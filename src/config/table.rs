@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::value::{SecretInput, TokensInput, Value};
 use super::{LogFormat, Settings};
 use crate::source::SourceUrl;
+use crate::store::KeyFilter;
 use crate::sync::OnReexport;
 
 /// What a setting holds, and so how it is parsed and checked.
@@ -46,6 +47,11 @@ pub(crate) enum Kind {
     Secret,
     /// A list of secret tokens (repeatable flag, TOML array).
     Tokens,
+    /// A list of Deno KV key prefixes, each a JSON key: a repeatable flag
+    /// (one key, or a JSON array of keys, each), a variable holding one
+    /// key or a JSON array of keys, a TOML array of keys (TOML arrays or
+    /// JSON strings).
+    Prefixes,
     /// The `*_file` form of the secret (or tokens) setting `of`: a path to
     /// read the value from. It shares its layer slot with `of`.
     FileOf { of: &'static str },
@@ -265,6 +271,32 @@ impl Plain {
     }
 }
 
+/// One list of a [`crate::store::KeyFilter`]; unset when empty.
+struct IncludePrefixes;
+struct ExcludePrefixes;
+
+impl IncludePrefixes {
+    fn get(f: &KeyFilter) -> Option<Value> {
+        (!f.include().is_empty()).then(|| Value::Prefixes(f.include().to_vec()))
+    }
+    fn set(f: &mut KeyFilter, v: Value) {
+        if let Value::Prefixes(p) = v {
+            *f = KeyFilter::new(p, f.exclude().to_vec());
+        }
+    }
+}
+
+impl ExcludePrefixes {
+    fn get(f: &KeyFilter) -> Option<Value> {
+        (!f.exclude().is_empty()).then(|| Value::Prefixes(f.exclude().to_vec()))
+    }
+    fn set(f: &mut KeyFilter, v: Value) {
+        if let Value::Prefixes(p) = v {
+            *f = KeyFilter::new(f.include().to_vec(), p);
+        }
+    }
+}
+
 /// The setting is in MiB, the field in bytes.
 struct Mib;
 
@@ -468,6 +500,15 @@ settings! {
     /// meanwhile, then switch to it in one transaction)
     "sync.on_reexport": Kind::OnReexport => field(sync.on_reexport), flag "--on-reexport" <POLICY> @17 in RUN,
         env ["KVREPLICA_ON_REEXPORT"],
+    /// Store only keys under these prefixes (Deno KV keys as JSON, e.g.
+    /// ["users"] or ["orders", {"bigint": "42"}]); repeat the flag for
+    /// several. Fixed for the life of the file. Unset: every key
+    "sync.include_prefixes": Kind::Prefixes => field(sync.filter as IncludePrefixes), flag "--include-prefix" <KEY> @17 in RUN,
+        env ["KVREPLICA_INCLUDE_PREFIXES"],
+    /// Leave out keys under these prefixes (same form), also inside an
+    /// included prefix. Fixed for the life of the file
+    "sync.exclude_prefixes": Kind::Prefixes => field(sync.filter as ExcludePrefixes), flag "--exclude-prefix" <KEY> @17 in RUN,
+        env ["KVREPLICA_EXCLUDE_PREFIXES"],
     /// Address of the KV Connect listener (Deno.openKv("http://HOST:PORT")).
     /// Use 127.0.0.1:4512 to accept local clients only; port 0 picks a free
     /// port

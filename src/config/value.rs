@@ -41,6 +41,8 @@ pub(crate) enum Value {
     OnReexport(OnReexport),
     Secret(SecretInput),
     Tokens(TokensInput),
+    /// Tuple-encoded key prefixes (see [`crate::store::KeyFilter`]).
+    Prefixes(Vec<Vec<u8>>),
 }
 
 /// A bad-value error for `key`.
@@ -99,6 +101,10 @@ pub(super) fn parse(
         },
         Kind::Secret => Value::Secret(SecretInput::Value(Secret::new(raw))),
         Kind::Tokens => Value::Tokens(TokensInput::Values(vec![Secret::new(raw)])),
+        Kind::Prefixes => match crate::store::parse_prefixes(raw) {
+            Ok(p) => Value::Prefixes(p),
+            Err(e) => return fail(e),
+        },
         Kind::FileOf { of } => match setting(of).kind {
             Kind::Tokens => Value::Tokens(TokensInput::File(PathBuf::from(raw))),
             _ => Value::Secret(SecretInput::File(PathBuf::from(raw))),
@@ -202,9 +208,72 @@ pub(super) fn from_toml(
             Ok(Value::Tokens(TokensInput::Values(tokens)))
         }
         (Kind::Tokens, _) => Err(wrong_type(key.name, origin, v, "an array")),
+        (Kind::Prefixes, DeValue::Array(items)) => {
+            let mut prefixes = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => match crate::store::parse_prefixes(s) {
+                        Ok(p) => prefixes.extend(p),
+                        Err(e) => return Err(bad(key, origin, e)),
+                    },
+                    DeValue::Array(_) => {
+                        let json = toml_to_json(item.get_ref())
+                            .and_then(|j| crate::store::prefix_from_json(&j));
+                        prefixes.push(json.map_err(|e| bad(key, origin, e))?);
+                    }
+                    other => {
+                        return Err(wrong_type(
+                            key.name,
+                            origin,
+                            other,
+                            "a key (a TOML array such as [\"users\", 42] or a JSON string)",
+                        ))
+                    }
+                }
+            }
+            Ok(Value::Prefixes(prefixes))
+        }
         (_, DeValue::String(s)) => parse(key, s, origin),
         (_, _) => Err(wrong_type(key.name, origin, v, "a string")),
     }
+}
+
+/// A key written as a TOML array (`["orders", { bigint = "42" }]`) as the
+/// JSON form of [`crate::decode`]: strings, numbers, booleans, and inline
+/// tables for the tagged parts.
+fn toml_to_json(v: &DeValue<'_>) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Integer(i) => {
+            let n = i64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| format!("{i} is out of range"))?;
+            J::from(n as f64)
+        }
+        DeValue::Float(f) => {
+            let x: f64 = f
+                .as_str()
+                .replace('_', "")
+                .parse()
+                .map_err(|_| format!("{} is not a number key part", f.as_str()))?;
+            serde_json::Number::from_f64(x)
+                .map(J::Number)
+                .unwrap_or_else(|| serde_json::json!({ "number": x.to_string() }))
+        }
+        DeValue::Array(items) => J::Array(
+            items
+                .iter()
+                .map(|i| toml_to_json(i.get_ref()))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| Ok((k.get_ref().to_string(), toml_to_json(v.get_ref())?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        DeValue::Datetime(d) => return Err(format!("{d} is a datetime, not a key part")),
+    })
 }
 
 /// Checks the range (or form) of a value `given_as` (a setting or its
@@ -272,6 +341,10 @@ impl Value {
             Value::Format(f) => f.to_string(),
             Value::OnReexport(p) => p.to_string(),
             Value::Secret(_) | Value::Tokens(_) => REDACTED.to_string(),
+            Value::Prefixes(p) => {
+                let keys: Vec<String> = p.iter().map(|k| key_text(k)).collect();
+                format!("[{}]", keys.join(", "))
+            }
         }
     }
 
@@ -282,9 +355,28 @@ impl Value {
             Value::Tokens(TokensInput::Values(v)) => {
                 format!("[{}]", vec![string(REDACTED); v.len()].join(", "))
             }
+            // Each key as JSON text in a TOML string, literal when it can
+            // be (no quotes to escape): what the file takes.
+            Value::Prefixes(p) => {
+                let keys: Vec<String> = p
+                    .iter()
+                    .map(|k| match key_text(k) {
+                        t if !t.contains(['\'', '\n']) => format!("'{t}'"),
+                        t => string(&t),
+                    })
+                    .collect();
+                format!("[{}]", keys.join(", "))
+            }
             _ => string(&self.plain()),
         }
     }
+}
+
+/// A tuple-encoded key as its JSON text.
+fn key_text(k: &[u8]) -> String {
+    crate::decode::key_to_json(k)
+        .map(|j| j.to_string())
+        .unwrap_or_else(|_| hex::encode(k))
 }
 
 /// A TOML basic string.
@@ -328,6 +420,17 @@ mod tests {
             let e = super::addr(bad).unwrap_err();
             assert!(e.contains("HOST:PORT or :PORT"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn prefixes_show_as_the_file_takes_them() {
+        let keys = |t: &str| crate::store::parse_prefixes(t).unwrap();
+        let v = super::Value::Prefixes(keys(r#"[["users"], ["it's", {"bigint": "7"}]]"#));
+        assert_eq!(
+            v.toml(),
+            r#"['["users"]', "[\"it's\",{\"bigint\":\"7\"}]"]"#
+        );
+        assert_eq!(v.plain(), r#"[["users"], ["it's",{"bigint":"7"}]]"#);
     }
 
     #[test]

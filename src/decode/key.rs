@@ -81,6 +81,25 @@ pub fn parse_key(text: &str) -> Result<Vec<u8>, KeyError> {
     })
 }
 
+/// The keys of `text`: one key (`["users"]`) or a JSON array of keys
+/// (`[["users"], ["orders", 1]]`), told apart by the first element (a key
+/// part is never an array). For settings that take several keys in one
+/// string (an environment variable).
+pub fn parse_keys(text: &str) -> Result<Vec<Vec<u8>>, KeyError> {
+    let syntax = |reason: String| KeyError::Syntax {
+        text: text.to_owned(),
+        reason,
+    };
+    let value: Value =
+        serde_json::from_str(&exact_numbers(text)).map_err(|e| syntax(e.to_string()))?;
+    match &value {
+        Value::Array(items) if items.first().is_some_and(Value::is_array) => {
+            items.iter().map(key_from_json).collect()
+        }
+        _ => key_from_json(&value).map(|k| vec![k]),
+    }
+}
+
 /// `text` with every number token outside strings turned into
 /// `{"number": "<token>"}`, read later by Rust's exact `f64` parser:
 /// serde_json's own float parsing (without its `float_roundtrip` feature)
@@ -183,6 +202,18 @@ mod tests {
         let bytes = parse_key(text).unwrap();
         assert_eq!(bytes[0], 0x02, "a string part starts with 0x02");
         assert_eq!(key_to_json(&bytes).unwrap().to_string(), text);
+    }
+
+    #[test]
+    fn one_key_or_a_list_of_keys() {
+        let users = parse_key(r#"["users"]"#).unwrap();
+        let half = parse_key("[0.1]").unwrap();
+        assert_eq!(parse_keys(r#"["users"]"#).unwrap(), vec![users.clone()]);
+        assert_eq!(
+            parse_keys(r#"[["users"], [0.1]]"#).unwrap(),
+            vec![users, half]
+        );
+        assert!(parse_keys(r#"[["users"], "x"]"#).is_err());
     }
 
     #[test]

@@ -12,5 +12,5 @@ mod key;
 mod value;
 
 pub use entry::{key_json, EntryRef, CSV_HEADER};
-pub use key::{key_from_json, key_to_json, parse_key, KeyError};
+pub use key::{key_from_json, key_to_json, parse_key, parse_keys, KeyError};
 pub use value::{decode_value, ValueEncoding};

@@ -107,6 +107,22 @@ pub fn database_id(url: &SourceUrl) -> uuid::Uuid {
     })
 }
 
+/// The id a replica reports: [`database_id`] for a replica of every key;
+/// for one that keeps only some keys (`sync.include_prefixes`,
+/// `sync.exclude_prefixes`), a UUIDv5 of that id and the filter, so that
+/// it never claims to be the same database as a replica that holds other
+/// keys (a client balanced across both would read a mix), while replicas
+/// with the same filter still share one id.
+pub fn replica_database_id(url: &SourceUrl, filter: &crate::store::KeyFilter) -> uuid::Uuid {
+    let id = database_id(url);
+    if filter.is_empty() {
+        return id;
+    }
+    let mut name = id.as_bytes().to_vec();
+    name.extend(filter.to_meta());
+    uuid::Uuid::new_v5(&id, &name)
+}
+
 /// Errors at the KV Connect boundary, each with its HTTP status. Bodies
 /// are plain text: clients show them to the user verbatim.
 #[derive(Debug, thiserror::Error)]

@@ -532,18 +532,24 @@ impl Store {
 
         let pinned = self.state.pinned;
         let consumed = super::late::names(&batches);
+        let filter = &self.state.filter;
         let tx = self.conn.transaction()?;
         let (initial, position, out) = {
             let mut redo = tx.prepare_cached(SQL_REDO)?;
+            // Entries the prefix filter leaves out go nowhere; a commit end
+            // among them stays as its marker (see `filter.rs`).
             let entries = batches.iter().flat_map(|b| {
                 let ts_ms = b.timestamp_ms();
-                b.entries().map(move |e| {
-                    e.map(|e| Pending {
-                        stamp: e.stamp,
-                        ts_ms,
-                        key: e.key,
-                        record: e.record,
-                    })
+                b.entries().filter_map(move |e| match e {
+                    Ok(e) => filter.admit(e).map(|e| {
+                        Ok(Pending {
+                            stamp: e.stamp,
+                            ts_ms,
+                            key: e.key,
+                            record: e.record,
+                        })
+                    }),
+                    Err(e) => Some(Err(e)),
                 })
             });
             if pinned {

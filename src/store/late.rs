@@ -276,7 +276,9 @@ impl Store {
             let mut point = tx.prepare_cached(SQL_POINT)?;
             for b in &batches {
                 for e in b.entries() {
-                    let e = e?;
+                    let Some(e) = self.state.filter.admit(e?) else {
+                        continue;
+                    };
                     let (v, enc, exp) = match &e.record {
                         Some(r) => (Some(&r.value[..]), r.encoding, r.expire_at_ms),
                         None => (None, 0, -1),

@@ -12,6 +12,7 @@
 //! before anything is written to it ([`StoreError::NotAReplica`]).
 
 mod apply;
+mod filter;
 mod late;
 pub mod pitr;
 mod schema;
@@ -29,6 +30,7 @@ use crate::format::{LogName, LogStamp, SnapshotName, Versionstamp};
 use crate::source::same_backup;
 
 pub use apply::{ApplyOutcome, LogObject};
+pub use filter::{parse_prefixes, prefix_from_json, KeyFilter, COMMIT_END_MARKER};
 pub use late::{ConsumedWindow, LateOutcome};
 
 /// Errors at the replica-file boundary.
@@ -77,6 +79,21 @@ pub enum StoreError {
     Object(#[from] crate::format::FormatError),
     #[error("the initial snapshot is not complete yet")]
     InitialIncomplete,
+    /// The file was built with other prefix filters than the settings
+    /// give: its content is not what the new ones would keep.
+    #[error(
+        "{path} was built with the prefix filter {recorded}, not {requested}, and holds the keys \
+         its filter kept. {advice}; or, for the new filter, delete {path} (and its -wal/-shm \
+         files) and sync again from the backup"
+    )]
+    FilterMismatch {
+        path: String,
+        /// Both filters as [`KeyFilter::describe`] puts them.
+        recorded: String,
+        requested: String,
+        /// How to run with the recorded filter: the flags that give it.
+        advice: String,
+    },
 }
 
 /// Where a replica stands, as stored in the file.
@@ -96,6 +113,8 @@ pub struct SyncState {
     pub pinned: bool,
     /// Snapshot ranges: (loaded, total); `None` until listed.
     pub snapshot_ranges: Option<(u64, u64)>,
+    /// The keys the file keeps (see [`KeyFilter`]).
+    pub filter: KeyFilter,
 }
 
 impl SyncState {
@@ -315,6 +334,50 @@ impl Store {
         self.state.dv.is_none() && self.state.snapshot_ranges.is_none()
     }
 
+    /// Records the prefix filter of a file that holds nothing yet, or
+    /// checks that the file was built with `filter` (no record: no
+    /// filter). Refuses another one before writing anything.
+    pub fn bind_filter(&mut self, filter: &KeyFilter) -> Result<(), StoreError> {
+        if self.state.filter == *filter {
+            return Ok(());
+        }
+        let holds_nothing = self.state.cursor.is_none()
+            && self
+                .state
+                .snapshot_ranges
+                .is_none_or(|(loaded, _)| loaded == 0);
+        if !holds_nothing {
+            return Err(StoreError::FilterMismatch {
+                path: self.path.display().to_string(),
+                recorded: self.state.filter.describe(),
+                requested: filter.describe(),
+                advice: match self.state.filter.as_flags() {
+                    flags if flags.is_empty() => "Run it without --include-prefix and \
+                        --exclude-prefix (and without sync.include_prefixes and \
+                        sync.exclude_prefixes in the config file or environment)"
+                        .to_string(),
+                    flags => format!(
+                        "Run it with {flags} (or the same sync.include_prefixes / \
+                         sync.exclude_prefixes in the config file or environment)"
+                    ),
+                },
+            });
+        }
+        self.record_filter(filter)
+    }
+
+    /// Stores `filter` as the file's.
+    fn record_filter(&mut self, filter: &KeyFilter) -> Result<(), StoreError> {
+        if filter.is_empty() {
+            self.conn
+                .execute("delete from kvr_meta where k = ?", [filter::META_KEY])?;
+        } else {
+            set_meta(&self.conn, filter::META_KEY, &filter.to_meta())?;
+        }
+        self.state.filter = filter.clone();
+        Ok(())
+    }
+
     /// Records the differential versionstamp. A different DV than the one
     /// stored means the bucket was re-exported: refuse, like another source.
     pub fn set_dv(&mut self, dv: Versionstamp) -> Result<(), StoreError> {
@@ -403,6 +466,9 @@ impl Store {
             let mut put = tx.prepare_cached(apply::SQL_PUT)?;
             for e in entries {
                 let e = e?;
+                if !self.state.filter.keeps(&e.key) {
+                    continue;
+                }
                 apply::put_row(&mut put, &e.key, &e.record)?;
                 n += 1;
                 if n % 4096 == 0 {
@@ -602,6 +668,11 @@ pub fn read_state(conn: &Connection) -> Result<SyncState, StoreError> {
     } else {
         None
     };
+    let filter = match get(filter::META_KEY)? {
+        Some(v) => KeyFilter::from_meta(&v)
+            .ok_or_else(|| StoreError::Corrupt("kvr_meta.filter is not a prefix filter".into()))?,
+        None => KeyFilter::default(),
+    };
     Ok(SyncState {
         source,
         dv,
@@ -610,6 +681,7 @@ pub fn read_state(conn: &Connection) -> Result<SyncState, StoreError> {
         cursor,
         pinned,
         snapshot_ranges,
+        filter,
     })
 }
 

@@ -61,12 +61,17 @@ impl Store {
     }
 
     /// Empties the file down to kvreplica's schema (nothing loaded, no
-    /// binding), in one write transaction: an initial load that found the
-    /// backup re-exported starts again from nothing, and a crash leaves
-    /// either the old partial load or the empty file, both resumable.
+    /// binding; the prefix filter stays), in one write transaction: an
+    /// initial load that found the backup re-exported starts again from
+    /// nothing, and a crash leaves either the old partial load or the
+    /// empty file, both resumable.
     pub(crate) fn reset(&mut self) -> Result<(), StoreError> {
         let mut empty = Connection::open_in_memory()?;
         schema::migrate(&mut empty)?;
+        if !self.state.filter.is_empty() {
+            let filter = self.state.filter.to_meta();
+            super::set_meta(&empty, super::filter::META_KEY, &filter)?;
+        }
         self.copy_from(&empty).map(|_| ())
     }
 

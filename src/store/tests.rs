@@ -521,6 +521,20 @@ fn dump(store: &Store, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
         .unwrap()
 }
 
+/// The objects after the initial point `dv` whose absence the apply path
+/// cannot see (no commit left half done between its neighbours): those a
+/// test may hold back and fold in late.
+fn late_candidates(batches: &[LogBatch], dv: Versionstamp) -> Vec<usize> {
+    (1..batches.len() - 1)
+        .filter(|&k| {
+            let prev = batches[k - 1].name.last;
+            batches[k].name.first > dv.commit_end()
+                && (prev.is_commit_end()
+                    || batches[k + 1].name.first.versionstamp() == prev.versionstamp())
+        })
+        .collect()
+}
+
 /// A log object held back and folded in late (following, or pinned before
 /// or after it) leaves exactly the store that applying every object in
 /// order leaves: rows, data version, undo, redo, points and their times.
@@ -532,16 +546,7 @@ fn a_late_object_folded_in_leaves_the_store_an_in_order_one_has() {
         let batches = objects(&mut rng, &commits);
         let initial = 10;
         let dv = commits[initial].vs;
-        // Objects after the initial point whose absence the apply path
-        // cannot see (no commit left half done between its neighbours).
-        let candidates: Vec<usize> = (1..batches.len() - 1)
-            .filter(|&k| {
-                let prev = batches[k - 1].name.last;
-                batches[k].name.first > dv.commit_end()
-                    && (prev.is_commit_end()
-                        || batches[k + 1].name.first.versionstamp() == prev.versionstamp())
-            })
-            .collect();
+        let candidates = late_candidates(&batches, dv);
         let k = candidates[rng.below(candidates.len() as u64) as usize];
         let late = &batches[k];
         // Pinned in a third of the seeds, at a point the late object does
@@ -978,4 +983,181 @@ fn the_state_at_any_point_reads_as_a_checkout_would_make_it_without_moving_anyth
             );
         }
     }
+}
+
+/// A store with a prefix filter holds, at every point, the whole
+/// database's state restricted to the kept keys, keeps every point, and
+/// folds a late object in to the same store as one that saw the objects
+/// in order; nothing of a left-out key reaches `kv`, undo or redo.
+#[test]
+fn a_filtered_store_is_the_restricted_whole_at_every_point_late_objects_included() {
+    let filter = KeyFilter::new(
+        (0..6u8).map(|n| vec![b'k', n]).collect(),
+        vec![vec![b'k', 2]],
+    );
+    let keeps = |k: &[u8]| k.len() == 2 && k[1] < 6 && k[1] != 2;
+    let restrict = |m: Model| -> Model { m.into_iter().filter(|(k, _)| keeps(k)).collect() };
+    let filtered = |dir: &tempfile::TempDir, snapshot: &Model, dv| {
+        let mut s = Store::open(&dir.path().join("r.sqlite")).unwrap();
+        s.bind_filter(&filter).unwrap();
+        drop(s);
+        seeded_store(dir, snapshot, dv)
+    };
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed);
+        let commits = history(&mut rng, 60);
+        let batches = objects(&mut rng, &commits);
+        let initial = 10;
+        let dv = commits[initial].vs;
+        let snapshot: Model = (0..12u8)
+            .map(|n| {
+                let r = KvRecord {
+                    value: vec![n],
+                    encoding: 3,
+                    versionstamp: Versionstamp::from_parts(1, 0),
+                    expire_at_ms: -1,
+                };
+                (vec![b'k', n], r)
+            })
+            .collect();
+        let before = model_after(&snapshot, &commits, initial);
+
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mut whole = seeded_store(&d1, &before, dv);
+        whole.apply_logs(batches.clone()).unwrap();
+        let mut clean = filtered(&d2, &before, dv);
+        assert_eq!(
+            kv(&clean),
+            restrict(before.clone()),
+            "seed {seed}: snapshot"
+        );
+        clean.apply_logs(batches.clone()).unwrap();
+        assert_eq!(clean.state().filter, filter);
+        assert_eq!(
+            dump(&clean, "kvr_points"),
+            dump(&whole, "kvr_points"),
+            "seed {seed}"
+        );
+        assert_eq!(dump(&clean, "data_version"), dump(&whole, "data_version"));
+        for table in ["kv", "kvr_undo", "kvr_redo"] {
+            let keys = clean
+                .conn
+                .prepare(&format!("select k from {table}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            assert!(
+                keys.iter()
+                    .all(|k| keeps(k) || (table != "kv" && k.is_empty())),
+                "seed {seed}: {table} holds a left-out key"
+            );
+        }
+
+        // A late object: folded in, the same store as `clean`.
+        let candidates = late_candidates(&batches, dv);
+        let k = candidates[rng.below(candidates.len() as u64) as usize];
+        let mut late = filtered(&d3, &before, dv);
+        let rest: Vec<LogBatch> = (0..batches.len())
+            .filter(|i| *i != k)
+            .map(|i| batches[i].clone())
+            .collect();
+        late.apply_logs(rest).unwrap();
+        let out = late.repair_late(vec![batches[k].clone()]).unwrap();
+        assert!(
+            matches!(out, LateOutcome::Repaired { .. }),
+            "seed {seed}: {out:?}"
+        );
+        for table in ["kv", "data_version", "kvr_undo", "kvr_redo", "kvr_points"] {
+            assert_eq!(
+                dump(&late, table),
+                dump(&clean, table),
+                "seed {seed}: {table}"
+            );
+        }
+
+        // Read without moving (store::view), pinned at a middle point so
+        // that redo is read too: the same states, and the commit end
+        // markers are no difference.
+        {
+            use super::view::{diff, KeyRange, StateAt};
+            let mid = (initial + commits.len()) / 2;
+            clean
+                .checkout(CheckoutTarget::Versionstamp(commits[mid].vs))
+                .unwrap();
+            let state = clean.state().clone();
+            let tx = clean.conn.unchecked_transaction().unwrap();
+            let at = |i: usize| {
+                StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[i].vs)).unwrap()
+            };
+            for i in [initial + 1, mid, commits.len() - 1] {
+                let want = restrict(model_after(&snapshot, &commits, i));
+                assert_eq!(
+                    scanned(&at(i), &KeyRange::all()),
+                    want,
+                    "seed {seed}: view at {i}"
+                );
+            }
+            let mut changes = 0;
+            diff(
+                &at(initial + 1),
+                &at(commits.len() - 1),
+                &KeyRange::all(),
+                |c| {
+                    assert!(keeps(&c.key), "seed {seed}: a diff shows {:?}", c.key);
+                    changes += 1;
+                    std::ops::ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+            assert!(changes > 0, "seed {seed}");
+        }
+
+        // Every point, in random order: the restricted whole.
+        let mut order: Vec<usize> = (initial + 1..commits.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for i in order.into_iter().take(15) {
+            clean
+                .checkout(CheckoutTarget::Versionstamp(commits[i].vs))
+                .unwrap();
+            assert_eq!(
+                kv(&clean),
+                restrict(model_after(&snapshot, &commits, i)),
+                "seed {seed}: commit {i}"
+            );
+        }
+    }
+}
+
+/// Another filter is refused once the file holds data; a file that holds
+/// nothing yet takes the new one.
+#[test]
+fn a_filter_is_fixed_once_data_is_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = KeyFilter::new(vec![vec![b'k', 1]], vec![]);
+    let b = KeyFilter::new(vec![vec![b'k', 2]], vec![]);
+    let mut store = Store::open(&dir.path().join("r.sqlite")).unwrap();
+    store.bind_filter(&a).unwrap();
+    store.bind_filter(&b).unwrap();
+    assert_eq!(store.state().filter, b, "nothing loaded: replaced");
+    drop(store);
+    let store = seeded_store(&dir, &Model::new(), Versionstamp::from_parts(5, 0));
+    assert_eq!(store.state().filter, b, "recorded in the file");
+    let mut store = store;
+    for other in [a, KeyFilter::default()] {
+        match store.bind_filter(&other) {
+            Err(StoreError::FilterMismatch { advice, .. }) => {
+                assert!(advice.contains(&b.as_flags()), "{advice}");
+            }
+            r => panic!("{other:?}: {r:?}"),
+        }
+    }
+    store.bind_filter(&b).unwrap();
 }
