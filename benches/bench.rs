@@ -29,6 +29,10 @@
 //!   `kvreplica pitr diff` (CLI) and `GET /pitr/diff` (admin API, every
 //!   page), N commits to the newest point and 100 commits far back.
 //!
+//! - `export [--keys N] [--commits C] [--runs R]`: `kvreplica export` of an
+//!   N-key replica (1M by default) against a plain `SELECT` of the same
+//!   rows, and of an earlier point: entries/s, MB/s, peak RSS.
+//!
 //! - `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: the remote mode's TLS
 //!   delay proxy alone, in front of a server started by hand.
 //!
@@ -45,6 +49,8 @@ mod checkout;
 mod compare;
 #[path = "bench/diff.rs"]
 mod diff;
+#[path = "bench/export.rs"]
+mod export;
 #[path = "bench/h2load.rs"]
 mod h2load;
 #[path = "bench/load.rs"]
@@ -113,9 +119,10 @@ fn main() {
         Some("h2load") => h2load::run(&args),
         Some("scan") => scan::run(&args),
         Some("diff") => diff::run(&args),
+        Some("export") => export::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff|export …"
             );
         }
     }

@@ -57,3 +57,12 @@ if [ ! -x "$NPM_DIR/node_modules/@deno/linux-x64-glibc/deno" ] || [ ! -d "$NPM_D
 fi
 export KVREPLICA_TEST_DENO="$NPM_DIR/node_modules/@deno/linux-x64-glibc/deno"
 export KVREPLICA_TEST_NODE_MODULES="$NPM_DIR/node_modules"
+
+# DuckDB (the `export` tests load an export with read_json_auto): the PyPI
+# package, pinned, in a venv of its own.
+DUCKDB_VENV="$TOOLS/duckdb"
+if ! "$DUCKDB_VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version__ != "2.0.0")' >/dev/null 2>&1; then
+  python3 -m venv "$DUCKDB_VENV"
+  "$DUCKDB_VENV/bin/python" -m pip install --quiet --disable-pip-version-check duckdb==2.0.0
+fi
+export KVREPLICA_TEST_DUCKDB_PYTHON="$DUCKDB_VENV/bin/python"

@@ -378,12 +378,13 @@ async fn dispatch(
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
         ("/pitr/diff", &Method::GET) => crate::inspect::diff_endpoint(ctx.db.clone(), &query).await,
         ("/kv", &Method::GET) => crate::inspect::kv_endpoint(ctx.db.clone(), &query).await,
+        ("/export", &Method::GET) => crate::export::http::respond(&ctx.db, &query).await,
         (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
 }
 
 /// The endpoints behind the admin token.
-const PITR_PATHS: [&str; 3] = ["/pitr/points", "/pitr/current", "/pitr/checkout"];
+const PITR_PATHS: [&str; 4] = ["/pitr/points", "/pitr/current", "/pitr/checkout", "/export"];
 /// The read-only views behind the admin token (`crate::inspect`).
 const INSPECT_PATHS: [&str; 2] = ["/pitr/diff", "/kv"];
 

@@ -47,6 +47,9 @@
 //! - [`inspect`]: what changed between two points and the entries of one
 //!   state, decoded and paged, read without moving the replica (`pitr
 //!   diff`, `get`, `GET /pitr/diff`, `GET /kv`).
+//! - [`export`]: the state at a point, decoded, streamed one entry per
+//!   line in one read transaction: `kvreplica export` and the admin API's
+//!   `GET /export` (`export::http`).
 //!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
@@ -77,6 +80,7 @@ mod clock;
 mod config;
 pub mod decode;
 mod exit;
+pub mod export;
 pub mod format;
 mod health;
 pub mod inspect;
