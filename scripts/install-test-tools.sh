@@ -6,6 +6,11 @@
 # They live outside the clone, in $KVREPLICA_TOOLS_DIR (default
 # ~/.cache/kvreplica-tools), so that a fresh clone on the same machine does
 # not build s3s-fs again; a fresh machine installs everything.
+#
+# Strict mode for the installation only: the options of the shell that
+# sources this are put back at the end (an interactive shell with `set -e`
+# left on would end at the first failing command).
+_kvreplica_shell_options="$(set +o)"
 set -euo pipefail
 TOOLS="${KVREPLICA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvreplica-tools}"
 mkdir -p "$TOOLS"
@@ -66,3 +71,6 @@ if ! "$DUCKDB_VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version
   "$DUCKDB_VENV/bin/python" -m pip install --quiet --disable-pip-version-check duckdb==2.0.0
 fi
 export KVREPLICA_TEST_DUCKDB_PYTHON="$DUCKDB_VENV/bin/python"
+
+eval "$_kvreplica_shell_options"
+unset _kvreplica_shell_options
