@@ -169,6 +169,7 @@ impl Step {
         out.push_str(&key_json(&self.key));
         out.push_str(r#","key_hex":""#);
         out.push_str(&hex::encode(&self.key));
+        out.push('"');
         for (name, side) in [("before", &self.current), ("after", &self.target)] {
             out.push_str(&format!(r#","{name}":"#));
             match side {
