@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::fixture::{Fixture, Spec};
-use common::serve::{run_deno, ServeProcess, ACCESS_TOKEN};
+use common::serve::{run_deno, Method, ServeProcess, ACCESS_TOKEN};
 use common::{kvreplica_bin, run_ok};
 use denokv::Denokv;
 use serde_json::Value;
@@ -388,14 +388,20 @@ fn an_apply_killed_midway_is_finished_by_a_second_run() {
     assert!(planned_keys(&setup).is_empty(), "nothing left to do");
 }
 
-#[test]
-fn a_kvreplica_target_is_refused_as_read_only() {
-    let setup = Setup::new(184);
+/// `kvreplica serve` on a copy of the setup's replica, synced.
+fn serve_replica(setup: &Setup) -> ServeProcess {
     let db = setup.tmp.path().join("served.sqlite");
     std::fs::copy(&setup.db, &db).unwrap();
     let bucket = format!("file://{}/", setup.tmp.path().join("bucket").display());
     let mut serve = ServeProcess::start(&["--source", &bucket, "--db", db.to_str().unwrap()]);
     serve.wait_ready();
+    serve
+}
+
+#[test]
+fn a_kvreplica_target_is_refused_as_read_only() {
+    let setup = Setup::new(184);
+    let serve = serve_replica(&setup);
     let before = setup.primary.rows();
     let out = Command::new(kvreplica_bin())
         .args(["restore", "--db", setup.db.to_str().unwrap()])
@@ -412,4 +418,54 @@ fn a_kvreplica_target_is_refused_as_read_only() {
     );
     assert!(!err.contains(ACCESS_TOKEN), "{err}");
     assert_eq!(setup.primary.rows(), before);
+}
+
+#[test]
+fn post_restore_plans_then_applies_over_the_admin_api() {
+    let setup = Setup::new(185);
+    let serve = serve_replica(&setup);
+    let outside = setup.outside();
+    let before = setup.primary.rows();
+    let body = |apply: bool| {
+        serde_json::json!({
+            "to": setup.primary.url,
+            "token": ACCESS_TOKEN,
+            "at": setup.point_vs(),
+            "prefix": [r#"["item"]"#],
+            "apply": apply,
+        })
+    };
+    // A plan only: counts and keys, nothing written.
+    let (status, plan) = serve.admin(Method::Post, "/restore", body(false));
+    assert_eq!(status, 200, "{plan}");
+    let planned = plan["plan"]["set"].as_u64().unwrap() + plan["plan"]["delete"].as_u64().unwrap();
+    assert!(planned > 0, "{plan}");
+    assert_eq!(plan["keys"].as_array().unwrap().len() as u64, planned);
+    assert_eq!(plan["point"], setup.point_vs());
+    assert!(plan["applied"].is_null());
+    assert_eq!(setup.primary.rows(), before, "a plan writes nothing");
+
+    // Apply: the prefix as at the point, the rest untouched.
+    let (status, done) = serve.admin(Method::Post, "/restore", body(true));
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["applied"]["written"].as_u64(), Some(planned), "{done}");
+    assert_eq!(done["applied"]["conflicts"], serde_json::json!([]));
+    setup.assert_prefix_is(setup.point);
+    assert_eq!(setup.outside(), outside);
+
+    // The replica's own KV Connect listener is refused (502, read-only);
+    // a bad point is a 400; the token shows nowhere.
+    let mut refused = body(true);
+    refused["to"] = serve.kv_url().into();
+    let (status, err) = serve.admin(Method::Post, "/restore", refused);
+    assert_eq!(status, 502, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("read-only"),
+        "{err}"
+    );
+    let mut bad = body(false);
+    bad["at"] = "yesterday".into();
+    assert_eq!(serve.admin(Method::Post, "/restore", bad).0, 400);
+    assert!(!serve.log().contains(ACCESS_TOKEN));
+    assert!(!err.to_string().contains(ACCESS_TOKEN));
 }

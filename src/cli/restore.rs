@@ -66,9 +66,6 @@ pub enum Format {
     Jsonl,
 }
 
-/// Rounds of --retry-conflicts at most (each re-reads the keys).
-const RETRY_ROUNDS: usize = 3;
-
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let path = super::existing_replica(&args.db)?;
     let token = token(&args)?;
@@ -87,10 +84,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         })
         .await??
     };
-    let mut client = Client::connect(&args.to, &token)
-        .await
-        .map_err(RestoreError::from)?;
-    client.ensure_writable().await.map_err(RestoreError::from)?;
+    let mut client = restore::connect(&args.to, &token).await?;
     let plan = restore::plan(&mut client, &point, &ranges).await?;
     print_plan(&plan, &args)?;
     if !args.apply {
@@ -102,16 +96,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let options = ApplyOptions {
         batch: args.batch_size as usize,
     };
-    let mut applied = apply_with_progress(&mut client, &plan, options).await?;
-    let mut rounds = 0;
-    while args.retry_conflicts && !applied.conflicts.is_empty() && rounds < RETRY_ROUNDS {
-        rounds += 1;
-        let again = restore::replan(&mut client, &point, &applied.conflicts).await?;
-        let more = apply_with_progress(&mut client, &again, options).await?;
-        applied.written += more.written;
-        applied.already += more.already + again.unchanged;
-        applied.conflicts = more.conflicts;
-    }
+    let applied =
+        apply_with_progress(&mut client, &point, &plan, options, args.retry_conflicts).await?;
     let mut report = format!(
         "restored: {} keys written, {} already restored, {} conflicts\n",
         applied.written,
@@ -186,11 +172,14 @@ fn print_plan(plan: &Plan, args: &RestoreArgs) -> anyhow::Result<()> {
 /// Applies `plan`, with a progress bar when stderr is a terminal.
 async fn apply_with_progress(
     client: &mut Client,
+    point: &restore::PointState,
     plan: &Plan,
     options: ApplyOptions,
+    retry_conflicts: bool,
 ) -> Result<restore::Applied, RestoreError> {
     if !std::io::stderr().is_terminal() {
-        return restore::apply(client, plan, options, |_| {}).await;
+        return restore::apply_all(client, point, plan, options, retry_conflicts, &mut |_| {})
+            .await;
     }
     let bar = indicatif::ProgressBar::new(plan.steps.len() as u64);
     bar.set_style(
@@ -198,7 +187,10 @@ async fn apply_with_progress(
             .expect("a valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let result = restore::apply(client, plan, options, |n| bar.set_position(n)).await;
+    let result = restore::apply_all(client, point, plan, options, retry_conflicts, &mut |n| {
+        bar.set_position(n)
+    })
+    .await;
     bar.finish();
     let _ = std::io::stderr().flush();
     result

@@ -21,6 +21,7 @@
 //! its target (a retried write whose answer was lost) is not a conflict.
 
 pub mod client;
+pub mod http;
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -568,6 +569,39 @@ async fn settle_failed(
         applied.conflicts.push(step.key.clone());
     }
     Ok(())
+}
+
+/// Connects to the primary and refuses it when it takes no writes.
+pub async fn connect(url: &str, token: &str) -> Result<Client, RestoreError> {
+    let mut client = Client::connect(url, token).await?;
+    client.ensure_writable().await?;
+    Ok(client)
+}
+
+/// Rounds of `--retry-conflicts` at most (each re-reads the keys).
+const RETRY_ROUNDS: usize = 3;
+
+/// Applies `plan`; with `retry_conflicts`, plans the conflicts again
+/// against their new entries and writes them (a bounded number of rounds).
+pub async fn apply_all(
+    client: &mut Client,
+    point: &PointState,
+    plan: &Plan,
+    options: ApplyOptions,
+    retry_conflicts: bool,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Applied, RestoreError> {
+    let mut applied = apply(client, plan, options, &mut *progress).await?;
+    let mut rounds = 0;
+    while retry_conflicts && !applied.conflicts.is_empty() && rounds < RETRY_ROUNDS {
+        rounds += 1;
+        let again = replan(client, point, &applied.conflicts).await?;
+        let more = apply(client, &again, options, &mut *progress).await?;
+        applied.written += more.written;
+        applied.already += more.already + again.unchanged;
+        applied.conflicts = more.conflicts;
+    }
+    Ok(applied)
 }
 
 /// The test-only pause between batches (`tests/restore.rs`): with
