@@ -12,6 +12,8 @@
 mod common;
 #[path = "common/denokv.rs"]
 mod denokv;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -75,9 +77,15 @@ impl Setup {
         let out = setup.restore(&["--at", "latest", "--apply"]);
         assert!(out.status.success(), "{}", describe(&out));
         setup.assert_prefix_is(setup.fx.last_initial);
-        // …and keys of its own outside the prefix, by the Deno CLI.
+        // …and writes of its own by the Deno CLI: keys outside the prefix
+        // (a counter summed twice among them), and a counter under it that
+        // the point never had (the restore deletes it).
         for i in 0..3 {
             setup.deno(&["set", &format!(r#"["outside",{i}]"#), "kept"]);
+        }
+        for key in [r#"["outside","counter"]"#, r#"["item","counter"]"#] {
+            setup.deno(&["sum", key, "5"]);
+            setup.deno(&["sum", key, "7"]);
         }
         setup
     }
@@ -171,7 +179,7 @@ impl Setup {
             .into_iter()
             .filter(|(k, _)| !k.starts_with(ITEM_HEX))
             .collect();
-        assert_eq!(rows.len(), 3, "the keys outside the prefix");
+        assert_eq!(rows.len(), 4, "the keys outside the prefix");
         rows
     }
 }
@@ -468,4 +476,47 @@ fn post_restore_plans_then_applies_over_the_admin_api() {
     assert_eq!(serve.admin(Method::Post, "/restore", bad).0, 400);
     assert!(!serve.log().contains(ACCESS_TOKEN));
     assert!(!err.to_string().contains(ACCESS_TOKEN));
+}
+
+#[test]
+fn server_errors_and_dropped_connections_are_retried() {
+    let setup = Setup::new(186);
+    let outside = setup.outside();
+    let mut config = fault_proxy::Config::new(fault_proxy::Flavor::Gcs, 186);
+    config.fault_percent = 50;
+    config.not_found_percent = 0;
+    // Answers lost after the write reached the primary (mid-body resets,
+    // truncated bodies) included: the retried write's checks then fail on
+    // the key's own new entry, which is not a conflict.
+    config.kinds = vec![
+        fault_proxy::Fault::Http500,
+        fault_proxy::Fault::Http503,
+        fault_proxy::Fault::ResetBeforeAnswer,
+        fault_proxy::Fault::ResetMidBody,
+        fault_proxy::Fault::Truncated,
+    ];
+    let proxy = fault_proxy::FaultProxy::start(&setup.primary.url, config);
+    let vs = setup.point_vs();
+    let out = Command::new(kvreplica_bin())
+        .args(["restore", "--db", setup.db.to_str().unwrap()])
+        .args(["--to", &proxy.endpoint(), "--at", &vs])
+        .args(["--prefix", r#"["item"]"#, "--apply", "--batch-size", "2"])
+        .args(["--token-file", setup.token_file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        proxy.total_faults() >= 3,
+        "faults injected: {:?}",
+        proxy.counts()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 conflicts"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!describe(&out).contains(ACCESS_TOKEN));
+    setup.assert_prefix_is(setup.point);
+    assert_eq!(setup.outside(), outside);
 }

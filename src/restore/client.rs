@@ -294,7 +294,7 @@ impl Client {
                     })
                 }
                 Err(Attempt::Retry(detail)) => {
-                    tracing::warn!(method, attempt, "{detail}; retrying");
+                    tracing::warn!(attempt, "{method}: {detail}; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
@@ -335,7 +335,7 @@ async fn answer(what: &'static str, response: reqwest::Response) -> Result<bytes
         .collect::<String>();
     if status.is_server_error() || status.as_u16() == 429 {
         Err(Attempt::Retry(format!(
-            "{what}: the server answered {status}: {text}"
+            "the server answered {status}: {text}"
         )))
     } else if status.as_u16() == 401 {
         Err(Attempt::Unauthorized(text))
@@ -368,7 +368,7 @@ async fn metadata(http: &reqwest::Client, url: &Url, token: &str) -> Result<Sess
         match result {
             Ok(body) => break body,
             Err(Attempt::Retry(detail)) if attempt < ATTEMPTS => {
-                tracing::warn!(attempt, "{detail}; retrying");
+                tracing::warn!(attempt, "{WHAT}: {detail}; retrying");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Err(Attempt::Retry(detail)) => {

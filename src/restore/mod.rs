@@ -44,7 +44,7 @@ pub enum RestoreError {
     Checkout(#[from] CheckoutError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the primary: {0}")]
+    #[error("the primary")]
     Client(#[from] ClientError),
     /// Some keys were written meanwhile by someone else and left as they
     /// are (listed in the report).

@@ -2,9 +2,11 @@
 //
 //   deno run --unstable-kv -A deno_restore.ts <url|path> list <prefix-json>
 //   deno run --unstable-kv -A deno_restore.ts <url> set <key-json> <string>
+//   deno run --unstable-kv -A deno_restore.ts <url> sum <key-json> <n>
 //
 // `list` prints one JSON array of [key, value] pairs (values in a tagged
-// form JSON can hold: bigint, KvU64, bytes); `set` writes a string.
+// form JSON can hold: bigint, KvU64, bytes); `set` writes a string, `sum`
+// adds n to a KvU64 (the key holding n when absent).
 
 const [target, command, a, b] = Deno.args;
 const kv = await Deno.openKv(target);
@@ -23,8 +25,11 @@ if (command === "list") {
 } else if (command === "set") {
   const r = await kv.set(JSON.parse(a), b);
   console.log(JSON.stringify({ ok: r.ok }));
+} else if (command === "sum") {
+  const r = await kv.atomic().sum(JSON.parse(a), BigInt(b)).commit();
+  console.log(JSON.stringify({ ok: r.ok }));
 } else {
-  console.error("usage: deno_restore.ts <url|path> list <prefix> | set <key> <value>");
+  console.error("usage: deno_restore.ts <url|path> list <prefix> | set <key> <value> | sum <key> <n>");
   Deno.exit(2);
 }
 kv.close();
