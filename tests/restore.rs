@@ -7,7 +7,9 @@
 //! expiry from denokv's file; values as the real Deno CLI reads them),
 //! everything else is untouched; a dry run writes nothing; a write made
 //! during the apply is a conflict and is not overwritten; an apply killed
-//! midway is finished by a second run; a kvreplica target is refused.
+//! midway is finished by a second run; a kvreplica target is refused;
+//! 5xx answers and dropped connections are retried; `POST /restore` plans
+//! and applies the same; progress shows on a terminal only.
 
 mod common;
 #[path = "common/denokv.rs"]
@@ -106,6 +108,20 @@ impl Setup {
         cmd
     }
 
+    /// `restore --prefix ["item"] --at <point> --apply --batch-size 1`.
+    fn apply_one_key_per_batch(&self) -> Command {
+        let vs = self.point_vs();
+        self.restore_command(&[
+            "--prefix",
+            r#"["item"]"#,
+            "--at",
+            &vs,
+            "--apply",
+            "--batch-size",
+            "1",
+        ])
+    }
+
     fn restore(&self, args: &[&str]) -> Output {
         let out = self.restore_command(args).output().unwrap();
         let all = describe(&out);
@@ -152,7 +168,14 @@ impl Setup {
             .rows()
             .into_iter()
             .filter(|(k, _)| k.starts_with(ITEM_HEX))
-            .map(|(k, (v, e, _, x))| (k, (v, e, if x <= 0 { -1 } else { x })))
+            .map(|(k, r)| {
+                let x = if r.expire_at_ms <= 0 {
+                    -1
+                } else {
+                    r.expire_at_ms
+                };
+                (k, (r.value, r.encoding, x))
+            })
             .collect();
         let wrong: Vec<&String> = expected
             .iter()
@@ -319,16 +342,7 @@ fn a_write_made_during_the_apply_is_a_conflict_and_is_not_overwritten() {
     // One key per batch; the last key is written by the last batch, and
     // the Deno CLI writes it while the apply is paused before that batch.
     let (key, key_hex) = planned.last().unwrap().clone();
-    let vs = setup.point_vs();
-    let cmd = setup.restore_command(&[
-        "--prefix",
-        r#"["item"]"#,
-        "--at",
-        &vs,
-        "--apply",
-        "--batch-size",
-        "1",
-    ]);
+    let cmd = setup.apply_one_key_per_batch();
     let child = run_paused(cmd, planned.len(), |child| {
         setup.deno(&["set", &key, "concurrent"]);
         writeln!(child.stdin.as_mut().unwrap()).unwrap();
@@ -353,7 +367,7 @@ fn a_write_made_during_the_apply_is_a_conflict_and_is_not_overwritten() {
     for (k, r) in &expected {
         let k = hex::encode(k);
         if k != key_hex {
-            assert_eq!(rows[&k].0, r.value, "{k}");
+            assert_eq!(rows[&k].value, r.value, "{k}");
         }
     }
 
@@ -369,16 +383,7 @@ fn an_apply_killed_midway_is_finished_by_a_second_run() {
     let outside = setup.outside();
     let planned = planned_keys(&setup);
     assert!(planned.len() >= 4, "{planned:?}");
-    let vs = setup.point_vs();
-    let cmd = setup.restore_command(&[
-        "--prefix",
-        r#"["item"]"#,
-        "--at",
-        &vs,
-        "--apply",
-        "--batch-size",
-        "1",
-    ]);
+    let cmd = setup.apply_one_key_per_batch();
     let mut child = run_paused(cmd, 3, |child| {
         // SIGKILL: no chance to finish anything.
         child.kill().unwrap();
@@ -519,4 +524,40 @@ fn server_errors_and_dropped_connections_are_retried() {
     assert!(!describe(&out).contains(ACCESS_TOKEN));
     setup.assert_prefix_is(setup.point);
     assert_eq!(setup.outside(), outside);
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_never_in_a_pipe() {
+    let setup = Setup::new(187);
+    let planned = planned_keys(&setup).len();
+    assert!(planned > 0);
+    // `script` gives the command a terminal.
+    let command = format!(
+        "{} restore --db {} --to {} --token-file {} --at {} --prefix '[\"item\"]' --apply",
+        kvreplica_bin(),
+        setup.db.display(),
+        setup.primary.url,
+        setup.token_file.display(),
+        setup.point_vs()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("DENO_KV_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("restoring {planned}/{planned} keys")),
+        "{text:?}"
+    );
+    setup.assert_prefix_is(setup.point);
+    // In a pipe: no bar.
+    let out = setup.restore_prefix(&["--apply"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("restoring"),
+        "{}",
+        describe(&out)
+    );
 }

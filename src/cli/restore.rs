@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::diff::Format;
 use crate::config::PitrDbArgs;
 use crate::restore::{self, client::Client, Action, ApplyOptions, Plan, RestoreError, Selection};
 use crate::store::pitr::CheckoutTarget;
@@ -58,12 +59,6 @@ pub struct RestoreArgs {
     /// per key, then one with the counts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Jsonl,
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One row of denokv's `kv` table: value, encoding, versionstamp (hex),
-/// expiry (epoch ms, -1 none).
-pub type Row = (Vec<u8>, i64, String, i64);
+pub use super::common::Row;
 
 /// A running denokv; killed when dropped.
 pub struct Denokv {
@@ -56,28 +54,10 @@ impl Denokv {
     }
 
     /// Every row of its file, by hex key: what a client cannot read over
-    /// KV Connect (the expiry) included.
+    /// KV Connect (the expiry) included. denokv keeps the Deno CLI's
+    /// layout, which is the replica's.
     pub fn rows(&self) -> BTreeMap<String, Row> {
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.sqlite,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        let mut stmt = conn
-            .prepare("select k, v, v_encoding, version, seq, expiration_ms from kv order by k")
-            .unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                let k: Vec<u8> = r.get(0)?;
-                let version: i64 = r.get(3)?;
-                let seq: i64 = r.get(4)?;
-                let vs = format!("{:016x}{:04x}", version as u64, seq as u16);
-                Ok((hex::encode(k), (r.get(1)?, r.get(2)?, vs, r.get(5)?)))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows
+        super::common::read_replica(&self.sqlite)
     }
 }
 
