@@ -53,6 +53,14 @@ if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
 fi
 export KVREPLICA_TEST_S3S_FS="$S3S_ROOT/bin/s3s-fs"
 
+# A writable KV Connect server (the primary `kvreplica restore` writes to):
+# denokv from crates.io.
+DENOKV_ROOT="$TOOLS/denokv"
+if [ ! -x "$DENOKV_ROOT/bin/denokv" ]; then
+  cargo install denokv@0.14.0 --locked --root "$DENOKV_ROOT"
+fi
+export KVREPLICA_TEST_DENOKV="$DENOKV_ROOT/bin/denokv"
+
 # KV Connect clients: the Deno CLI (HTTP/2 cleartext) and @deno/kv for Node
 # (HTTP/1.1), both from the npm registry.
 NPM_DIR="$TOOLS/npm"

@@ -358,7 +358,7 @@ async fn dispatch(
         ("/healthz" | "/readyz" | "/metrics", m) => {
             return Err(AdminError::MethodNotAllowed(m.clone()))
         }
-        (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) => {
+        (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) && p != RESTORE_PATH => {
             return Err(AdminError::NotFound(p.to_string()))
         }
         _ => {}
@@ -379,12 +379,16 @@ async fn dispatch(
         ("/pitr/diff", &Method::GET) => crate::inspect::diff_endpoint(ctx.db.clone(), &query).await,
         ("/kv", &Method::GET) => crate::inspect::kv_endpoint(ctx.db.clone(), &query).await,
         ("/export", &Method::GET) => crate::export::http::respond(&ctx.db, &query).await,
+        (RESTORE_PATH, &Method::POST) => crate::restore::http::respond(ctx.db.clone(), &body).await,
         (_, m) => Err(AdminError::MethodNotAllowed(m.clone())),
     }
 }
 
 /// The endpoints behind the admin token.
 const PITR_PATHS: [&str; 4] = ["/pitr/points", "/pitr/current", "/pitr/checkout", "/export"];
+/// Writes the replica's state at a point into the primary (`crate::restore`),
+/// behind the admin token.
+const RESTORE_PATH: &str = "/restore";
 /// The read-only views behind the admin token (`crate::inspect`).
 const INSPECT_PATHS: [&str; 2] = ["/pitr/diff", "/kv"];
 

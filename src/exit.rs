@@ -12,6 +12,7 @@
 use std::process::ExitCode;
 
 use crate::config::ConfigError;
+use crate::restore::RestoreError;
 use crate::source::SourceError;
 use crate::store::pitr::CheckoutError;
 use crate::store::StoreError;
@@ -39,6 +40,9 @@ pub(crate) enum Exit {
     ReplicaMismatch = 73,
     /// The object store refused the credentials (EX_NOPERM).
     AccessDenied = 77,
+    /// A restore left keys that changed in the primary meanwhile
+    /// (conflicts): an operator decides (EX_TEMPFAIL).
+    Conflicts = 75,
     /// The configuration (file, environment, flags, source URL) is invalid
     /// (EX_CONFIG).
     BadConfig = 78,
@@ -55,6 +59,7 @@ Exit codes:
   66  no backup at the source (no such bucket or directory, empty prefix)
   69  the object store refused a request for a lasting reason
   73  the replica file belongs to another backup or a newer kvreplica, or is not a replica
+  75  a restore left keys another writer changed meanwhile (conflicts)
   77  access to the object store denied
   78  invalid configuration
 Codes other than 0 and 1 need an operator: systemd/kvreplica.service does not restart them.";
@@ -76,6 +81,8 @@ impl Exit {
                         CheckoutError::Store(e) => Some(store(e)),
                         _ => Some(Exit::Failure),
                     }
+                } else if let Some(RestoreError::Conflicts(_)) = cause.downcast_ref() {
+                    Some(Exit::Conflicts)
                 } else {
                     cause.downcast_ref::<ConfigError>().map(|_| Exit::BadConfig)
                 }
@@ -195,6 +202,7 @@ mod tests {
             Exit::NoBackup,
             Exit::Refused,
             Exit::ReplicaMismatch,
+            Exit::Conflicts,
             Exit::AccessDenied,
             Exit::BadConfig,
         ] {

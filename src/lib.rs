@@ -50,6 +50,10 @@
 //! - [`export`]: the state at a point, decoded, streamed one entry per
 //!   line in one read transaction: `kvreplica export` and the admin API's
 //!   `GET /export` (`export::http`).
+//! - [`restore`]: the state at a point put back into the primary over KV
+//!   Connect: a KV Connect client (`restore::client`), the plan (set,
+//!   delete, leave per key) and its guarded, batched apply (`kvreplica
+//!   restore`, `POST /restore`).
 //!
 //! Serving it:
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
@@ -90,6 +94,7 @@ mod notify;
 mod progress;
 mod rebuild;
 mod reload;
+pub mod restore;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -8,6 +8,7 @@ mod diff;
 mod export;
 mod get;
 mod pitr;
+mod restore;
 mod serve;
 mod sync;
 
@@ -43,6 +44,10 @@ pub enum Command {
     /// Print one key's entry, decoded (JSON, `null` when absent), in the
     /// visible state or at a point (--at); reads only.
     Get(get::GetArgs),
+    /// Put keys back into the primary database (over KV Connect) as they
+    /// were at a point of the replica: a dry run that prints the plan,
+    /// or --apply to write it, guarded against concurrent writes.
+    Restore(restore::RestoreArgs),
 }
 
 /// The replica file a reading command (`pitr`, `export`) names. It must
@@ -119,7 +124,11 @@ pub fn main() -> std::process::ExitCode {
     // `sync` and `serve` set up logging from their settings.
     if matches!(
         cli.command,
-        Command::Pitr(_) | Command::CheckConfig(_) | Command::Export(_) | Command::Get(_)
+        Command::Pitr(_)
+            | Command::CheckConfig(_)
+            | Command::Export(_)
+            | Command::Get(_)
+            | Command::Restore(_)
     ) {
         crate::logging::init_default();
     }
@@ -159,6 +168,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::CheckConfig(args) => check_config::run(args),
             Command::Export(args) => export::run(args),
             Command::Get(args) => get::run(args),
+            Command::Restore(args) => restore::run(args).await,
         }
     })
 }
