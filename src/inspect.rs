@@ -164,21 +164,9 @@ fn resolve<'c>(
 }
 
 /// Sorted, non-overlapping ranges for a set of prefixes (every key when
-/// there is none). Prefix ranges either nest or are apart, so a range that
-/// starts inside the previous one is inside it.
+/// there is none).
 pub fn prefix_ranges(prefixes: &[Vec<u8>]) -> Vec<KeyRange> {
-    if prefixes.is_empty() {
-        return vec![KeyRange::all()];
-    }
-    let mut ranges: Vec<KeyRange> = prefixes.iter().map(|p| KeyRange::prefix(p)).collect();
-    ranges.sort_by(|a, b| a.start.cmp(&b.start));
-    let mut out: Vec<KeyRange> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        if !out.last().is_some_and(|last| last.contains(&r.start)) {
-            out.push(r);
-        }
-    }
-    out
+    KeyRange::union(prefixes.iter().map(|p| KeyRange::prefix(p)).collect())
 }
 
 /// The diff between the states at `from` and `to` over `ranges` (sorted,

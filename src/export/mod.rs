@@ -117,7 +117,7 @@ impl Selection {
             start: start.unwrap_or_default(),
             end,
         };
-        let mut prefixes = self
+        let prefixes = self
             .prefixes
             .iter()
             .map(|p| key("prefix", p).map(|k| KeyRange::prefix(&k)))
@@ -125,21 +125,7 @@ impl Selection {
         if prefixes.is_empty() {
             return Ok(vec![bounds]);
         }
-        prefixes.sort_by(|a, b| a.start.cmp(&b.start));
-        let mut merged: Vec<KeyRange> = Vec::new();
-        for r in prefixes {
-            match merged.last_mut() {
-                // Sorted by start: `r` meets the last range unless it
-                // starts at or after its end.
-                Some(last) if last.end.as_ref().is_none_or(|e| &r.start < e) => {
-                    last.end = match (last.end.take(), r.end) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        _ => None,
-                    };
-                }
-                _ => merged.push(r),
-            }
-        }
+        let merged = KeyRange::union(prefixes);
         Ok(merged
             .iter()
             .map(|r| r.intersect(&bounds))

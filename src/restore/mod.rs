@@ -83,23 +83,7 @@ impl Selection {
                 end: Some(end),
             });
         }
-        if ranges.is_empty() {
-            return Ok(vec![KeyRange::all()]);
-        }
-        ranges.sort_by(|a, b| a.start.cmp(&b.start));
-        let mut merged: Vec<KeyRange> = Vec::new();
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if last.end.as_ref().is_none_or(|e| r.start <= *e) => {
-                    last.end = match (&last.end, &r.end) {
-                        (Some(a), Some(b)) => Some(a.clone().max(b.clone())),
-                        _ => None,
-                    };
-                }
-                _ => merged.push(r),
-            }
-        }
-        Ok(merged)
+        Ok(KeyRange::union(ranges))
     }
 }
 

@@ -75,6 +75,31 @@ impl KeyRange {
         }
     }
 
+    /// The keys of any of `ranges`, as sorted, disjoint ranges (ranges that
+    /// overlap or touch become one), so a reader walking them in order
+    /// meets each key once; no range at all is every key.
+    pub fn union(mut ranges: Vec<KeyRange>) -> Vec<KeyRange> {
+        if ranges.is_empty() {
+            return vec![KeyRange::all()];
+        }
+        ranges.sort_by(|a, b| a.start.cmp(&b.start));
+        let mut merged: Vec<KeyRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                // Sorted by start: `r` meets the last range unless it
+                // starts after its end.
+                Some(last) if last.end.as_ref().is_none_or(|e| &r.start <= e) => {
+                    last.end = match (last.end.take(), r.end) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= &self.start[..] && self.end.as_deref().is_none_or(|e| key < e)
     }
