@@ -9,8 +9,13 @@
 #
 # Strict mode for the installation only: the options of the shell that
 # sources this are put back at the end (an interactive shell with `set -e`
-# left on would end at the first failing command).
-_kvreplica_shell_options="$(set +o)"
+# left on would end at the first failing command). They are read from `$-`
+# and `shopt` here, not from `$(set +o)`: a command substitution runs with
+# errexit off and would report it off.
+_kvreplica_shell_options="set +euo pipefail"
+case $- in *e*) _kvreplica_shell_options="$_kvreplica_shell_options -e" ;; esac
+case $- in *u*) _kvreplica_shell_options="$_kvreplica_shell_options -u" ;; esac
+if shopt -qo pipefail; then _kvreplica_shell_options="$_kvreplica_shell_options -o pipefail"; fi
 set -euo pipefail
 TOOLS="${KVREPLICA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvreplica-tools}"
 mkdir -p "$TOOLS"
@@ -80,5 +85,5 @@ if ! "$DUCKDB_VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version
 fi
 export KVREPLICA_TEST_DUCKDB_PYTHON="$DUCKDB_VENV/bin/python"
 
-eval "$_kvreplica_shell_options"
+$_kvreplica_shell_options
 unset _kvreplica_shell_options

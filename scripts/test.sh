@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-test-tools.sh
+# Whatever the sourced script did with the shell's options: every step below
+# must fail the run.
+set -euo pipefail
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets

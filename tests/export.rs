@@ -754,8 +754,18 @@ fn a_client_that_goes_away_mid_export_stops_its_reader() {
         drop(stream);
         wait_no_export_threads(serve.pid(), round);
     }
-    // Each reader stopped because its client left, not by finishing.
-    let log = serve.log();
+    // Each reader stopped because its client left, not by finishing. A
+    // reader's thread ends after it logs, but the line reaches the test
+    // through serve's stderr pipe: wait for it (10 s at most).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = serve.log();
+        let stopped = log.matches("export stopped: the client went away").count();
+        if stopped >= 3 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(
         log.matches("export stopped: the client went away").count(),
         3,
