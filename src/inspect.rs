@@ -32,7 +32,7 @@ use warp::Reply;
 use crate::admin::AdminError;
 use crate::decode::{decode_value, key_json, parse_key, EntryRef, ValueEncoding};
 use crate::format::{KvRecord, Versionstamp};
-use crate::store::pitr::{CheckoutError, CheckoutTarget, HistoryView, Point};
+use crate::store::pitr::{CheckoutError, CheckoutTarget, Point};
 use crate::store::view::{self, Change, ChangeKind, Entry, KeyRange, StateAt};
 use crate::store::{self, StoreError, SyncState};
 
@@ -117,13 +117,6 @@ pub struct PointInfo {
 }
 
 impl PointInfo {
-    fn of(p: Point) -> Self {
-        PointInfo {
-            versionstamp: p.versionstamp,
-            ts_ms: Some(p.ts_ms),
-        }
-    }
-
     pub fn time(&self) -> Option<String> {
         self.ts_ms.map(|ts_ms| {
             Point {
@@ -158,9 +151,16 @@ fn resolve<'c>(
     target: CheckoutTarget,
 ) -> Result<(StateAt<'c>, PointInfo), InspectError> {
     let at = StateAt::resolve(conn, state, target)?;
-    let point = HistoryView::new(conn, state).resolve(target)?;
-    debug_assert_eq!(point.versionstamp, at.point());
-    Ok((at, PointInfo::of(point)))
+    let point = point_info(&at);
+    Ok((at, point))
+}
+
+/// The point a state is at, as answers show it.
+fn point_info(at: &StateAt<'_>) -> PointInfo {
+    PointInfo {
+        versionstamp: at.point(),
+        ts_ms: at.time_ms(),
+    }
 }
 
 /// Sorted, non-overlapping ranges for a set of prefixes (every key when
@@ -288,11 +288,7 @@ fn state_at<'c>(
         Some(target) => resolve(conn, state, target),
         None => {
             let view = StateAt::visible(conn, state)?;
-            let pos = HistoryView::new(conn, state).position()?;
-            let point = PointInfo {
-                versionstamp: view.point(),
-                ts_ms: pos.and_then(|p| p.visible_ts_ms),
-            };
+            let point = point_info(&view);
             Ok((view, point))
         }
     }

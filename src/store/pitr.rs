@@ -209,10 +209,7 @@ impl<'a> HistoryView<'a> {
         };
         let initial_point = self.state.initial_point.expect("visible implies initial");
         let newest = self.edge_point(true)?;
-        let visible_ts_ms = match self.point(visible)? {
-            Some(p) => Some(p.ts_ms),
-            None => self.initial_ts()?,
-        };
+        let visible_ts_ms = self.time_of(visible)?;
         let latest = newest.unwrap_or(Point {
             versionstamp: initial_point,
             ts_ms: visible_ts_ms.unwrap_or(0),
@@ -231,6 +228,15 @@ impl<'a> HistoryView<'a> {
             points_behind: points_behind as u64,
             points_total: points_total as u64,
         }))
+    }
+
+    /// The commit time of a point or of the initial point (unknown for the
+    /// initial point when no log object closed it).
+    pub(crate) fn time_of(&self, vs: Versionstamp) -> Result<Option<i64>, StoreError> {
+        match self.point(vs)? {
+            Some(p) => Ok(Some(p.ts_ms)),
+            None => self.initial_ts(),
+        }
     }
 
     fn initial_ts(&self) -> Result<Option<i64>, StoreError> {

@@ -181,6 +181,8 @@ pub struct StateAt<'c> {
     /// The point, as the stamp of its commit's end.
     at: LogStamp,
     point: Versionstamp,
+    /// The point's commit time, when known.
+    ts_ms: Option<i64>,
 }
 
 impl<'c> StateAt<'c> {
@@ -193,12 +195,13 @@ impl<'c> StateAt<'c> {
     ) -> Result<Self, CheckoutError> {
         let position = state.position.filter(|_| state.initial_complete());
         let position = position.ok_or(CheckoutError::InitialIncomplete)?;
-        let point = HistoryView::new(conn, state).resolve(target)?.versionstamp;
+        let point = HistoryView::new(conn, state).resolve(target)?;
         Ok(StateAt {
             conn,
             position,
-            at: point.commit_end(),
-            point,
+            at: point.versionstamp.commit_end(),
+            point: point.versionstamp,
+            ts_ms: Some(point.ts_ms),
         })
     }
 
@@ -206,17 +209,25 @@ impl<'c> StateAt<'c> {
     pub fn visible(conn: &'c Connection, state: &SyncState) -> Result<Self, CheckoutError> {
         let position = state.position.filter(|_| state.initial_complete());
         let position = position.ok_or(CheckoutError::InitialIncomplete)?;
+        let point = position.versionstamp();
         Ok(StateAt {
             conn,
             position,
             at: position,
-            point: position.versionstamp(),
+            point,
+            ts_ms: HistoryView::new(conn, state).time_of(point)?,
         })
     }
 
     /// The commit this state is the state at.
     pub fn point(&self) -> Versionstamp {
         self.point
+    }
+
+    /// That commit's time (unknown for an initial point no log object
+    /// closed).
+    pub fn time_ms(&self) -> Option<i64> {
+        self.ts_ms
     }
 
     /// Calls `f` for every entry in `range`, in key order, until it breaks.
