@@ -1,0 +1,2 @@
+// kvreplica console
+"use strict";
