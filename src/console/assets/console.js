@@ -513,8 +513,12 @@
 
   function drawMarkers(svg) {
     const d = timeline.data;
-    marker(svg, "marker-visible", d.visible && d.visible.timestamp_ms, "visible", "start");
-    marker(svg, "marker-newest", d.newest && d.newest.timestamp_ms, "newest", "end");
+    const visibleMs = d.visible ? d.visible.timestamp_ms : null;
+    const newestMs = d.newest.timestamp_ms;
+    // Following, the two markers coincide: one label says both rather than two overprinted ones.
+    const together = visibleMs !== null && Math.abs(scaleX(visibleMs) - scaleX(newestMs)) < 90;
+    marker(svg, "marker-visible", visibleMs, together ? "" : "visible", "start");
+    marker(svg, "marker-newest", newestMs, together ? "newest = visible" : "newest", "end");
     const sel = selection.newer;
     if (sel && sel.timestamp_ms !== null) marker(svg, "marker-selected", sel.timestamp_ms, "", "start");
   }
@@ -528,7 +532,7 @@
     if (label) {
       // Labels sit beside the line, on the side with room; "visible" and "newest" often coincide,
       // so one goes left and one right.
-      const left = side === "end" ? x > 60 : x > timeline.width - 60;
+      const left = side === "end" ? x > 110 : x > timeline.width - 110;
       svg.append(svgEl("text", {
         cls: "marker-label " + id, x: x + (left ? -3 : 3), y: TOP_PAD - 3,
         "text-anchor": left ? "end" : "start", text: label,
