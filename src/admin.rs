@@ -121,7 +121,7 @@ impl AdminContext {
     }
 
     /// Runs a read-only query on the admin's connection, off the runtime.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&HistoryView<'_>) -> Result<T, AdminError> + Send + 'static,
     ) -> Result<T, AdminError> {
@@ -136,7 +136,7 @@ impl AdminContext {
     }
 }
 
-fn point_json(p: &Point) -> serde_json::Value {
+pub(crate) fn point_json(p: &Point) -> serde_json::Value {
     json!({"versionstamp": p.versionstamp.to_string(), "time": p.time_rfc3339(), "timestamp_ms": p.ts_ms})
 }
 
@@ -321,6 +321,45 @@ fn readyz(ctx: &Arc<AdminContext>, authorized: bool) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
+/// `GET /status`: what the console's status panel shows, in one answer:
+/// readiness with its detail, the sync engine's last poll and error, the
+/// lag, and the counters a rate is computed from (the page divides two
+/// readings by the time between them).
+fn status(ctx: &Arc<AdminContext>) -> Response {
+    let state = ctx.syncer.state();
+    let health = ctx.syncer.health();
+    let readiness = health.readiness(state.initial_complete(), ctx.syncer.poll_interval());
+    let m = &crate::metrics::METRICS;
+    let (ready, reason, detail) = match &readiness {
+        Ok(()) => (true, "ok", None),
+        Err(not) => (false, not.status, Some(not.detail.clone())),
+    };
+    warp::reply::json(&json!({
+        "now_ms": Utc::now().timestamp_millis(),
+        "ready": ready,
+        "reason": reason,
+        "detail": detail,
+        "initial_complete": state.initial_complete(),
+        "snapshot_ranges": state.snapshot_ranges.map(|(loaded, total)| json!({"loaded": loaded, "total": total})),
+        "mode": state.visible().map(|_| if state.pinned { "pinned" } else { "following" }),
+        "source": state.source,
+        "last_successful_poll": health.last_successful_round().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "last_error": health.last_error(),
+        "poll_interval_seconds": ctx.syncer.poll_interval().as_secs_f64(),
+        "sync_lag_seconds": m.lag_seconds(),
+        "objects_behind": m.objects_behind.get(),
+        "counters": {
+            "objects_applied": crate::metrics::total(&m.objects_applied),
+            "mutations_applied": m.mutations_applied.get(),
+            "bytes_fetched": m.bytes_fetched.get(),
+            "poll_rounds": m.poll_rounds.get(),
+            "errors": crate::metrics::total(&m.errors),
+            "checkouts": m.checkouts.get(),
+        },
+    }))
+    .into_response()
+}
+
 fn metrics(ctx: &Arc<AdminContext>) -> Response {
     let size = ["", "-wal"]
         .iter()
@@ -358,6 +397,14 @@ async fn dispatch(
         ("/healthz" | "/readyz" | "/metrics", m) => {
             return Err(AdminError::MethodNotAllowed(m.clone()))
         }
+        (p, m) if crate::console::owns(p) => {
+            if ctx.tokens.is_empty() {
+                return Err(AdminError::NotFound(format!(
+                    "{p} (the console needs the admin API: give it a token file with --admin-token-file, KVREPLICA_ADMIN_TOKEN_FILE or admin.token_file)"
+                )));
+            }
+            return Ok(crate::console::secure(crate::console::respond(p, m)));
+        }
         (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) && p != RESTORE_PATH => {
             return Err(AdminError::NotFound(p.to_string()))
         }
@@ -375,6 +422,9 @@ async fn dispatch(
     match (path, &method) {
         ("/pitr/points", &Method::GET) => points(&ctx, &query).await,
         ("/pitr/current", &Method::GET) => current(&ctx).await,
+        ("/pitr/timeline", &Method::GET) => crate::timeline::timeline_endpoint(&ctx, &query).await,
+        ("/pitr/commits", &Method::GET) => crate::timeline::commits_endpoint(&ctx, &query).await,
+        ("/status", &Method::GET) => Ok(status(&ctx)),
         ("/pitr/checkout", &Method::POST) => checkout(&ctx, &body).await,
         ("/pitr/diff", &Method::GET) => crate::inspect::diff_endpoint(ctx.db.clone(), &query).await,
         ("/kv", &Method::GET) => crate::inspect::kv_endpoint(ctx.db.clone(), &query).await,
@@ -385,7 +435,15 @@ async fn dispatch(
 }
 
 /// The endpoints behind the admin token.
-const PITR_PATHS: [&str; 4] = ["/pitr/points", "/pitr/current", "/pitr/checkout", "/export"];
+const PITR_PATHS: [&str; 7] = [
+    "/pitr/points",
+    "/pitr/current",
+    "/pitr/checkout",
+    "/pitr/timeline",
+    "/pitr/commits",
+    "/export",
+    "/status",
+];
 /// Writes the replica's state at a point into the primary (`crate::restore`),
 /// behind the admin token.
 const RESTORE_PATH: &str = "/restore";

@@ -24,7 +24,8 @@
 //! - [`store`]: the SQLite replica file: the visible `kv` table in the Deno
 //!   CLI's layout, redo/undo history, recoverable points, sync cursor and
 //!   source binding, the log objects consumed (to fold in a late one),
-//!   and the state at any point read without moving it (`store::view`).
+//!   and the state at any point read without moving it (`store::view`), the
+//!   history's commits per interval and around a moment (`store::timeline`).
 //! - `rebuild` *(internal)*: after a re-export, a replica of the new
 //!   export built beside the file while the old one is served, then
 //!   copied in in one transaction (`sync.on_reexport = "rebuild"`).
@@ -59,7 +60,15 @@
 //! - [`server`]: the read-only KV Connect server (`Deno.openKv(url)`): the
 //!   accept loop and its limits (both listeners), TLS with certificate
 //!   rotation (`server::tls`), reads, watch.
-//! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics).
+//! - [`admin`]: the HTTP admin API (point-in-time recovery, health, metrics,
+//!   `/status`).
+//! - `timeline` *(internal)*: the history at a glance over the admin API:
+//!   commits per interval (`GET /pitr/timeline`) and the commits around a
+//!   moment with their mutation counts (`GET /pitr/commits`), read from
+//!   `store::timeline`.
+//! - [`console`]: the operator console, a web page on the admin listener
+//!   (timeline, diffs, browse, checkout, restore plan) compiled into the
+//!   binary; its data comes from the admin API behind the token.
 //! - [`auth`]: bearer tokens shared by both listeners.
 //!
 //! Running it:
@@ -82,6 +91,7 @@ pub mod checkout;
 pub mod cli;
 mod clock;
 mod config;
+pub mod console;
 pub mod decode;
 mod exit;
 pub mod export;
@@ -99,6 +109,7 @@ pub mod server;
 pub mod source;
 pub mod store;
 pub mod sync;
+mod timeline;
 
 #[cfg(test)]
 mod tests {

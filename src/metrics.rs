@@ -267,6 +267,18 @@ impl Metrics {
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// The sum of a counter over all its labels (e.g. objects applied of
+/// every kind), for the admin API's `/status`.
+pub fn total(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
 /// Seconds from the commit time `commit_ms` to `now_ms` (epoch ms), never
 /// negative (clocks differ between Deploy and here): the one definition of
 /// replication lag, shared by `/metrics`, the admin API and the status line.

@@ -18,6 +18,7 @@ pub mod pitr;
 mod schema;
 mod swap;
 mod testhook;
+pub mod timeline;
 pub mod view;
 
 use std::fs::File;

@@ -144,8 +144,8 @@ const CHECKOUT_CACHE_SIZE_KIB: i64 = -65536;
 /// connection and on a read-only one (so `pitr list` works while a server
 /// holds the writer lock).
 pub struct HistoryView<'a> {
-    conn: &'a Connection,
-    state: &'a SyncState,
+    pub(super) conn: &'a Connection,
+    pub(super) state: &'a SyncState,
 }
 
 impl<'a> HistoryView<'a> {
@@ -252,7 +252,7 @@ impl<'a> HistoryView<'a> {
     }
 
     /// The newest (or oldest) recoverable point.
-    fn edge_point(&self, newest: bool) -> Result<Option<Point>, StoreError> {
+    pub(super) fn edge_point(&self, newest: bool) -> Result<Option<Point>, StoreError> {
         let sql = if newest {
             "select versionstamp, ts_ms from kvr_points order by versionstamp desc limit 1"
         } else {
@@ -426,7 +426,7 @@ impl Store {
     }
 }
 
-fn row_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
+pub(super) fn row_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
     let vs: Vec<u8> = r.get(0)?;
     Ok(Point {
         versionstamp: Versionstamp::from_slice(&vs).unwrap_or_default(),
