@@ -306,14 +306,17 @@
   }
 
   function renderStatus(st, cur) {
-    setText("status-ready", st.ready ? "ready" : st.reason || "not ready");
+    setText("status-ready", st.ready ? "ready" : (st.reason || "not ready") + loadingText(st));
     $("status-ready").className = st.ready ? "ok" : "warn";
     setText("status-mode", cur ? cur.mode : st.mode || "…");
     $("status-mode").className = cur && cur.mode === "pinned" ? "warn" : "";
     setText("status-visible", cur ? cur.versionstamp : "(initial snapshot loading)");
     setText("status-latest", cur && cur.latest ? cur.latest.versionstamp : "…");
     setText("status-behind", cur ? behindText(cur) : "…");
-    setText("status-lag", st.sync_lag_seconds === null ? "n/a" : st.sync_lag_seconds.toFixed(1) + " s");
+    // /status knows the lag once the sync applied something since start; /pitr/current always.
+    const lag = st.sync_lag_seconds !== null ? st.sync_lag_seconds : cur ? cur.sync_lag_seconds : null;
+    setText("status-lag", lagText(lag));
+    setText("status-source", st.source || "…");
     setText("status-rate", rateText(st));
     setText("status-last-poll", st.last_successful_poll
       ? timeWithHint(st.last_successful_poll, Date.parse(st.last_successful_poll)) : "never");
@@ -321,8 +324,19 @@
     $("status-last-error").className = st.last_error ? "warn" : "";
     status.previous = st;
     status.current = cur;
-    $("timeline-follow").textContent = cur
-      ? cur.mode + (st.sync_lag_seconds === null ? "" : ", lag " + st.sync_lag_seconds.toFixed(1) + " s") : "";
+    $("timeline-follow").textContent = cur ? cur.mode + (lag === null ? "" : ", replication lag " + lagText(lag)) : "";
+  }
+
+  /** Progress of the initial snapshot, while it loads. */
+  function loadingText(st) {
+    const r = st.snapshot_ranges;
+    return !st.initial_complete && r && r.total ? " (snapshot ranges " + r.loaded + " of " + r.total + ")" : "";
+  }
+
+  /** "0.8 s" up to a minute; beyond, the larger unit (an old backup lags by days). */
+  function lagText(seconds) {
+    if (seconds === null || seconds === undefined) return "n/a";
+    return seconds < 60 ? seconds.toFixed(1) + " s" : duration(seconds * 1000);
   }
 
   function behindText(cur) {
