@@ -1,15 +1,23 @@
 //! The operator console in a real browser: headless Chromium (Debian's,
-//! driven over WebDriver by chromedriver) against `kvreplica serve` on a
-//! generated backup whose state at every point is known. An operator logs
-//! in, finds a point on the timeline (a bar, the keyboard, a time typed in),
-//! reads what a commit changed (keys, kinds and decoded values checked
-//! against the fixture, a prefix, a range of commits), browses the state at
-//! it, checks out the point before the "bad deploy" (and a real Deno CLI
-//! reader then reads exactly that state), sees another operator's checkout
-//! appear without reloading, goes back to latest, uses a narrow window and
-//! logs out. Each step leaves a screenshot (see [`common::browser`]).
+//! driven over WebDriver through chromedriver) against `kvreplica serve` on
+//! a generated backup whose state at every point is known.
+//!
+//! - The operator's flow: log in (a wrong token first), find a commit by
+//!   its time, read what it changed (keys, kinds and decoded values against
+//!   the fixture; under a prefix; over a Shift+clicked range), browse the
+//!   state at it, check out the point before it (a real Deno CLI reader
+//!   then reads exactly that state), plan a restore of that point into a
+//!   real denokv primary (dry run), see another operator's checkout appear
+//!   without reloading, go back to latest, log out.
+//! - The timeline: every bar counts the fixture's commits of its interval;
+//!   a click on a bar and ←/Enter on the focused plot list its commits.
+//! - A narrow window: nothing sticks out, Tab reaches the actions.
+//!
+//! Each step leaves a screenshot (see [`common::browser`] for where).
 
 mod common;
+#[path = "common/denokv.rs"]
+mod denokv;
 #[path = "common/export_entries.rs"]
 mod export_entries;
 
@@ -18,7 +26,8 @@ use std::time::Duration;
 
 use common::browser::Browser;
 use common::fixture::{Fixture, Rec, Spec};
-use common::serve::{run_deno, Method, ServeProcess, ADMIN_TOKEN};
+use common::serve::{run_deno, Method, ServeProcess, ACCESS_TOKEN, ADMIN_TOKEN};
+use denokv::Denokv;
 use fantoccini::key::Key;
 use serde_json::{json, Value};
 
@@ -56,6 +65,10 @@ impl Served {
             serve,
             points,
         }
+    }
+
+    fn newest(&self) -> String {
+        self.points.last().unwrap().1.clone()
     }
 
     fn console_url(&self) -> String {
@@ -147,7 +160,14 @@ fn differences<'m>(
 
 /// A key as the page's `data-key` (`JSON.stringify(key)`) holds it.
 fn key_json(key: &[u8]) -> Value {
-    json!(["item", export_entries::item_number(key)])
+    let n = export_entries::item_number(key);
+    // Whole numbers as JSON integers, as JavaScript prints them (compared
+    // as doubles either way; this only reads better in a message).
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        json!(["item", n as i64])
+    } else {
+        json!(["item", n])
+    }
 }
 
 /// The decoded value of a record, as the API and the page show it.
@@ -371,17 +391,19 @@ fn time_rfc3339(ms: u64) -> String {
 }
 
 /// Opens the confirmation of a checkout with `button`, checks it names
-/// `target`, and confirms it.
-fn confirm_checkout(b: &mut Browser, button: &str, target: &str, step: &str) {
+/// `target` and says each of `phrases`, and confirms it.
+fn confirm_checkout(b: &mut Browser, button: &str, target: &str, phrases: &[String], step: &str) {
     b.click(button);
     b.wait_js(
         "const d = document.querySelector('dialog#confirm'); return !!d && d.open;",
         "dialog#confirm to open",
         |v| v == true,
     );
-    b.wait_text_until("#confirm-text", &format!("to name {target}"), |t| {
-        t.contains(target)
-    });
+    b.wait_text_until(
+        "#confirm-text",
+        &format!("to name {target} and say {phrases:?}"),
+        |t| t.contains(target) && phrases.iter().all(|p| t.contains(p.as_str())),
+    );
     b.shot(step);
     b.click("#confirm-ok");
     b.wait_js(
@@ -391,11 +413,75 @@ fn confirm_checkout(b: &mut Browser, button: &str, target: &str, step: &str) {
     );
 }
 
+/// Opens the console and logs in with the admin token (no checks but that
+/// the app shows): for the tests of one panel.
+fn log_in(s: &Served, b: &mut Browser) {
+    b.goto(&s.console_url());
+    b.fill("#login-token", ADMIN_TOKEN);
+    b.click("#login-submit");
+    b.wait_visible("main#app", true);
+    b.wait_text("#status-latest", &s.newest());
+}
+
+/// Types commit `k`'s time into `#find` and waits until its row is listed
+/// with the fixture's number of mutations; returns the rows.
+fn find_commit(s: &Served, b: &Browser, k: usize) -> Vec<Value> {
+    b.fill("#find", &time_rfc3339(s.time_ms(k)));
+    b.click("#find-go");
+    let k_vs = s.vs(k);
+    let mutations = s.fx.commits[k].muts.len().to_string();
+    let rows = b.wait_for(&format!("#find to list commit {k_vs}"), |b| {
+        let rows = commit_rows(b);
+        match rows.iter().find(|r| r["vs"] == k_vs.as_str()) {
+            Some(r) if r["cells"][2] == mutations.as_str() => Ok(rows),
+            Some(r) => Err(format!(
+                "its row's cells {}, want mutations {mutations} in the third",
+                r["cells"]
+            )),
+            None => Err(format!("no row {k_vs} in {:?}", row_vs(&rows))),
+        }
+    });
+    check_commit_rows(s, &rows).unwrap();
+    rows
+}
+
+/// Clicks the commit row of `vs` and waits until it is selected.
+fn select_commit(b: &Browser, vs: &str) {
+    let row = commit_row(vs);
+    b.click(&row);
+    b.wait_js(
+        &format!(
+            "const r = document.querySelector('{}'); return !!r && \
+             r.getAttribute('aria-selected') === 'true' && r.classList.contains('selected');",
+            row.replace('"', "\\\"")
+        ),
+        &format!("{vs}'s row to be selected (aria-selected=true, .selected)"),
+        |v| v == true,
+    );
+}
+
+/// The page broke none of its own rules: no uncaught exception, no
+/// Content-Security-Policy violation in its console.
+fn assert_clean_console(b: &mut Browser) {
+    let console = b.console();
+    let broken: Vec<&Value> = console
+        .iter()
+        .filter(|e| {
+            let m = e["message"].as_str().unwrap_or_default();
+            m.contains("Uncaught")
+                || m.contains("Content Security Policy")
+                || m.contains("Refused to")
+        })
+        .collect();
+    assert!(broken.is_empty(), "the page's console: {broken:#?}");
+    println!("screenshots in {}", b.screenshots().display());
+}
+
 #[test]
 fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_back() {
     let s = Served::start();
     let mut b = Browser::start("console_flow");
-    let newest = s.points.last().unwrap().1.clone();
+    let newest = s.newest();
     let k = s.pick_commit();
     let k_vs = s.vs(k);
     let prev_vs = s.previous_vs(k);
@@ -454,8 +540,151 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
     );
     b.shot("logged-in");
 
-    // 2a. A bar of the timeline: the commits of its interval are listed.
-    let k_time = s.time_ms(k);
+    // 2. A time typed into #find lists the commits at it, K among them
+    // with its number of mutations (the timeline's own ways to get there
+    // are the next test's).
+    find_commit(&s, &b, k);
+    b.shot("find-time");
+
+    // 3. K's diff: every change, then under a prefix, then a range.
+    select_commit(&b, &k_vs);
+    let (before_k, at_k) = (s.fx.state_at(k - 1), s.fx.state_at(k));
+    let changed = b.wait_for("K's diff to equal the fixture's", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    assert!(changed >= 2);
+    b.shot("diff-commit");
+    let one = differences(&before_k, &at_k)[1].1.clone();
+    let prefix = key_json(&one).to_string();
+    b.fill("#diff-prefix", &prefix);
+    b.click("#diff-prefix-apply");
+    b.wait_for(&format!("the diff under {prefix}"), |b| {
+        check_diff(b, &before_k, &at_k, |key| key == one.as_slice())
+    });
+    b.shot("diff-prefix");
+    b.fill("#diff-prefix", "");
+    b.click("#diff-prefix-apply");
+    b.wait_for("the whole diff again", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    let k3_vs = s.vs(k + 3);
+    let row = b.find(&commit_row(&k3_vs));
+    b.shift_click_element(&row, "K+3's row");
+    let at_k3 = s.fx.state_at(k + 3);
+    b.wait_for("the diff of commits K..K+3", |b| {
+        check_diff(b, &before_k, &at_k3, |_| true)
+    });
+    b.shot("diff-range");
+
+    // 4. Browse the state at the selected commit, K, page after page.
+    select_commit(&b, &k_vs);
+    b.wait_for("K's diff again", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    b.fill("#browse-prefix", r#"["item"]"#);
+    b.select("select#browse-at", "selected");
+    b.click("#browse-go");
+    let want_entries: Vec<(Value, Value)> = at_k
+        .iter()
+        .map(|(key, r)| (key_json(key), decoded(key, r)))
+        .collect();
+    let entries = browse_all(&b, want_entries.len());
+    compare_entries(&entries, &want_entries).unwrap();
+    b.shot("browse");
+
+    // 5. Check out the point before the bad deploy: readers see it.
+    select_commit(&b, &prev_vs);
+    b.wait_js(
+        "const b = document.querySelector('#checkout-selected'); return !!b && !b.disabled;",
+        "#checkout-selected enabled once a commit is selected",
+        |v| v == true,
+    );
+    // What it tells before: how far back, and how many keys readers
+    // will see differ (from the newest state they see now).
+    let behind = s.points.iter().filter(|p| p.0 > k - 1).count();
+    let newest_state = s.fx.state_at(s.fx.last_initial);
+    let differ = differences(&newest_state, &before_k).len();
+    let phrases = [
+        format!("{behind} commits before the newest"),
+        format!("{differ} keys differ"),
+    ];
+    confirm_checkout(
+        &mut b,
+        "#checkout-selected",
+        &prev_vs,
+        &phrases,
+        "confirm-checkout",
+    );
+    b.wait_text("#status-mode", "pinned");
+    b.wait_text("#status-visible", &prev_vs);
+    b.wait_text_until(
+        "#act-result",
+        &format!("to report the checkout of {prev_vs}"),
+        |t| t.contains(&prev_vs),
+    );
+    b.shot("checked-out");
+    let (status, cur) = s.serve.admin(Method::Get, "/pitr/current", Value::Null);
+    assert_eq!(
+        (status, cur["versionstamp"].as_str()),
+        (200, Some(prev_vs.as_str())),
+        "{cur}"
+    );
+    assert_deno_reads(&s, k - 1, "the Deno CLI after the console's checkout");
+
+    // 5b. Plan restoring that point into a primary the bad deploy
+    // wrote: the plan's numbers are the fixture's and POST /restore's,
+    // and nothing is written.
+    restore_plan(&s, &mut b, k - 1);
+
+    // 6. Another operator checks out another point: the page follows.
+    let other = s.vs(k + 1);
+    let (status, out) = s.serve.admin(
+        Method::Post,
+        "/pitr/checkout",
+        json!({"versionstamp": other}),
+    );
+    assert_eq!(status, 200, "{out}");
+    b.wait_text("#status-visible", &other);
+    b.wait_text("#status-mode", "pinned");
+    b.shot("other-operator");
+
+    // 7. Back to latest.
+    confirm_checkout(&mut b, "#checkout-latest", &newest, &[], "confirm-latest");
+    b.wait_text("#status-mode", "following");
+    b.wait_text("#status-visible", &newest);
+    b.shot("latest");
+    assert_deno_reads(
+        &s,
+        s.fx.last_initial,
+        "the Deno CLI after going back to latest",
+    );
+
+    // 8. Logout.
+    b.click("#logout");
+    b.wait_visible("form#login", true);
+    b.wait_visible("main#app", false);
+    let token = b.js(
+        "return sessionStorage.getItem('kvreplica.adminToken');",
+        vec![],
+    );
+    assert_eq!(
+        token,
+        Value::Null,
+        "sessionStorage still holds the token after #logout"
+    );
+    b.shot("logged-out");
+    assert_clean_console(&mut b);
+}
+
+#[test]
+fn timeline_bars_count_the_fixtures_commits_and_a_click_or_the_keyboard_lists_them() {
+    let s = Served::start();
+    let mut b = Browser::start("console_timeline");
+    let k = s.pick_commit();
+    log_in(&s, &mut b);
+
+    // Every bar of the whole history counts the fixture's points in its
+    // interval.
     let bars = b.js(
         "return [...document.querySelectorAll('svg#timeline rect.bar')].map(r =>
            [Number(r.dataset.startMs), Number(r.dataset.endMs), Number(r.dataset.count)]);",
@@ -489,35 +718,47 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
         s.points.len(),
         "the bars of the whole history count every point"
     );
-    let bar_at = |t: u64| bars.iter().position(|&(lo, hi, _)| lo <= t && t < hi);
-    let kb = bar_at(k_time).expect("a rect.bar holds commit K's time");
-    let (lo, hi, _) = bars[kb];
-    let bar = format!("svg#timeline rect.bar[data-start-ms=\"{lo}\"]");
-    b.click(&bar);
-    let want: Vec<String> = in_range((lo, hi)).iter().map(|p| p.1.clone()).collect();
-    let listed = b.wait_for("the commits of the clicked bar", |b| {
-        let rows = commit_rows(b);
-        let vs = row_vs(&rows);
-        match want.iter().find(|w| !vs.contains(w)) {
-            None => Ok(rows),
-            Some(w) => Err(format!("{w} missing from {vs:?}")),
-        }
-    });
+    b.shot("timeline");
+
+    // A click on the bar holding K's time lists the commits of its
+    // interval: its newest commit and (the server's default count, 10)
+    // those before it.
+    let (lo, hi, _) = *bars
+        .iter()
+        .find(|&&(lo, hi, _)| lo <= s.time_ms(k) && s.time_ms(k) < hi)
+        .expect("a rect.bar holds commit K's time");
+    b.click(&format!("svg#timeline rect.bar[data-start-ms=\"{lo}\"]"));
+    let in_bar = in_range((lo, hi));
+    let want: Vec<String> = in_bar[in_bar.len().saturating_sub(10)..]
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
+    let listed = b.wait_for(
+        &format!("a click on rect.bar [{lo}, {hi}) to list its commits"),
+        |b| {
+            let rows = commit_rows(b);
+            let vs = row_vs(&rows);
+            match want.iter().find(|w| !vs.contains(w)) {
+                None => Ok(rows),
+                Some(w) => Err(format!("{w} missing from {vs:?}")),
+            }
+        },
+    );
     check_commit_rows(&s, &listed).unwrap();
     b.shot("timeline-bar");
 
-    // 2b. The keyboard: ← and Enter on the timeline select the bar before.
+    // The keyboard: ← and Enter on the timeline select the bar before.
     let newest_listed = |rows: &[Value]| rows.iter().filter_map(|r| r["time_ms"].as_u64()).max();
     let before = newest_listed(&listed);
     let prev_bar_last = s.points.iter().rfind(|p| p.2 < lo).unwrap().1.clone();
     b.focus("svg#timeline");
     b.press(Key::Left);
     b.press(Key::Enter);
-    b.wait_for("← Enter on svg#timeline to list the bar before", |b| {
+    let listed = b.wait_for("← Enter on svg#timeline to list the bar before", |b| {
         let rows = commit_rows(b);
         let moved = newest_listed(&rows) < before;
         if moved && row_vs(&rows).contains(&prev_bar_last) {
-            Ok(())
+            Ok(rows)
         } else {
             Err(format!(
                 "newest listed {:?} (was {before:?}), rows {:?}",
@@ -526,155 +767,23 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
             ))
         }
     });
-    b.shot("timeline-keyboard");
-
-    // 2c. A time typed into #find lists the commits at it, K among them
-    // with its number of mutations.
-    b.fill("#find", &time_rfc3339(k_time));
-    b.click("#find-go");
-    let mutations = s.fx.commits[k].muts.len().to_string();
-    let listed = b.wait_for("#find to list commit K", |b| {
-        let rows = commit_rows(b);
-        match rows.iter().find(|r| r["vs"] == k_vs.as_str()) {
-            Some(r) if r["cells"][2] == mutations.as_str() => Ok(rows),
-            Some(r) => Err(format!(
-                "K's row cells {}, want mutations {mutations} in the third",
-                r["cells"]
-            )),
-            None => Err(format!("no row {k_vs} in {:?}", row_vs(&rows))),
-        }
-    });
     check_commit_rows(&s, &listed).unwrap();
-    b.shot("find-time");
+    b.shot("timeline-keyboard");
+    assert_clean_console(&mut b);
+}
 
-    // 3. K's diff: every change, then under a prefix, then a range.
-    b.click(&commit_row(&k_vs));
-    b.wait_js(
-        &format!(
-            "const r = document.querySelector('{}'); return !!r && r.getAttribute('aria-selected') === 'true' && r.classList.contains('selected');",
-            commit_row(&k_vs).replace('"', "\\\"")
-        ),
-        "K's row to be selected (aria-selected=true, .selected)",
-        |v| v == true,
-    );
+#[test]
+fn a_narrow_window_cuts_nothing_off_and_the_keyboard_reaches_every_action() {
+    let s = Served::start();
+    let mut b = Browser::start("console_narrow");
+    let k = s.pick_commit();
+    log_in(&s, &mut b);
+    // Full panels: K listed, selected, its diff shown.
+    find_commit(&s, &b, k);
+    select_commit(&b, &s.vs(k));
     let (before_k, at_k) = (s.fx.state_at(k - 1), s.fx.state_at(k));
-    let changed = b.wait_for("K's diff to equal the fixture's", |b| {
-        check_diff(b, &before_k, &at_k, |_| true)
-    });
-    assert!(changed >= 2);
-    b.shot("diff-commit");
-    let one = differences(&before_k, &at_k)[1].1.clone();
-    let prefix = key_json(&one).to_string();
-    b.fill("#diff-prefix", &prefix);
-    b.click("#diff-prefix-apply");
-    b.wait_for(&format!("the diff under {prefix}"), |b| {
-        check_diff(b, &before_k, &at_k, |key| key == one.as_slice())
-    });
-    b.shot("diff-prefix");
-    b.fill("#diff-prefix", "");
-    b.click("#diff-prefix-apply");
-    b.wait_for("the whole diff again", |b| {
-        check_diff(b, &before_k, &at_k, |_| true)
-    });
-    let k3_vs = s.vs(k + 3);
-    let row = b.find(&commit_row(&k3_vs));
-    b.shift_click_element(&row, "K+3's row");
-    let at_k3 = s.fx.state_at(k + 3);
-    b.wait_for("the diff of commits K..K+3", |b| {
-        check_diff(b, &before_k, &at_k3, |_| true)
-    });
-    b.shot("diff-range");
+    b.wait_for("K's diff", |b| check_diff(b, &before_k, &at_k, |_| true));
 
-    // 4. Browse the state at the selected commit (the range's end, K+3,
-    // or K: both are read against the fixture by what the page names).
-    b.click(&commit_row(&k_vs));
-    b.wait_for("K's diff again", |b| {
-        check_diff(b, &before_k, &at_k, |_| true)
-    });
-    b.fill("#browse-prefix", r#"["item"]"#);
-    b.select("select#browse-at", "selected");
-    b.click("#browse-go");
-    let want_entries: Vec<(Value, Value)> = at_k
-        .iter()
-        .map(|(key, r)| (key_json(key), decoded(key, r)))
-        .collect();
-    let mut pages = 0;
-    let entries = loop {
-        let rows = b.wait_for("browse rows", |b| {
-            let rows = browse_rows(b);
-            if rows.is_empty() {
-                Err("no tr.entry".into())
-            } else {
-                Ok(rows)
-            }
-        });
-        if b.visible("#browse-more") && rows.len() < want_entries.len() && pages < 20 {
-            pages += 1;
-            let n = rows.len();
-            b.click("#browse-more");
-            b.wait_for("#browse-more to add rows", |b| {
-                let now = browse_rows(b).len();
-                if now > n {
-                    Ok(())
-                } else {
-                    Err(format!("{now} rows"))
-                }
-            });
-            continue;
-        }
-        break rows;
-    };
-    compare_entries(&entries, &want_entries).unwrap();
-    b.shot("browse");
-
-    // 5. Check out the point before the bad deploy: readers see it.
-    b.click(&commit_row(&prev_vs));
-    b.wait_js(
-        "const b = document.querySelector('#checkout-selected'); return !!b && !b.disabled;",
-        "#checkout-selected enabled once a commit is selected",
-        |v| v == true,
-    );
-    confirm_checkout(&mut b, "#checkout-selected", &prev_vs, "confirm-checkout");
-    b.wait_text("#status-mode", "pinned");
-    b.wait_text("#status-visible", &prev_vs);
-    b.wait_text_until(
-        "#act-result",
-        &format!("to report the checkout of {prev_vs}"),
-        |t| t.contains(&prev_vs),
-    );
-    b.shot("checked-out");
-    let (status, cur) = s.serve.admin(Method::Get, "/pitr/current", Value::Null);
-    assert_eq!(
-        (status, cur["versionstamp"].as_str()),
-        (200, Some(prev_vs.as_str())),
-        "{cur}"
-    );
-    assert_deno_reads(&s, k - 1, "the Deno CLI after the console's checkout");
-
-    // 6. Another operator checks out another point: the page follows.
-    let other = s.vs(k + 1);
-    let (status, out) = s.serve.admin(
-        Method::Post,
-        "/pitr/checkout",
-        json!({"versionstamp": other}),
-    );
-    assert_eq!(status, 200, "{out}");
-    b.wait_text("#status-visible", &other);
-    b.wait_text("#status-mode", "pinned");
-    b.shot("other-operator");
-
-    // 7. Back to latest.
-    confirm_checkout(&mut b, "#checkout-latest", &newest, "confirm-latest");
-    b.wait_text("#status-mode", "following");
-    b.wait_text("#status-visible", &newest);
-    b.shot("latest");
-    assert_deno_reads(
-        &s,
-        s.fx.last_initial,
-        "the Deno CLI after going back to latest",
-    );
-
-    // 8. A narrow window: one column, nothing cut off, keyboard reachable.
     b.set_window(420, 900);
     b.wait_js(
         "return window.innerWidth <= 420;",
@@ -688,8 +797,10 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
     );
     assert!(
         widths[0].as_u64() <= widths[1].as_u64(),
-        "the page is wider than a 420 px window (scrollWidth, innerWidth) = {widths}"
+        "the page is wider than a 420 px window: (documentElement.scrollWidth, innerWidth) = {widths}"
     );
+
+    // Tab from the top reaches the act panel's buttons.
     b.js(
         "document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);",
         vec![],
@@ -708,37 +819,101 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
         "Tab never reached #checkout-latest; focus went through {seen:?}"
     );
     b.shot("narrow-keyboard");
+    assert_clean_console(&mut b);
+}
 
-    // 9. Logout.
-    b.set_window(common::browser::WINDOW.0, common::browser::WINDOW.1);
-    b.click("#logout");
-    b.wait_visible("form#login", true);
-    b.wait_visible("main#app", false);
-    let token = b.js(
-        "return sessionStorage.getItem('kvreplica.adminToken');",
+/// Every `tr.entry` row of the browse panel once `#browse-more` has
+/// loaded every page (at most 20), or `want` rows are shown.
+fn browse_all(b: &Browser, want: usize) -> Vec<Value> {
+    for _ in 0..20 {
+        let rows = b.wait_for("browse rows", |b| {
+            let rows = browse_rows(b);
+            if rows.is_empty() {
+                Err("no tr.entry".into())
+            } else {
+                Ok(rows)
+            }
+        });
+        if !b.visible("#browse-more") || rows.len() >= want {
+            return rows;
+        }
+        let n = rows.len();
+        b.click("#browse-more");
+        b.wait_for("#browse-more to add rows", |b| {
+            let now = browse_rows(b).len();
+            if now > n {
+                Ok(())
+            } else {
+                Err(format!("{now} rows"))
+            }
+        });
+    }
+    panic!("#browse-more still shown after 20 pages");
+}
+
+/// The restore panel's dry run of the `["item"]` prefix at the selected
+/// commit `point` against a real denokv primary holding the newest state
+/// (written by `POST /restore`, which the console itself never applies).
+fn restore_plan(s: &Served, b: &mut Browser, point: usize) {
+    let primary = Denokv::start(s.tmp.path(), ACCESS_TOKEN);
+    let body = |at: &str, apply: bool| {
+        json!({"to": primary.url, "token": ACCESS_TOKEN, "at": at,
+               "prefix": [r#"["item"]"#], "apply": apply})
+    };
+    let (status, out) = s
+        .serve
+        .admin(Method::Post, "/restore", body("latest", true));
+    assert_eq!(status, 200, "seeding the primary: {out}");
+    let seeded = primary.rows();
+    // The plan by content: the primary holds the newest state's values.
+    let content = |r: &Rec| (r.value.clone(), r.encoding, r.expire_at_ms);
+    let (newest, then) = (s.fx.state_at(s.fx.last_initial), s.fx.state_at(point));
+    let set = then
+        .iter()
+        .filter(|(k, r)| newest.get(*k).map(content) != Some(content(r)))
+        .count();
+    let delete = newest.keys().filter(|k| !then.contains_key(*k)).count();
+    let unchanged = then.len() - set;
+    let vs = s.vs(point);
+    let (status, api) = s.serve.admin(Method::Post, "/restore", body(&vs, false));
+    assert_eq!(status, 200, "{api}");
+    assert_eq!(
+        api["plan"],
+        json!({"set": set, "delete": delete, "unchanged": unchanged}),
+        "POST /restore's plan against the fixture"
+    );
+
+    b.wait_text_until("#restore-at", &format!("to name {vs}"), |t| t.contains(&vs));
+    b.fill("#restore-to", &primary.url);
+    b.fill("#restore-token", ACCESS_TOKEN);
+    b.fill("#restore-prefix", r#"["item"]"#);
+    b.click("#restore-plan");
+    let summary = format!("Plan: {set} to set, {delete} to delete, {unchanged} unchanged");
+    let shown = b.wait_text_until("#restore-result", &format!("to say {summary:?}"), |t| {
+        t.contains(&summary)
+    });
+    assert!(
+        shown.contains("kvreplica restore") && shown.contains("--apply") && shown.contains(&vs),
+        "#restore-result shows no command to apply the plan: {shown}"
+    );
+    assert!(
+        !shown.contains(ACCESS_TOKEN),
+        "#restore-result shows the primary's token"
+    );
+    let stored = b.js(
+        "return JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage)]);",
         vec![],
     );
-    assert_eq!(
-        token,
-        Value::Null,
-        "sessionStorage still holds the token after #logout"
+    assert!(
+        !stored.as_str().unwrap_or_default().contains(ACCESS_TOKEN),
+        "the primary's token was stored: {stored}"
     );
-    b.shot("logged-out");
-
-    // The page broke none of its own rules on the way: no uncaught
-    // exception, no Content-Security-Policy violation.
-    let console = b.console();
-    let broken: Vec<&Value> = console
-        .iter()
-        .filter(|e| {
-            let m = e["message"].as_str().unwrap_or_default();
-            m.contains("Uncaught")
-                || m.contains("Content Security Policy")
-                || m.contains("Refused to")
-        })
-        .collect();
-    assert!(broken.is_empty(), "the page's console: {broken:#?}");
-    println!("screenshots in {}", b.screenshots().display());
+    b.js(
+        "document.querySelector('#restore-result').scrollIntoView({block: 'center'});",
+        vec![],
+    );
+    b.shot("restore-plan");
+    assert_eq!(primary.rows(), seeded, "a dry run wrote to the primary");
 }
 
 /// The `tr.entry` rows of `#browse`: data-key and the `code.value` text.
