@@ -299,10 +299,25 @@ impl Browser {
     }
 
     /// A WebDriver click on `css` (scrolled into view; refused when
-    /// another element covers it, as a person's click would miss).
+    /// another element covers it, as a person's click would miss). Found
+    /// again when the page redrew it between the lookup and the click
+    /// (its refresh every 2 s may), within [`WAIT`].
     pub fn click(&self, css: &str) {
-        let el = self.find(css);
-        self.click_element(&el, css);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let el = self.find(css);
+            let clicked = self
+                .rt
+                .block_on(async { tokio::time::timeout(WAIT, el.click()).await });
+            match clicked {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                    std::thread::sleep(STEP)
+                }
+                Ok(Err(e)) => panic!("click {css}: {e}"),
+                Err(_) => panic!("click {css}: no answer from the browser within {WAIT:?}"),
+            }
+        }
     }
 
     /// [`Browser::click`] on an element found before.
