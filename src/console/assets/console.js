@@ -15,7 +15,8 @@
   const TOKEN_KEY = "kvreplica.adminToken";
   const POLL_MS = 2000;
   const PAGE = 100; // rows per diff/browse page: keeps the DOM small on big diffs
-  const COMMITS_AROUND = 12; // commits before and after the anchor in the commits list
+  const COMMITS_AROUND = 20; // commits before and after the anchor in the commits list
+  const COMMITS_MAX = 100; // the server's limit of `count`
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
@@ -149,7 +150,7 @@
     const data = await readJson(response);
     if (response.ok) return data;
     if (response.status === 401 && !authToken) {
-      endSession("Session expired or token rotated: log in again.");
+      endSession("Logged out: session expired or token rotated. Log in again.");
       throw new SessionEnded("401");
     }
     const text = data && typeof data.error === "string" ? data.error : response.status + " " + response.statusText;
@@ -230,7 +231,7 @@
       $("login-token").value = "";
       startApp();
     } catch (err) {
-      setText("login-error", err.status === 401 ? "Wrong token." : err.message);
+      setText("login-error", err.status === 401 ? "Login failed: wrong token." : err.message);
     } finally {
       $("login-submit").disabled = false;
     }
@@ -365,7 +366,7 @@
     status.visible = visible;
     if (moved && !first) {
       loadTimeline();
-      loadCommits(commitsView.around, { keepScroll: true });
+      loadCommits(commitsView.around, { keepScroll: true, count: commitsView.count });
     }
     updateActTargets();
   }
@@ -646,7 +647,12 @@
     timeline.cursor = i;
     timeline.selected = bucketRange(i);
     drawTimeline();
-    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true });
+    // Enough rows for every commit of the interval (they often share one time), within the limit.
+    const count = timeline.data.counts[i];
+    const listed = Math.max(COMMITS_AROUND, Math.min(COMMITS_MAX, count));
+    setText("commits-note", count > COMMITS_MAX ? "This interval holds " + count + " commits: the last " +
+      COMMITS_MAX + " are listed. Zoom in to reach the others." : "");
+    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true, count: listed });
   }
 
   function onTimelineClick(event) {
@@ -757,9 +763,16 @@
       return;
     }
     const around = isVersionstamp(text) ? text.toLowerCase() : text;
-    const answer = await loadCommits(around, { errorId: "find-error" });
+    setText("commits-note", "");
+    let answer = await loadCommits(around, { errorId: "find-error" });
     if (!answer) return;
-    const anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    let anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    // A backup stamps many commits with one time: when the list starts inside the anchor's time,
+    // widen it so that every commit of that time shows.
+    if (anchor && answer.more_before && answer.commits[0].timestamp_ms === anchor.timestamp_ms) {
+      answer = (await loadCommits(around, { errorId: "find-error", count: COMMITS_MAX })) || answer;
+      anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    }
     if (anchor && anchor.timestamp_ms !== null) {
       timeline.selected = { start: anchor.timestamp_ms, end: anchor.timestamp_ms + 1 };
       zoomAround(anchor.timestamp_ms);
@@ -770,6 +783,7 @@
 
   const commitsView = {
     around: null, // the `around` parameter of the list shown (null = the visible position)
+    count: COMMITS_AROUND, // its `count`
     answer: null, // the last /pitr/commits answer
   };
   const commitsTurn = latestOnly();
@@ -778,12 +792,14 @@
    * Loads the commits around `around` (versionstamp, time or epoch ms; null = the visible position).
    * Resolves to the answer, or null when it failed (the error is shown in `errorId`).
    */
-  async function loadCommits(around, { errorId = "commits-error", keepScroll = false, fromTimeline = false } = {}) {
+  async function loadCommits(around, opts = {}) {
+    const { errorId = "commits-error", keepScroll = false, fromTimeline = false, count = COMMITS_AROUND } = opts;
     const mine = commitsTurn();
     try {
-      const answer = await api("/pitr/commits" + query({ around, count: COMMITS_AROUND }));
+      const answer = await api("/pitr/commits" + query({ around, count }));
       if (!mine()) return null;
       commitsView.around = around;
+      commitsView.count = count;
       commitsView.answer = answer;
       clearError("commits-error");
       clearError(errorId);
@@ -869,6 +885,7 @@
     const commits = commitsView.answer ? commitsView.answer.commits : [];
     if (!commits.length) return;
     const edge = direction < 0 ? commits[0] : commits[commits.length - 1];
+    setText("commits-note", "");
     loadCommits(edge.versionstamp);
   }
 
@@ -1280,6 +1297,7 @@
     timeline.range = timeline.data = timeline.selected = timeline.drag = null;
     timeline.cursor = -1;
     commitsView.around = commitsView.answer = null;
+    commitsView.count = COMMITS_AROUND;
     selection.first = selection.older = selection.newer = null;
     knownCommits.clear();
     browseView.params = browseView.cursor = null;
@@ -1290,7 +1308,7 @@
     clear($("timeline"));
     $("restore-token").value = "";
     $("restore-result").replaceChildren();
-    for (const id of ["act-result", "browse-title", "timeline-range", "status-error", "timeline-error", "find-error", "commits-error", "browse-error"]) setText(id, "");
+    for (const id of ["act-result", "browse-title", "timeline-range", "status-error", "timeline-error", "find-error", "commits-error", "commits-note", "browse-error"]) setText(id, "");
     setText("diff-title", "Select a commit or a range of commits.");
     $("browse-more").hidden = true;
     updateActTargets();
