@@ -474,7 +474,8 @@
     const d = timeline.data;
     const max = Math.max(1, ...d.counts);
     const group = svgEl("g", { cls: "bars" });
-    const barW = Math.max(1, scaleX(d.start_ms + d.bucket_ms) - scaleX(d.start_ms) - (d.counts.length > 300 ? 0 : 1));
+    // At least 2 px, so that a lone commit in a long range can still be seen and clicked.
+    const barW = Math.max(2, scaleX(d.start_ms + d.bucket_ms) - scaleX(d.start_ms) - (d.counts.length > 300 ? 0 : 1));
     for (let i = 0; i < d.counts.length; i++) {
       const count = d.counts[i];
       if (!count) continue;
@@ -1245,12 +1246,16 @@
     if (prefix) body.prefix = [prefix];
     const mine = restoreTurn();
     out.removeAttribute("role");
-    out.replaceChildren(el("p", { text: "Planning (dry run, nothing is written)…" }));
+    out.replaceChildren(el("p", { text: "Planning (dry run, nothing is written)… An unreachable primary takes a few " +
+      "seconds to give up (the connection is retried)." }));
+    $("restore-plan").disabled = true;
     try {
       const answer = await api("/restore", { method: "POST", body });
       if (mine()) renderRestore(answer, to, p.versionstamp, prefix);
     } catch (err) {
       if (mine() && !(err instanceof SessionEnded)) restoreError(err.message);
+    } finally {
+      $("restore-plan").disabled = false;
     }
   }
 
