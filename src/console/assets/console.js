@@ -556,8 +556,12 @@
     }
   }
 
+  /** The keyboard cursor's frame, shown while the plot has the focus; redrawn alone on focus changes. */
   function drawCursor(svg) {
     const d = timeline.data;
+    const old = svg.querySelector(".cursor");
+    if (old) old.remove();
+    if (!d || !d.oldest) return;
     if (timeline.cursor < 0 || timeline.cursor >= d.counts.length || document.activeElement !== svg) return;
     const { start, end } = bucketRange(timeline.cursor);
     const x = scaleX(start);
@@ -749,7 +753,7 @@
   function moveCursorTo(i) {
     if (i < 0) return;
     timeline.cursor = i;
-    drawTimeline();
+    drawCursor($("timeline"));
     setText("timeline-cursor", bucketText(i));
   }
 
@@ -1330,8 +1334,9 @@
     svg.addEventListener("pointermove", onTimelinePointerMove);
     svg.addEventListener("pointerup", onTimelinePointerUp);
     svg.addEventListener("pointercancel", () => { timeline.drag = null; drawDrag(svg); });
-    svg.addEventListener("focus", () => { if (timeline.data) drawTimeline(); });
-    svg.addEventListener("blur", () => { if (timeline.data) drawTimeline(); });
+    // Only the cursor frame: redrawing the bars here would replace the bar under a click in progress.
+    svg.addEventListener("focus", () => drawCursor(svg));
+    svg.addEventListener("blur", () => drawCursor(svg));
     $("timeline-zoom-in").addEventListener("click", () => zoomBy(1 / ZOOM));
     $("timeline-zoom-out").addEventListener("click", () => zoomBy(ZOOM));
     $("timeline-reset").addEventListener("click", resetZoom);
