@@ -33,6 +33,12 @@
 //!   N-key replica (1M by default) against a plain `SELECT` of the same
 //!   rows, and of an earlier point: entries/s, MB/s, peak RSS.
 //!
+//! - `timeline [--commits C] [--keys N] [--runs R]`: what the operator
+//!   console asks of a C-commit history (1M by default): the timeline of
+//!   the whole history and of a tenth, the commits around a time, status,
+//!   the console's files; fails when the whole-history timeline takes a
+//!   second or more.
+//!
 //! - `proxy --upstream 127.0.0.1:PORT [--rtt-ms 20]`: the remote mode's TLS
 //!   delay proxy alone, in front of a server started by hand.
 //!
@@ -69,6 +75,8 @@ mod scan;
 mod serve_read;
 #[path = "bench/server.rs"]
 mod server;
+#[path = "bench/timeline.rs"]
+mod timeline;
 
 use common::fixture;
 use std::path::{Path, PathBuf};
@@ -120,9 +128,10 @@ fn main() {
         Some("scan") => scan::run(&args),
         Some("diff") => diff::run(&args),
         Some("export") => export::run(&args),
+        Some("timeline") => timeline::run(&args),
         _ => {
             eprintln!(
-                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff|export …"
+                "usage: cargo bench --bench bench -- generate|initial-sync|serve-read|checkout|compare|proxy|h2load|scan|diff|export|timeline …"
             );
         }
     }

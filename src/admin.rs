@@ -342,6 +342,11 @@ fn status(ctx: &Arc<AdminContext>) -> Response {
         "initial_complete": state.initial_complete(),
         "snapshot_ranges": state.snapshot_ranges.map(|(loaded, total)| json!({"loaded": loaded, "total": total})),
         "mode": state.visible().map(|_| if state.pinned { "pinned" } else { "following" }),
+        // What readers see and how new the newest fetched commit is: a
+        // poller (the console) refetches the costlier views only when one
+        // of these moves.
+        "visible": state.visible().map(|v| v.to_string()),
+        "latest_commit_ms": Some(m.latest_commit_ms.get()).filter(|ms| *ms > 0),
         "source": state.source,
         "last_successful_poll": health.last_successful_round().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         "last_error": health.last_error(),

@@ -75,6 +75,17 @@ fn whole_number(
     }
 }
 
+/// The visible point and the initial point, from the state the read
+/// started with.
+fn visible_and_initial(
+    state: &crate::store::SyncState,
+) -> Result<(crate::format::Versionstamp, crate::format::Versionstamp), AdminError> {
+    state
+        .visible()
+        .zip(state.initial_point)
+        .ok_or(AdminError::NotReady)
+}
+
 fn visible_json(vs: crate::format::Versionstamp, ts_ms: Option<i64>) -> serde_json::Value {
     json!({"versionstamp": vs.to_string(), "timestamp_ms": ts_ms})
 }
@@ -118,7 +129,9 @@ pub(crate) async fn timeline_endpoint(
             let start = start.unwrap_or(lo);
             let end = end.unwrap_or(hi.max(start));
             let t = h.timeline(start, end, buckets)?;
-            let pos = h.position()?.ok_or(AdminError::NotReady)?;
+            // Not `position()`: it counts every point, which costs more
+            // than this whole answer on a long history.
+            let (visible, initial) = visible_and_initial(h.state())?;
             let (oldest, newest) = h.edges()?;
             Ok(json!({
                 "start_ms": t.start_ms,
@@ -128,8 +141,8 @@ pub(crate) async fn timeline_endpoint(
                 "commits": t.commits,
                 "oldest": oldest.as_ref().map(point_json),
                 "newest": newest.as_ref().map(point_json),
-                "visible": visible_json(pos.visible, pos.visible_ts_ms),
-                "initial": visible_json(pos.initial_point, h.time_of(pos.initial_point)?),
+                "visible": visible_json(visible, h.time_of(visible)?),
+                "initial": visible_json(initial, h.time_of(initial)?),
             }))
         })
         .await?;
@@ -157,10 +170,10 @@ pub(crate) async fn commits_endpoint(
     }
     let body = ctx
         .read(move |h| {
-            let pos = h.position()?.ok_or(AdminError::NotReady)?;
+            let (visible, _) = visible_and_initial(h.state())?;
             // Unless asked, around what readers see (the initial point
             // when no commit followed it: the oldest point then).
-            let anchor = anchor.unwrap_or(match h.point(pos.visible)? {
+            let anchor = anchor.unwrap_or(match h.point(visible)? {
                 Some(p) => Anchor::Point(p.versionstamp),
                 None => Anchor::Time(i64::MIN),
             });
@@ -180,7 +193,7 @@ pub(crate) async fn commits_endpoint(
                     }
                 },
             };
-            let newest = pos.latest.versionstamp;
+            let newest = h.edges()?.1.map(|p| p.versionstamp);
             let commits: Vec<_> = around
                 .commits
                 .iter()
@@ -188,8 +201,8 @@ pub(crate) async fn commits_endpoint(
                     let mut j = point_json(&c.point);
                     j["mutations"] = json!(c.mutations);
                     j["previous"] = json!(c.previous.map(|p| p.to_string()));
-                    j["visible"] = json!(c.point.versionstamp == pos.visible);
-                    j["newest"] = json!(c.point.versionstamp == newest);
+                    j["visible"] = json!(c.point.versionstamp == visible);
+                    j["newest"] = json!(Some(c.point.versionstamp) == newest);
                     j
                 })
                 .collect();

@@ -468,6 +468,9 @@ fn status_reports_the_engine_the_position_and_the_counters_rates_come_from() {
     assert_eq!(st["detail"], Value::Null);
     assert_eq!(st["initial_complete"], json!(true));
     assert_eq!(st["mode"], json!("following"));
+    let newest = s.points.last().unwrap();
+    assert_eq!(st["visible"], json!(newest.1));
+    assert_eq!(st["latest_commit_ms"], json!(newest.2));
     assert_eq!(st["last_error"], Value::Null);
     assert!(
         st["source"].as_str().unwrap().starts_with("file://"),
@@ -521,6 +524,8 @@ fn status_reports_the_engine_the_position_and_the_counters_rates_come_from() {
     assert_eq!(status, 200, "{body}");
     let (_, st) = get(&s, "/status");
     assert_eq!(st["mode"], json!("pinned"));
+    assert_eq!(st["visible"], json!(s.points[2].1));
+    assert_eq!(st["latest_commit_ms"], json!(newest.2));
     assert_eq!(st["counters"]["checkouts"], json!(1));
     // The engine keeps polling while pinned.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

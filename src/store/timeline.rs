@@ -64,6 +64,11 @@ pub enum Anchor {
 }
 
 impl HistoryView<'_> {
+    /// Where the replica stood when this view was made.
+    pub fn state(&self) -> &crate::store::SyncState {
+        self.state
+    }
+
     /// The oldest and newest commit times, when there are points.
     pub fn time_span(&self) -> Result<Option<(i64, i64)>, StoreError> {
         let (lo, hi): (Option<i64>, Option<i64>) =

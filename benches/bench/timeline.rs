@@ -1,0 +1,174 @@
+//! `timeline`: what the operator console asks of a large history, on a
+//! served replica of a generated backup with C commits (1M by default):
+//! `GET /pitr/timeline` of the whole history (400 and 2000 intervals) and
+//! of a zoomed-in tenth, `GET /pitr/commits` around a time, `GET /status`
+//! and the console's own files; client-side time per request, medians.
+//! The whole-history timeline must answer in under a second (the console's
+//! promise for a million points): asserted here, where it is measured.
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::common::fixture::{Fixture, Spec};
+use crate::server::{self, ADMIN_TOKEN};
+use crate::{kvreplica_release, median, num};
+
+/// The whole-history timeline's budget.
+const WHOLE_HISTORY_BUDGET_MS: f64 = 1000.0;
+
+fn timed(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+) -> (f64, u16, usize, Option<Value>) {
+    rt.block_on(async {
+        let t = Instant::now();
+        let mut req = http.get(url);
+        if let Some(token) = auth {
+            req = req.bearer_auth(token);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        let json = serde_json::from_slice(&body).ok();
+        (t.elapsed().as_secs_f64() * 1e3, status, body.len(), json)
+    })
+}
+
+pub fn run(args: &[String]) {
+    let commits = num(args, "--commits", 1_000_000);
+    let keys = num(args, "--keys", 10_000);
+    let runs = num(args, "--runs", 5);
+    let bin = kvreplica_release();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("backup");
+    let db = tmp.path().join("replica.sqlite");
+
+    let t = Instant::now();
+    // Small commits (1–2 mutations), many per log object: a busy database.
+    let fx = Fixture::generate(Spec {
+        seed: 9,
+        keys,
+        pre_commits: 2,
+        post_commits: commits,
+        append_commits: 0,
+        max_muts_per_commit: 2,
+        muts_per_log: 2_000,
+        ranges: 4,
+        empty_range: false,
+        format0_logs: 0,
+        split_commits: false,
+    });
+    fx.write_initial(&src);
+    let newest = fx.last_initial;
+    let points = fx.points(newest);
+    let distinct_times = points
+        .iter()
+        .map(|p| p.2)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    eprintln!(
+        "generated in {:.1?}: {} recoverable points at {distinct_times} distinct times",
+        t.elapsed(),
+        points.len()
+    );
+    let rt = crate::runtime();
+    let source = format!("file://{}/", src.display());
+    let latest = hex::encode(fx.commits[newest].versionstamp);
+    let (mut srv, http, _, synced) = server::start_synced(&rt, &bin, &source, &db, &latest);
+    eprintln!("synced in {synced:.1?}");
+
+    let (lo, hi) = (points[0].2 as i64, points.last().unwrap().2 as i64);
+    let tenth = (hi - lo) / 10;
+    let middle = lo + (hi - lo) / 2;
+    let base = srv.admin_url.clone();
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "timeline, whole, 400",
+            format!("{base}/pitr/timeline"),
+            Some(ADMIN_TOKEN),
+        ),
+        (
+            "timeline, whole, 2000",
+            format!("{base}/pitr/timeline?buckets=2000"),
+            Some(ADMIN_TOKEN),
+        ),
+        (
+            "timeline, a tenth, 400",
+            format!(
+                "{base}/pitr/timeline?start={}&end={}",
+                middle,
+                middle + tenth
+            ),
+            Some(ADMIN_TOKEN),
+        ),
+        (
+            "commits around, 10+10",
+            format!("{base}/pitr/commits?around={middle}"),
+            Some(ADMIN_TOKEN),
+        ),
+        ("status", format!("{base}/status"), Some(ADMIN_TOKEN)),
+        ("current", format!("{base}/pitr/current"), Some(ADMIN_TOKEN)),
+        ("console page", format!("{base}/console/"), None),
+        (
+            "console script",
+            format!("{base}/console/assets/console.js"),
+            None,
+        ),
+    ];
+    let mut ms = vec![Vec::new(); cases.len()];
+    let mut sizes = vec![0; cases.len()];
+    for run in 0..runs {
+        for (i, (label, url, auth)) in cases.iter().enumerate() {
+            srv.assert_running();
+            let (t, status, size, json) = timed(&rt, &http, url, *auth);
+            assert_eq!(status, 200, "{label}: {url}");
+            if i == 0 || i == 1 {
+                let j = json.as_ref().unwrap();
+                let sum: u64 = j["counts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap())
+                    .sum();
+                assert_eq!(sum as usize, points.len(), "{label}: every point counted");
+                assert_eq!(j["commits"].as_u64().unwrap() as usize, points.len());
+            }
+            ms[i].push(t);
+            sizes[i] = size;
+            eprintln!("run {run}: {label}: {t:.1} ms, {size} bytes");
+        }
+    }
+    let problems = srv.problems();
+    let status = srv.stop();
+
+    println!();
+    println!(
+        "timeline: {} points ({distinct_times} distinct times), {runs} runs, medians, client-side",
+        points.len()
+    );
+    println!("{:<26} {:>10} {:>10}", "request", "ms", "bytes");
+    for (i, (label, _, _)) in cases.iter().enumerate() {
+        println!(
+            "{:<26} {:>10.1} {:>10}",
+            label,
+            median(ms[i].clone()),
+            sizes[i]
+        );
+    }
+    println!("server: {status}, {} WARN/ERROR lines", problems.len());
+    for p in problems.iter().take(10) {
+        println!("  {p}");
+    }
+    assert!(status.success(), "server exit {status}");
+    for i in [0, 1] {
+        let m = median(ms[i].clone());
+        assert!(
+            m < WHOLE_HISTORY_BUDGET_MS,
+            "{}: {m:.1} ms, over the {WHOLE_HISTORY_BUDGET_MS} ms budget",
+            cases[i].0
+        );
+    }
+}
