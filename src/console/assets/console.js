@@ -244,10 +244,12 @@
     showLogin(message);
   }
 
-  function startApp() {
+  /** The first poll comes first: the lists below use the position it learns (the initial point). */
+  async function startApp() {
     showApp();
     resetState();
-    startPolling();
+    await startPolling();
+    if (!token()) return;
     loadTimeline();
     loadCommits(null);
   }
@@ -261,11 +263,12 @@
     newest: null, // newest point's versionstamp at the last poll
     visible: null, // visible versionstamp at the last poll
     seen: false, // whether a poll answered since login (the first one only records the position)
+    polls: 0,
   };
 
   function startPolling() {
     stopPolling();
-    poll();
+    return poll();
   }
 
   function stopPolling() {
@@ -288,12 +291,25 @@
   }
 
   async function refreshStatus() {
-    const [st, cur] = await Promise.all([api("/status"), currentOrNull()]);
+    const st = await api("/status");
+    const cur = currentMayHaveMoved(st) ? await currentOrNull() : status.current;
+    status.polls += 1;
     clockOffsetMs = st.now_ms - Date.now();
     renderStatus(st, cur);
     setText("live", "Live: updated " + isoTime(st.now_ms).slice(11, 19) + " UTC, every 2 s");
     clearError("status-error");
     noticeMoves(cur);
+  }
+
+  /**
+   * /status is cheap; /pitr/current counts the points, which costs on a long history. Ask for it when
+   * /status says what readers see or the newest commit moved, and every 30 s for the rest.
+   */
+  function currentMayHaveMoved(st) {
+    const cur = status.current;
+    const prev = status.previous;
+    return !cur || !prev || st.visible === undefined || st.visible !== prev.visible ||
+      st.latest_commit_ms !== prev.latest_commit_ms || st.mode !== cur.mode || status.polls % 15 === 0;
   }
 
   /** /pitr/current, or null while the initial snapshot loads (409). */
@@ -314,9 +330,7 @@
     setText("status-visible", cur ? cur.versionstamp : "(initial snapshot loading)");
     setText("status-latest", cur && cur.latest ? cur.latest.versionstamp : "…");
     setText("status-behind", cur ? behindText(cur) : "…");
-    // /status knows the lag once the sync applied something since start; /pitr/current always.
-    const lag = st.sync_lag_seconds !== null ? st.sync_lag_seconds : cur ? cur.sync_lag_seconds : null;
-    setText("status-lag", lagText(lag));
+    setText("status-lag", lagText(syncLag(st, cur)));
     setText("status-source", st.source || "…");
     setText("status-rate", rateText(st));
     setText("status-last-poll", st.last_successful_poll
@@ -325,7 +339,18 @@
     $("status-last-error").className = st.last_error ? "warn" : "";
     status.previous = st;
     status.current = cur;
+    const lag = syncLag(st, cur);
     $("timeline-follow").textContent = cur ? cur.mode + (lag === null ? "" : ", replication lag " + lagText(lag)) : "";
+  }
+
+  /**
+   * Seconds from the newest commit fetched to now: /status's figure once the sync applied something
+   * since the start, else from the newest commit's time, else /pitr/current's (maybe a poll old).
+   */
+  function syncLag(st, cur) {
+    if (st.sync_lag_seconds !== null && st.sync_lag_seconds !== undefined) return st.sync_lag_seconds;
+    if (st.latest_commit_ms) return Math.max(0, (st.now_ms - st.latest_commit_ms) / 1000);
+    return cur ? cur.sync_lag_seconds : null;
   }
 
   /** Progress of the initial snapshot, while it loads. */
@@ -826,6 +851,7 @@
     const scrollTop = scroller.scrollTop;
     clear(tbody);
     for (const c of answer.commits) {
+      withPrevious(c);
       knownCommits.set(c.versionstamp, c);
       tbody.append(commitRow(c, c.versionstamp === answer.anchor));
     }
@@ -840,6 +866,20 @@
       const row = rowOf(focusedVs);
       if (row) row.focus({ preventScroll: true });
     }
+  }
+
+  /**
+   * The initial point is the `previous` of the oldest point (its diff starts there). When the server
+   * leaves it out of a list that reaches the oldest point, fill it in from what the page knows.
+   */
+  function withPrevious(c) {
+    const initial = initialPoint();
+    if (c.previous === null && initial && c.versionstamp !== initial) c.previous = initial;
+  }
+
+  function initialPoint() {
+    if (timeline.data && timeline.data.initial) return timeline.data.initial.versionstamp;
+    return status.current ? status.current.initial_point : null;
   }
 
   function attr(node, name) {
@@ -869,7 +909,9 @@
     const out = [];
     if (c.visible) out.push(el("span", { cls: "badge badge-visible", text: "visible" }));
     if (c.newest) out.push(el("span", { cls: "badge badge-newest", text: "newest" }));
-    if (c.previous === null) out.push(el("span", { cls: "badge badge-initial", text: "initial" }));
+    if (c.previous === null || c.versionstamp === initialPoint()) {
+      out.push(el("span", { cls: "badge badge-initial", text: "initial" }));
+    }
     return out;
   }
 
@@ -1303,6 +1345,7 @@
   function resetState() {
     status.previous = status.current = status.newest = status.visible = null;
     status.seen = false;
+    status.polls = 0;
     timeline.range = timeline.data = timeline.selected = timeline.drag = null;
     timeline.cursor = -1;
     commitsView.around = commitsView.answer = null;
