@@ -1014,10 +1014,47 @@
       status.current.mode === "pinned" && status.current.versionstamp === p.versionstamp);
   }
 
+  // ---------------------------------------------------------------- paged tables (diff, browse)
+
+  /**
+   * A table filled page by page (100 rows) through a cursor: the first page replaces the rows, "more"
+   * appends the next. `params()` gives the query, `render(answer, more)` draws, `clear()` empties.
+   */
+  function pager(spec) {
+    return Object.assign({ cursor: null, turn: latestOnly() }, spec);
+  }
+
+  async function loadPage(view, more) {
+    const mine = view.turn();
+    const params = view.params();
+    if (more) params.cursor = view.cursor;
+    const button = $(view.moreId);
+    button.disabled = true;
+    try {
+      const answer = await api(view.path + query(params));
+      if (!mine()) return;
+      clearError(view.errorId);
+      view.cursor = answer.next_cursor;
+      button.hidden = !answer.next_cursor;
+      view.render(answer, more);
+    } catch (err) {
+      if (!mine()) return;
+      if (!more) view.clear();
+      showError(view.errorId, err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---------------------------------------------------------------- diff
 
-  const diffView = { from: null, to: null, prefix: "", cursor: null, shown: 0 };
-  const diffTurn = latestOnly();
+  const diffView = pager({
+    path: "/pitr/diff", moreId: "diff-more", errorId: "diff-error",
+    from: null, to: null, prefix: "", shown: 0,
+    params: () => ({ from: diffView.from, to: diffView.to, prefix: diffView.prefix, limit: PAGE }),
+    render: renderDiff,
+    clear: clearDiffRows,
+  });
 
   /** "What did this commit change" = previous → it; a range A..B = A.previous → B. */
   function loadDiffForSelection() {
@@ -1032,42 +1069,26 @@
     }
     diffView.from = from;
     diffView.to = b.versionstamp;
-    loadDiff(false);
+    loadDiff();
+  }
+
+  function loadDiff() {
+    setText("diff-summary", "Loading…");
+    loadPage(diffView, false);
   }
 
   function resetDiff() {
-    diffTurn();
+    diffView.turn(); // an answer still on its way is dropped
     diffView.from = diffView.to = diffView.cursor = null;
+    clearDiffRows();
+    clearError("diff-error");
+  }
+
+  function clearDiffRows() {
     diffView.shown = 0;
     clear($("diff").tBodies[0]);
     setText("diff-summary", "");
-    clearError("diff-error");
     $("diff-more").hidden = true;
-  }
-
-  async function loadDiff(more) {
-    if (!diffView.from) return;
-    const mine = diffTurn();
-    const params = { from: diffView.from, to: diffView.to, prefix: diffView.prefix, limit: PAGE };
-    if (more) params.cursor = diffView.cursor;
-    else setText("diff-summary", "Loading…");
-    $("diff-more").disabled = true;
-    try {
-      const answer = await api("/pitr/diff" + query(params));
-      if (!mine()) return;
-      clearError("diff-error");
-      renderDiff(answer, more);
-    } catch (err) {
-      if (!mine()) return;
-      if (!more) {
-        clear($("diff").tBodies[0]);
-        setText("diff-summary", "");
-        $("diff-more").hidden = true;
-      }
-      showError("diff-error", err);
-    } finally {
-      $("diff-more").disabled = false;
-    }
   }
 
   function renderDiff(answer, more) {
@@ -1080,14 +1101,11 @@
     }
     for (const change of answer.changes) tbody.append(changeRow(change));
     diffView.shown += answer.changes.length;
-    diffView.cursor = answer.next_cursor;
     const t = answer.totals;
     const total = t.added + t.removed + t.changed;
     setText("diff-summary", total + " keys differ: " + t.added + " added, " + t.removed + " removed, " +
       t.changed + " changed");
-    const more_ = $("diff-more");
-    more_.hidden = !answer.next_cursor;
-    more_.textContent = "More (" + diffView.shown + " of " + total + " shown)";
+    $("diff-more").textContent = "More (" + diffView.shown + " of " + total + " shown)";
   }
 
   function changeRow(change) {
@@ -1105,18 +1123,22 @@
       showError("diff-error", new Error("select a commit first"));
       return;
     }
-    loadDiff(false);
+    loadDiff();
   }
 
   // ---------------------------------------------------------------- browse
 
-  const browseView = { params: null, cursor: null };
-  const browseTurn = latestOnly();
+  const browseView = pager({
+    path: "/kv", moreId: "browse-more", errorId: "browse-error",
+    prefix: "", at: null,
+    params: () => ({ prefix: browseView.prefix, at: browseView.at, limit: PAGE }),
+    render: renderBrowse,
+    clear: () => clear($("browse").tBodies[0]),
+  });
 
   function onBrowse(event) {
     event.preventDefault();
     clearError("browse-error");
-    const prefix = $("browse-prefix").value.trim();
     let at = null;
     if ($("browse-at").value === "selected") {
       const p = selectedPoint();
@@ -1126,25 +1148,9 @@
       }
       at = p.versionstamp;
     }
-    browseView.params = { prefix, at, limit: PAGE };
-    loadBrowse(false);
-  }
-
-  async function loadBrowse(more) {
-    const mine = browseTurn();
-    const params = Object.assign({}, browseView.params);
-    if (more) params.cursor = browseView.cursor;
-    $("browse-more").disabled = true;
-    try {
-      const answer = await api("/kv" + query(params));
-      if (!mine()) return;
-      clearError("browse-error");
-      renderBrowse(answer, more);
-    } catch (err) {
-      if (mine()) showError("browse-error", err);
-    } finally {
-      $("browse-more").disabled = false;
-    }
+    browseView.prefix = $("browse-prefix").value.trim();
+    browseView.at = at;
+    loadPage(browseView, false);
   }
 
   function renderBrowse(answer, more) {
@@ -1155,12 +1161,10 @@
         keyCell(entry.key), valueCell("value", entry)));
     }
     const count = tbody.querySelectorAll("tr.entry").length;
-    const where = browseView.params.prefix ? "under " + browseView.params.prefix : "all keys";
-    const state = browseView.params.at ? "at " : "visible state, ";
+    const where = browseView.prefix ? "under " + browseView.prefix : "all keys";
+    const state = browseView.at ? "at " : "visible state, ";
     setText("browse-title", count + (count === 1 ? " entry " : " entries ") + where + ", " + state +
       answer.at.versionstamp + " (" + answer.at.time + ")" + (answer.next_cursor ? ", more follow" : ""));
-    browseView.cursor = answer.next_cursor;
-    $("browse-more").hidden = !answer.next_cursor;
   }
 
   // ---------------------------------------------------------------- act (checkout)
@@ -1352,7 +1356,7 @@
     commitsView.count = COMMITS_AROUND;
     selection.first = selection.older = selection.newer = null;
     knownCommits.clear();
-    browseView.params = browseView.cursor = null;
+    browseView.cursor = browseView.at = null;
     pendingCheckout = null;
     diffView.prefix = "";
     resetDiff();
@@ -1392,9 +1396,9 @@
     $("commits-later").addEventListener("click", () => pageCommits(1));
 
     $("diff-form").addEventListener("submit", onDiffPrefix);
-    $("diff-more").addEventListener("click", () => loadDiff(true));
+    $("diff-more").addEventListener("click", () => loadPage(diffView, true));
     $("browse-form").addEventListener("submit", onBrowse);
-    $("browse-more").addEventListener("click", () => loadBrowse(true));
+    $("browse-more").addEventListener("click", () => loadPage(browseView, true));
 
     $("checkout-selected").addEventListener("click", onCheckoutSelected);
     $("checkout-latest").addEventListener("click", onCheckoutLatest);
