@@ -5,8 +5,8 @@
 // kept in sessionStorage. Keys and values come from the database and are attacker-controlled: every
 // piece of data reaches the DOM through textContent or setAttribute, never through innerHTML.
 //
-// Sections: helpers, API, session (login/logout), status + polling, timeline, commits, selection,
-// diff, browse, act (checkout), restore plan, start-up.
+// Sections: helpers, API, session (login/logout), status + polling, timeline, find, commits, selection,
+// paged tables, diff, browse, act (checkout), restore plan, start-up.
 "use strict";
 
 (function () {
@@ -264,20 +264,23 @@
     visible: null, // visible versionstamp at the last poll
     seen: false, // whether a poll answered since login (the first one only records the position)
     polls: 0,
+    chain: 0, // the polling loop's generation (see stopPolling)
   };
 
   function startPolling() {
     stopPolling();
-    return poll();
+    return poll(status.chain);
   }
 
+  /** Also ends a poll still in flight: it belongs to an older chain and schedules nothing. */
   function stopPolling() {
     clearTimeout(status.timer);
     status.timer = null;
+    status.chain += 1;
   }
 
   /** One refresh of status and position; schedules the next (no overlap on a slow server). */
-  async function poll() {
+  async function poll(chain) {
     status.timer = null;
     try {
       await refreshStatus();
@@ -287,7 +290,7 @@
       showError("status-error", err);
       setText("live", "Update failed at " + isoTime(Date.now()).slice(11, 19) + " UTC; retrying every 2 s");
     }
-    if (token() && !$("app").hidden) status.timer = setTimeout(poll, POLL_MS);
+    if (chain === status.chain && token()) status.timer = setTimeout(poll, POLL_MS, chain);
   }
 
   async function refreshStatus() {
@@ -628,12 +631,13 @@
   function zoomTo(start, end) {
     const whole = wholeRange();
     if (!whole) return;
-    let span = Math.max(MIN_SPAN_MS, end - start);
+    // Too narrow a range widens around its middle; then it slides inside the history.
+    const span = Math.max(MIN_SPAN_MS, end - start);
     if (span >= whole.end - whole.start) {
       timeline.range = null;
     } else {
-      let s = Math.max(whole.start, Math.min(start, whole.end - span));
-      if (end - start < MIN_SPAN_MS) s = Math.max(whole.start, Math.min((start + end - span) / 2, whole.end - span));
+      const wanted = (start + end) / 2 - span / 2;
+      const s = Math.max(whole.start, Math.min(wanted, whole.end - span));
       timeline.range = { start: s, end: s + span };
     }
     timeline.cursor = -1;
