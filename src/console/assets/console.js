@@ -5,8 +5,8 @@
 // kept in sessionStorage. Keys and values come from the database and are attacker-controlled: every
 // piece of data reaches the DOM through textContent or setAttribute, never through innerHTML.
 //
-// Sections: helpers, API, session (login/logout), status + polling, timeline, commits, selection,
-// diff, browse, act (checkout), restore plan, start-up.
+// Sections: helpers, API, session (login/logout), status + polling, timeline, find, commits, selection,
+// paged tables, diff, browse, act (checkout), restore plan, start-up.
 "use strict";
 
 (function () {
@@ -15,7 +15,8 @@
   const TOKEN_KEY = "kvreplica.adminToken";
   const POLL_MS = 2000;
   const PAGE = 100; // rows per diff/browse page: keeps the DOM small on big diffs
-  const COMMITS_AROUND = 12; // commits before and after the anchor in the commits list
+  const COMMITS_AROUND = 20; // commits before and after the anchor in the commits list
+  const COMMITS_MAX = 100; // the server's limit of `count`
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
@@ -149,7 +150,7 @@
     const data = await readJson(response);
     if (response.ok) return data;
     if (response.status === 401 && !authToken) {
-      endSession("Session expired or token rotated: log in again.");
+      endSession("Logged out: session expired or token rotated. Log in again.");
       throw new SessionEnded("401");
     }
     const text = data && typeof data.error === "string" ? data.error : response.status + " " + response.statusText;
@@ -230,7 +231,7 @@
       $("login-token").value = "";
       startApp();
     } catch (err) {
-      setText("login-error", err.status === 401 ? "Wrong token." : err.message);
+      setText("login-error", err.status === 401 ? "Login failed: wrong token." : err.message);
     } finally {
       $("login-submit").disabled = false;
     }
@@ -243,10 +244,12 @@
     showLogin(message);
   }
 
-  function startApp() {
+  /** The first poll comes first: the lists below use the position it learns (the initial point). */
+  async function startApp() {
     showApp();
     resetState();
-    startPolling();
+    await startPolling();
+    if (!token()) return;
     loadTimeline();
     loadCommits(null);
   }
@@ -260,20 +263,24 @@
     newest: null, // newest point's versionstamp at the last poll
     visible: null, // visible versionstamp at the last poll
     seen: false, // whether a poll answered since login (the first one only records the position)
+    polls: 0,
+    chain: 0, // the polling loop's generation (see stopPolling)
   };
 
   function startPolling() {
     stopPolling();
-    poll();
+    return poll(status.chain);
   }
 
+  /** Also ends a poll still in flight: it belongs to an older chain and schedules nothing. */
   function stopPolling() {
     clearTimeout(status.timer);
     status.timer = null;
+    status.chain += 1;
   }
 
   /** One refresh of status and position; schedules the next (no overlap on a slow server). */
-  async function poll() {
+  async function poll(chain) {
     status.timer = null;
     try {
       await refreshStatus();
@@ -283,16 +290,29 @@
       showError("status-error", err);
       setText("live", "Update failed at " + isoTime(Date.now()).slice(11, 19) + " UTC; retrying every 2 s");
     }
-    if (token() && !$("app").hidden) status.timer = setTimeout(poll, POLL_MS);
+    if (chain === status.chain && token()) status.timer = setTimeout(poll, POLL_MS, chain);
   }
 
   async function refreshStatus() {
-    const [st, cur] = await Promise.all([api("/status"), currentOrNull()]);
+    const st = await api("/status");
+    const cur = currentMayHaveMoved(st) ? await currentOrNull() : status.current;
+    status.polls += 1;
     clockOffsetMs = st.now_ms - Date.now();
     renderStatus(st, cur);
     setText("live", "Live: updated " + isoTime(st.now_ms).slice(11, 19) + " UTC, every 2 s");
     clearError("status-error");
     noticeMoves(cur);
+  }
+
+  /**
+   * /status is cheap; /pitr/current counts the points, which costs on a long history. Ask for it when
+   * /status says what readers see or the newest commit moved, and every 30 s for the rest.
+   */
+  function currentMayHaveMoved(st) {
+    const cur = status.current;
+    const prev = status.previous;
+    return !cur || !prev || st.visible === undefined || st.visible !== prev.visible ||
+      st.latest_commit_ms !== prev.latest_commit_ms || st.mode !== cur.mode || status.polls % 15 === 0;
   }
 
   /** /pitr/current, or null while the initial snapshot loads (409). */
@@ -313,9 +333,7 @@
     setText("status-visible", cur ? cur.versionstamp : "(initial snapshot loading)");
     setText("status-latest", cur && cur.latest ? cur.latest.versionstamp : "…");
     setText("status-behind", cur ? behindText(cur) : "…");
-    // /status knows the lag once the sync applied something since start; /pitr/current always.
-    const lag = st.sync_lag_seconds !== null ? st.sync_lag_seconds : cur ? cur.sync_lag_seconds : null;
-    setText("status-lag", lagText(lag));
+    setText("status-lag", lagText(syncLag(st, cur)));
     setText("status-source", st.source || "…");
     setText("status-rate", rateText(st));
     setText("status-last-poll", st.last_successful_poll
@@ -324,7 +342,18 @@
     $("status-last-error").className = st.last_error ? "warn" : "";
     status.previous = st;
     status.current = cur;
+    const lag = syncLag(st, cur);
     $("timeline-follow").textContent = cur ? cur.mode + (lag === null ? "" : ", replication lag " + lagText(lag)) : "";
+  }
+
+  /**
+   * Seconds from the newest commit fetched to now: /status's figure once the sync applied something
+   * since the start, else from the newest commit's time, else /pitr/current's (maybe a poll old).
+   */
+  function syncLag(st, cur) {
+    if (st.sync_lag_seconds !== null && st.sync_lag_seconds !== undefined) return st.sync_lag_seconds;
+    if (st.latest_commit_ms) return Math.max(0, (st.now_ms - st.latest_commit_ms) / 1000);
+    return cur ? cur.sync_lag_seconds : null;
   }
 
   /** Progress of the initial snapshot, while it loads. */
@@ -365,7 +394,7 @@
     status.visible = visible;
     if (moved && !first) {
       loadTimeline();
-      loadCommits(commitsView.around, { keepScroll: true });
+      loadCommits(commitsView.around, { keepScroll: true, count: commitsView.count });
     }
     updateActTargets();
   }
@@ -473,7 +502,8 @@
     const d = timeline.data;
     const max = Math.max(1, ...d.counts);
     const group = svgEl("g", { cls: "bars" });
-    const barW = Math.max(1, scaleX(d.start_ms + d.bucket_ms) - scaleX(d.start_ms) - (d.counts.length > 300 ? 0 : 1));
+    // At least 2 px, so that a lone commit in a long range can still be seen and clicked.
+    const barW = Math.max(2, scaleX(d.start_ms + d.bucket_ms) - scaleX(d.start_ms) - (d.counts.length > 300 ? 0 : 1));
     for (let i = 0; i < d.counts.length; i++) {
       const count = d.counts[i];
       if (!count) continue;
@@ -554,8 +584,12 @@
     }
   }
 
+  /** The keyboard cursor's frame, shown while the plot has the focus; redrawn alone on focus changes. */
   function drawCursor(svg) {
     const d = timeline.data;
+    const old = svg.querySelector(".cursor");
+    if (old) old.remove();
+    if (!d || !d.oldest) return;
     if (timeline.cursor < 0 || timeline.cursor >= d.counts.length || document.activeElement !== svg) return;
     const { start, end } = bucketRange(timeline.cursor);
     const x = scaleX(start);
@@ -597,12 +631,13 @@
   function zoomTo(start, end) {
     const whole = wholeRange();
     if (!whole) return;
-    let span = Math.max(MIN_SPAN_MS, end - start);
+    // Too narrow a range widens around its middle; then it slides inside the history.
+    const span = Math.max(MIN_SPAN_MS, end - start);
     if (span >= whole.end - whole.start) {
       timeline.range = null;
     } else {
-      let s = Math.max(whole.start, Math.min(start, whole.end - span));
-      if (end - start < MIN_SPAN_MS) s = Math.max(whole.start, Math.min((start + end - span) / 2, whole.end - span));
+      const wanted = (start + end) / 2 - span / 2;
+      const s = Math.max(whole.start, Math.min(wanted, whole.end - span));
       timeline.range = { start: s, end: s + span };
     }
     timeline.cursor = -1;
@@ -646,7 +681,12 @@
     timeline.cursor = i;
     timeline.selected = bucketRange(i);
     drawTimeline();
-    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true });
+    // Enough rows for every commit of the interval (they often share one time), within the limit.
+    const count = timeline.data.counts[i];
+    const listed = Math.max(COMMITS_AROUND, Math.min(COMMITS_MAX, count));
+    setText("commits-note", count > COMMITS_MAX ? "This interval holds " + count + " commits: the last " +
+      COMMITS_MAX + " are listed. Zoom in to reach the others." : "");
+    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true, count: listed });
   }
 
   function onTimelineClick(event) {
@@ -742,7 +782,7 @@
   function moveCursorTo(i) {
     if (i < 0) return;
     timeline.cursor = i;
-    drawTimeline();
+    drawCursor($("timeline"));
     setText("timeline-cursor", bucketText(i));
   }
 
@@ -757,9 +797,16 @@
       return;
     }
     const around = isVersionstamp(text) ? text.toLowerCase() : text;
-    const answer = await loadCommits(around, { errorId: "find-error" });
+    setText("commits-note", "");
+    let answer = await loadCommits(around, { errorId: "find-error" });
     if (!answer) return;
-    const anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    let anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    // A backup stamps many commits with one time: when the list starts inside the anchor's time,
+    // widen it so that every commit of that time shows.
+    if (anchor && answer.more_before && answer.commits[0].timestamp_ms === anchor.timestamp_ms) {
+      answer = (await loadCommits(around, { errorId: "find-error", count: COMMITS_MAX })) || answer;
+      anchor = answer.commits.find((c) => c.versionstamp === answer.anchor);
+    }
     if (anchor && anchor.timestamp_ms !== null) {
       timeline.selected = { start: anchor.timestamp_ms, end: anchor.timestamp_ms + 1 };
       zoomAround(anchor.timestamp_ms);
@@ -770,6 +817,7 @@
 
   const commitsView = {
     around: null, // the `around` parameter of the list shown (null = the visible position)
+    count: COMMITS_AROUND, // its `count`
     answer: null, // the last /pitr/commits answer
   };
   const commitsTurn = latestOnly();
@@ -778,12 +826,14 @@
    * Loads the commits around `around` (versionstamp, time or epoch ms; null = the visible position).
    * Resolves to the answer, or null when it failed (the error is shown in `errorId`).
    */
-  async function loadCommits(around, { errorId = "commits-error", keepScroll = false, fromTimeline = false } = {}) {
+  async function loadCommits(around, opts = {}) {
+    const { errorId = "commits-error", keepScroll = false, fromTimeline = false, count = COMMITS_AROUND } = opts;
     const mine = commitsTurn();
     try {
-      const answer = await api("/pitr/commits" + query({ around, count: COMMITS_AROUND }));
+      const answer = await api("/pitr/commits" + query({ around, count }));
       if (!mine()) return null;
       commitsView.around = around;
+      commitsView.count = count;
       commitsView.answer = answer;
       clearError("commits-error");
       clearError(errorId);
@@ -805,6 +855,7 @@
     const scrollTop = scroller.scrollTop;
     clear(tbody);
     for (const c of answer.commits) {
+      withPrevious(c);
       knownCommits.set(c.versionstamp, c);
       tbody.append(commitRow(c, c.versionstamp === answer.anchor));
     }
@@ -819,6 +870,20 @@
       const row = rowOf(focusedVs);
       if (row) row.focus({ preventScroll: true });
     }
+  }
+
+  /**
+   * The initial point is the `previous` of the oldest point (its diff starts there). When the server
+   * leaves it out of a list that reaches the oldest point, fill it in from what the page knows.
+   */
+  function withPrevious(c) {
+    const initial = initialPoint();
+    if (c.previous === null && initial && c.versionstamp !== initial) c.previous = initial;
+  }
+
+  function initialPoint() {
+    if (timeline.data && timeline.data.initial) return timeline.data.initial.versionstamp;
+    return status.current ? status.current.initial_point : null;
   }
 
   function attr(node, name) {
@@ -848,7 +913,9 @@
     const out = [];
     if (c.visible) out.push(el("span", { cls: "badge badge-visible", text: "visible" }));
     if (c.newest) out.push(el("span", { cls: "badge badge-newest", text: "newest" }));
-    if (c.previous === null) out.push(el("span", { cls: "badge badge-initial", text: "initial" }));
+    if (c.previous === null || c.versionstamp === initialPoint()) {
+      out.push(el("span", { cls: "badge badge-initial", text: "initial" }));
+    }
     return out;
   }
 
@@ -869,6 +936,7 @@
     const commits = commitsView.answer ? commitsView.answer.commits : [];
     if (!commits.length) return;
     const edge = direction < 0 ? commits[0] : commits[commits.length - 1];
+    setText("commits-note", "");
     loadCommits(edge.versionstamp);
   }
 
@@ -950,10 +1018,47 @@
       status.current.mode === "pinned" && status.current.versionstamp === p.versionstamp);
   }
 
+  // ---------------------------------------------------------------- paged tables (diff, browse)
+
+  /**
+   * A table filled page by page (100 rows) through a cursor: the first page replaces the rows, "more"
+   * appends the next. `params()` gives the query, `render(answer, more)` draws, `clear()` empties.
+   */
+  function pager(spec) {
+    return Object.assign({ cursor: null, turn: latestOnly() }, spec);
+  }
+
+  async function loadPage(view, more) {
+    const mine = view.turn();
+    const params = view.params();
+    if (more) params.cursor = view.cursor;
+    const button = $(view.moreId);
+    button.disabled = true;
+    try {
+      const answer = await api(view.path + query(params));
+      if (!mine()) return;
+      clearError(view.errorId);
+      view.cursor = answer.next_cursor;
+      button.hidden = !answer.next_cursor;
+      view.render(answer, more);
+    } catch (err) {
+      if (!mine()) return;
+      if (!more) view.clear();
+      showError(view.errorId, err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---------------------------------------------------------------- diff
 
-  const diffView = { from: null, to: null, prefix: "", cursor: null, shown: 0 };
-  const diffTurn = latestOnly();
+  const diffView = pager({
+    path: "/pitr/diff", moreId: "diff-more", errorId: "diff-error",
+    from: null, to: null, prefix: "", shown: 0,
+    params: () => ({ from: diffView.from, to: diffView.to, prefix: diffView.prefix, limit: PAGE }),
+    render: renderDiff,
+    clear: clearDiffRows,
+  });
 
   /** "What did this commit change" = previous → it; a range A..B = A.previous → B. */
   function loadDiffForSelection() {
@@ -968,42 +1073,26 @@
     }
     diffView.from = from;
     diffView.to = b.versionstamp;
-    loadDiff(false);
+    loadDiff();
+  }
+
+  function loadDiff() {
+    setText("diff-summary", "Loading…");
+    loadPage(diffView, false);
   }
 
   function resetDiff() {
-    diffTurn();
+    diffView.turn(); // an answer still on its way is dropped
     diffView.from = diffView.to = diffView.cursor = null;
+    clearDiffRows();
+    clearError("diff-error");
+  }
+
+  function clearDiffRows() {
     diffView.shown = 0;
     clear($("diff").tBodies[0]);
     setText("diff-summary", "");
-    clearError("diff-error");
     $("diff-more").hidden = true;
-  }
-
-  async function loadDiff(more) {
-    if (!diffView.from) return;
-    const mine = diffTurn();
-    const params = { from: diffView.from, to: diffView.to, prefix: diffView.prefix, limit: PAGE };
-    if (more) params.cursor = diffView.cursor;
-    else setText("diff-summary", "Loading…");
-    $("diff-more").disabled = true;
-    try {
-      const answer = await api("/pitr/diff" + query(params));
-      if (!mine()) return;
-      clearError("diff-error");
-      renderDiff(answer, more);
-    } catch (err) {
-      if (!mine()) return;
-      if (!more) {
-        clear($("diff").tBodies[0]);
-        setText("diff-summary", "");
-        $("diff-more").hidden = true;
-      }
-      showError("diff-error", err);
-    } finally {
-      $("diff-more").disabled = false;
-    }
   }
 
   function renderDiff(answer, more) {
@@ -1016,14 +1105,11 @@
     }
     for (const change of answer.changes) tbody.append(changeRow(change));
     diffView.shown += answer.changes.length;
-    diffView.cursor = answer.next_cursor;
     const t = answer.totals;
     const total = t.added + t.removed + t.changed;
     setText("diff-summary", total + " keys differ: " + t.added + " added, " + t.removed + " removed, " +
       t.changed + " changed");
-    const more_ = $("diff-more");
-    more_.hidden = !answer.next_cursor;
-    more_.textContent = "More (" + diffView.shown + " of " + total + " shown)";
+    $("diff-more").textContent = "More (" + diffView.shown + " of " + total + " shown)";
   }
 
   function changeRow(change) {
@@ -1041,18 +1127,22 @@
       showError("diff-error", new Error("select a commit first"));
       return;
     }
-    loadDiff(false);
+    loadDiff();
   }
 
   // ---------------------------------------------------------------- browse
 
-  const browseView = { params: null, cursor: null };
-  const browseTurn = latestOnly();
+  const browseView = pager({
+    path: "/kv", moreId: "browse-more", errorId: "browse-error",
+    prefix: "", at: null,
+    params: () => ({ prefix: browseView.prefix, at: browseView.at, limit: PAGE }),
+    render: renderBrowse,
+    clear: () => clear($("browse").tBodies[0]),
+  });
 
   function onBrowse(event) {
     event.preventDefault();
     clearError("browse-error");
-    const prefix = $("browse-prefix").value.trim();
     let at = null;
     if ($("browse-at").value === "selected") {
       const p = selectedPoint();
@@ -1062,25 +1152,9 @@
       }
       at = p.versionstamp;
     }
-    browseView.params = { prefix, at, limit: PAGE };
-    loadBrowse(false);
-  }
-
-  async function loadBrowse(more) {
-    const mine = browseTurn();
-    const params = Object.assign({}, browseView.params);
-    if (more) params.cursor = browseView.cursor;
-    $("browse-more").disabled = true;
-    try {
-      const answer = await api("/kv" + query(params));
-      if (!mine()) return;
-      clearError("browse-error");
-      renderBrowse(answer, more);
-    } catch (err) {
-      if (mine()) showError("browse-error", err);
-    } finally {
-      $("browse-more").disabled = false;
-    }
+    browseView.prefix = $("browse-prefix").value.trim();
+    browseView.at = at;
+    loadPage(browseView, false);
   }
 
   function renderBrowse(answer, more) {
@@ -1091,12 +1165,10 @@
         keyCell(entry.key), valueCell("value", entry)));
     }
     const count = tbody.querySelectorAll("tr.entry").length;
-    const where = browseView.params.prefix ? "under " + browseView.params.prefix : "all keys";
-    const state = browseView.params.at ? "at " : "visible state, ";
+    const where = browseView.prefix ? "under " + browseView.prefix : "all keys";
+    const state = browseView.at ? "at " : "visible state, ";
     setText("browse-title", count + (count === 1 ? " entry " : " entries ") + where + ", " + state +
       answer.at.versionstamp + " (" + answer.at.time + ")" + (answer.next_cursor ? ", more follow" : ""));
-    browseView.cursor = answer.next_cursor;
-    $("browse-more").hidden = !answer.next_cursor;
   }
 
   // ---------------------------------------------------------------- act (checkout)
@@ -1228,12 +1300,16 @@
     if (prefix) body.prefix = [prefix];
     const mine = restoreTurn();
     out.removeAttribute("role");
-    out.replaceChildren(el("p", { text: "Planning (dry run, nothing is written)…" }));
+    out.replaceChildren(el("p", { text: "Planning (dry run, nothing is written)… An unreachable primary takes a few " +
+      "seconds to give up (the connection is retried)." }));
+    $("restore-plan").disabled = true;
     try {
       const answer = await api("/restore", { method: "POST", body });
       if (mine()) renderRestore(answer, to, p.versionstamp, prefix);
     } catch (err) {
       if (mine() && !(err instanceof SessionEnded)) restoreError(err.message);
+    } finally {
+      $("restore-plan").disabled = false;
     }
   }
 
@@ -1277,12 +1353,14 @@
   function resetState() {
     status.previous = status.current = status.newest = status.visible = null;
     status.seen = false;
+    status.polls = 0;
     timeline.range = timeline.data = timeline.selected = timeline.drag = null;
     timeline.cursor = -1;
     commitsView.around = commitsView.answer = null;
+    commitsView.count = COMMITS_AROUND;
     selection.first = selection.older = selection.newer = null;
     knownCommits.clear();
-    browseView.params = browseView.cursor = null;
+    browseView.cursor = browseView.at = null;
     pendingCheckout = null;
     diffView.prefix = "";
     resetDiff();
@@ -1290,7 +1368,7 @@
     clear($("timeline"));
     $("restore-token").value = "";
     $("restore-result").replaceChildren();
-    for (const id of ["act-result", "browse-title", "timeline-range", "status-error", "timeline-error", "find-error", "commits-error", "browse-error"]) setText(id, "");
+    for (const id of ["act-result", "browse-title", "timeline-range", "status-error", "timeline-error", "find-error", "commits-error", "commits-note", "browse-error"]) setText(id, "");
     setText("diff-title", "Select a commit or a range of commits.");
     $("browse-more").hidden = true;
     updateActTargets();
@@ -1307,8 +1385,9 @@
     svg.addEventListener("pointermove", onTimelinePointerMove);
     svg.addEventListener("pointerup", onTimelinePointerUp);
     svg.addEventListener("pointercancel", () => { timeline.drag = null; drawDrag(svg); });
-    svg.addEventListener("focus", () => { if (timeline.data) drawTimeline(); });
-    svg.addEventListener("blur", () => { if (timeline.data) drawTimeline(); });
+    // Only the cursor frame: redrawing the bars here would replace the bar under a click in progress.
+    svg.addEventListener("focus", () => drawCursor(svg));
+    svg.addEventListener("blur", () => drawCursor(svg));
     $("timeline-zoom-in").addEventListener("click", () => zoomBy(1 / ZOOM));
     $("timeline-zoom-out").addEventListener("click", () => zoomBy(ZOOM));
     $("timeline-reset").addEventListener("click", resetZoom);
@@ -1321,9 +1400,9 @@
     $("commits-later").addEventListener("click", () => pageCommits(1));
 
     $("diff-form").addEventListener("submit", onDiffPrefix);
-    $("diff-more").addEventListener("click", () => loadDiff(true));
+    $("diff-more").addEventListener("click", () => loadPage(diffView, true));
     $("browse-form").addEventListener("submit", onBrowse);
-    $("browse-more").addEventListener("click", () => loadBrowse(true));
+    $("browse-more").addEventListener("click", () => loadPage(browseView, true));
 
     $("checkout-selected").addEventListener("click", onCheckoutSelected);
     $("checkout-latest").addEventListener("click", onCheckoutLatest);
