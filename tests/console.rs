@@ -147,15 +147,17 @@ fn differences<'m>(
     a: &'m BTreeMap<Vec<u8>, Rec>,
     b: &'m BTreeMap<Vec<u8>, Rec>,
 ) -> Vec<(&'static str, &'m Vec<u8>)> {
-    let keys: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter_map(|k| match (a.get(k), b.get(k)) {
-            (x, y) if x == y => None,
-            (None, _) => Some(("added", k)),
-            (_, None) => Some(("removed", k)),
-            _ => Some(("changed", k)),
-        })
-        .collect()
+    let gone_or_changed = a.iter().filter_map(|(k, r)| match b.get(k) {
+        None => Some(("removed", k)),
+        Some(now) => (now != r).then_some(("changed", k)),
+    });
+    let added = b
+        .keys()
+        .filter(|k| !a.contains_key(*k))
+        .map(|k| ("added", k));
+    let mut all: Vec<_> = gone_or_changed.chain(added).collect();
+    all.sort_by_key(|&(_, k)| k);
+    all
 }
 
 /// A key as the page's `data-key` (`JSON.stringify(key)`) holds it.
@@ -413,14 +415,19 @@ fn confirm_checkout(b: &mut Browser, button: &str, target: &str, phrases: &[Stri
     );
 }
 
-/// Opens the console and logs in with the admin token (no checks but that
-/// the app shows): for the tests of one panel.
-fn log_in(s: &Served, b: &mut Browser) {
+/// A served fixture, the commit the tests study, and a browser logged in
+/// to its console with the admin token (no checks but that the app
+/// shows): for the tests of one panel.
+fn logged_in(test: &str) -> (Served, Browser, usize) {
+    let s = Served::start();
+    let b = Browser::start(test);
+    let k = s.pick_commit();
     b.goto(&s.console_url());
     b.fill("#login-token", ADMIN_TOKEN);
     b.click("#login-submit");
     b.wait_visible("main#app", true);
     b.wait_text("#status-latest", &s.newest());
+    (s, b, k)
 }
 
 /// Types commit `k`'s time into `#find` and waits until its row is listed
@@ -678,10 +685,7 @@ fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_b
 
 #[test]
 fn timeline_bars_count_the_fixtures_commits_and_a_click_or_the_keyboard_lists_them() {
-    let s = Served::start();
-    let mut b = Browser::start("console_timeline");
-    let k = s.pick_commit();
-    log_in(&s, &mut b);
+    let (s, mut b, k) = logged_in("console_timeline");
 
     // Every bar of the whole history counts the fixture's points in its
     // interval.
@@ -774,10 +778,7 @@ fn timeline_bars_count_the_fixtures_commits_and_a_click_or_the_keyboard_lists_th
 
 #[test]
 fn a_narrow_window_cuts_nothing_off_and_the_keyboard_reaches_every_action() {
-    let s = Served::start();
-    let mut b = Browser::start("console_narrow");
-    let k = s.pick_commit();
-    log_in(&s, &mut b);
+    let (s, mut b, k) = logged_in("console_narrow");
     // Full panels: K listed, selected, its diff shown.
     find_commit(&s, &b, k);
     select_commit(&b, &s.vs(k));
