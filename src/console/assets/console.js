@@ -686,7 +686,7 @@
     const listed = Math.max(COMMITS_AROUND, Math.min(COMMITS_MAX, count));
     setText("commits-note", count > COMMITS_MAX ? "This interval holds " + count + " commits: the last " +
       COMMITS_MAX + " are listed. Zoom in to reach the others." : "");
-    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true, count: listed });
+    loadCommits(String(timeline.selected.end - 1), { count: listed });
   }
 
   function onTimelineClick(event) {
@@ -827,7 +827,7 @@
    * Resolves to the answer, or null when it failed (the error is shown in `errorId`).
    */
   async function loadCommits(around, opts = {}) {
-    const { errorId = "commits-error", keepScroll = false, fromTimeline = false, count = COMMITS_AROUND } = opts;
+    const { errorId = "commits-error", keepScroll = false, count = COMMITS_AROUND } = opts;
     const mine = commitsTurn();
     try {
       const answer = await api("/pitr/commits" + query({ around, count }));
@@ -838,7 +838,6 @@
       clearError("commits-error");
       clearError(errorId);
       renderCommits(keepScroll);
-      if (fromTimeline) scrollToAnchor();
       return answer;
     } catch (err) {
       if (mine()) showError(errorId, err);
@@ -1278,7 +1277,7 @@
   }
 
   function checkoutOutcome(r) {
-    const moves = " (" + r.undone + " undone, " + r.redone + " redone; it was " + r.previous + ")";
+    const moves = " (from " + r.previous + ": " + plural(r.undone, "mutation") + " reverted, " + r.redone + " re-applied)";
     return r.mode === "pinned"
       ? "Checked out " + r.versionstamp + " (pinned) at " + r.time + moves + ". Readers see this state until you go back to latest."
       : "Back to latest: " + r.versionstamp + " at " + r.time + " (following)" + moves + ".";
