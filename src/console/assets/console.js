@@ -15,6 +15,7 @@
   const TOKEN_KEY = "kvreplica.adminToken";
   const POLL_MS = 2000;
   const PAGE = 100; // rows per diff/browse page: keeps the DOM small on big diffs
+  const MAX_ROWS = 2000; // "more" stops here: past it, a prefix narrows better than scrolling
   const COMMITS_AROUND = 20; // commits before and after the anchor in the commits list
   const COMMITS_MAX = 100; // the server's limit of `count`
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -686,7 +687,7 @@
     const listed = Math.max(COMMITS_AROUND, Math.min(COMMITS_MAX, count));
     setText("commits-note", count > COMMITS_MAX ? "This interval holds " + count + " commits: the last " +
       COMMITS_MAX + " are listed. Zoom in to reach the others." : "");
-    loadCommits(String(timeline.selected.end - 1), { fromTimeline: true, count: listed });
+    loadCommits(String(timeline.selected.end - 1), { count: listed });
   }
 
   function onTimelineClick(event) {
@@ -827,7 +828,7 @@
    * Resolves to the answer, or null when it failed (the error is shown in `errorId`).
    */
   async function loadCommits(around, opts = {}) {
-    const { errorId = "commits-error", keepScroll = false, fromTimeline = false, count = COMMITS_AROUND } = opts;
+    const { errorId = "commits-error", keepScroll = false, count = COMMITS_AROUND } = opts;
     const mine = commitsTurn();
     try {
       const answer = await api("/pitr/commits" + query({ around, count }));
@@ -838,7 +839,6 @@
       clearError("commits-error");
       clearError(errorId);
       renderCommits(keepScroll);
-      if (fromTimeline) scrollToAnchor();
       return answer;
     } catch (err) {
       if (mine()) showError(errorId, err);
@@ -1041,19 +1041,27 @@
       view.cursor = answer.next_cursor;
       button.hidden = !answer.next_cursor;
       view.render(answer, more);
+      capRows(view, button);
     } catch (err) {
       if (!mine()) return;
       if (!more) view.clear();
       showError(view.errorId, err);
     } finally {
-      button.disabled = false;
+      button.disabled = button.dataset.full === "true";
     }
+  }
+
+  /** Past MAX_ROWS rows the button stays, disabled, saying how to see the rest. */
+  function capRows(view, button) {
+    const full = !!view.cursor && $(view.tableId).tBodies[0].rows.length >= MAX_ROWS;
+    button.dataset.full = full ? "true" : "";
+    if (full) button.textContent = "The first " + MAX_ROWS + " rows are shown: filter by a key prefix for the others";
   }
 
   // ---------------------------------------------------------------- diff
 
   const diffView = pager({
-    path: "/pitr/diff", moreId: "diff-more", errorId: "diff-error",
+    path: "/pitr/diff", tableId: "diff", moreId: "diff-more", errorId: "diff-error",
     from: null, to: null, prefix: "", shown: 0,
     params: () => ({ from: diffView.from, to: diffView.to, prefix: diffView.prefix, limit: PAGE }),
     render: renderDiff,
@@ -1133,7 +1141,7 @@
   // ---------------------------------------------------------------- browse
 
   const browseView = pager({
-    path: "/kv", moreId: "browse-more", errorId: "browse-error",
+    path: "/kv", tableId: "browse", moreId: "browse-more", errorId: "browse-error",
     prefix: "", at: null,
     params: () => ({ prefix: browseView.prefix, at: browseView.at, limit: PAGE }),
     render: renderBrowse,
@@ -1169,6 +1177,7 @@
     const state = browseView.at ? "at " : "visible state, ";
     setText("browse-title", count + (count === 1 ? " entry " : " entries ") + where + ", " + state +
       answer.at.versionstamp + " (" + answer.at.time + ")" + (answer.next_cursor ? ", more follow" : ""));
+    setText("browse-more", "More");
   }
 
   // ---------------------------------------------------------------- act (checkout)
@@ -1278,7 +1287,7 @@
   }
 
   function checkoutOutcome(r) {
-    const moves = " (" + r.undone + " undone, " + r.redone + " redone; it was " + r.previous + ")";
+    const moves = " (from " + r.previous + ": " + plural(r.undone, "mutation") + " reverted, " + r.redone + " re-applied)";
     return r.mode === "pinned"
       ? "Checked out " + r.versionstamp + " (pinned) at " + r.time + moves + ". Readers see this state until you go back to latest."
       : "Back to latest: " + r.versionstamp + " at " + r.time + " (following)" + moves + ".";
