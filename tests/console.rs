@@ -85,8 +85,14 @@ impl Served {
 
     /// The point just before commit `index`'s: what "what did this commit
     /// change" diffs from.
+    /// Empty for the oldest point: the state before it (the initial
+    /// point's) is not recoverable, so no diff starts there.
     fn previous_vs(&self, index: usize) -> String {
-        self.vs(index - 1)
+        if index == self.fx.dv_commit + 1 {
+            String::new()
+        } else {
+            self.vs(index - 1)
+        }
     }
 
     /// The commit the test studies: in the middle of the history, with
@@ -312,15 +318,12 @@ fn row_vs(rows: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Checks every commit row against the fixture: a known point (or the
-/// initial one) with its time and previous point.
+/// Checks every commit row against the fixture: a known point (the
+/// initial point is not one) with its time and previous point.
 fn check_commit_rows(s: &Served, rows: &[Value]) -> Result<(), String> {
     for r in rows {
         let vs = r["vs"].as_str().unwrap_or_default();
         let Some(&(i, _, t)) = s.points.iter().find(|p| p.1 == vs) else {
-            if vs == hex::encode(s.fx.dv) {
-                continue;
-            }
             return Err(format!(
                 "a tr.commit row for {vs}, not a point of the fixture"
             ));
@@ -773,6 +776,40 @@ fn timeline_bars_count_the_fixtures_commits_and_a_click_or_the_keyboard_lists_th
     });
     check_commit_rows(&s, &listed).unwrap();
     b.shot("timeline-keyboard");
+
+    // The oldest point: found by its versionstamp, marked, and its diff
+    // is refused with the reason (the state before it is not
+    // recoverable) rather than attempted.
+    let oldest = s.points[0].1.clone();
+    b.fill("#find", &oldest);
+    b.click("#find-go");
+    let rows = b.wait_for("#find to list the oldest point", |b| {
+        let rows = commit_rows(b);
+        if row_vs(&rows).first() == Some(&oldest) {
+            Ok(rows)
+        } else {
+            Err(format!("rows {:?}", row_vs(&rows)))
+        }
+    });
+    check_commit_rows(&s, &rows).unwrap();
+    assert_eq!(rows[0]["previous"], "", "the oldest point has no previous");
+    assert!(
+        rows[0]["cells"][3]
+            .as_str()
+            .unwrap_or_default()
+            .contains("oldest"),
+        "the oldest point is marked: {}",
+        rows[0]["cells"]
+    );
+    select_commit(&b, &oldest);
+    b.wait_text_until("#diff-title", "the oldest point's reason", |t| {
+        t.contains("oldest recoverable point") && t.contains("not recoverable")
+    });
+    assert!(
+        b.find_all("tr.change").is_empty(),
+        "no diff rows for the oldest point"
+    );
+    b.shot("timeline-oldest");
     assert_clean_console(&mut b);
 }
 

@@ -855,7 +855,6 @@
     const scrollTop = scroller.scrollTop;
     clear(tbody);
     for (const c of answer.commits) {
-      withPrevious(c);
       knownCommits.set(c.versionstamp, c);
       tbody.append(commitRow(c, c.versionstamp === answer.anchor));
     }
@@ -870,20 +869,6 @@
       const row = rowOf(focusedVs);
       if (row) row.focus({ preventScroll: true });
     }
-  }
-
-  /**
-   * The initial point is the `previous` of the oldest point (its diff starts there). When the server
-   * leaves it out of a list that reaches the oldest point, fill it in from what the page knows.
-   */
-  function withPrevious(c) {
-    const initial = initialPoint();
-    if (c.previous === null && initial && c.versionstamp !== initial) c.previous = initial;
-  }
-
-  function initialPoint() {
-    if (timeline.data && timeline.data.initial) return timeline.data.initial.versionstamp;
-    return status.current ? status.current.initial_point : null;
   }
 
   function attr(node, name) {
@@ -913,9 +898,9 @@
     const out = [];
     if (c.visible) out.push(el("span", { cls: "badge badge-visible", text: "visible" }));
     if (c.newest) out.push(el("span", { cls: "badge badge-newest", text: "newest" }));
-    if (c.previous === null || c.versionstamp === initialPoint()) {
-      out.push(el("span", { cls: "badge badge-initial", text: "initial" }));
-    }
+    // The oldest recoverable point: the state before it (the backup's
+    // snapshot) is not a point, so what it changed cannot be diffed.
+    if (c.previous === null) out.push(el("span", { cls: "badge badge-oldest", text: "oldest" }));
     return out;
   }
 
@@ -1075,8 +1060,8 @@
     const from = a.previous || (a.versionstamp !== b.versionstamp ? a.versionstamp : null);
     if (!from) {
       resetDiff();
-      setText("diff-title", "The initial point: the state the replica started from (the backup's snapshot). " +
-        "Select a later commit for what it changed.");
+      setText("diff-title", "The oldest recoverable point: the state before it came from the backup's snapshot " +
+        "and is not recoverable, so what this commit changed cannot be shown. Select a later commit.");
       return;
     }
     diffView.from = from;
