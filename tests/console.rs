@@ -25,48 +25,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::fixture::{Fixture, Rec, Spec};
-use common::serve::{run_deno, Method, ServeProcess, ACCESS_TOKEN, ADMIN_TOKEN};
+use common::fixture::Rec;
+use common::serve::{run_deno, Method, ACCESS_TOKEN, ADMIN_TOKEN};
+use common::served::Served;
 use denokv::Denokv;
 use fantoccini::key::Key;
 use serde_json::{json, Value};
 
 const DENO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A generated backup served by `kvreplica serve`, with its known states.
-struct Served {
-    tmp: tempfile::TempDir,
-    fx: Fixture,
-    serve: ServeProcess,
-    /// (commit index, versionstamp hex, time ms) of every recoverable
-    /// point, oldest first.
-    points: Vec<(usize, String, u64)>,
-}
+/// The seed of the backup the console tests look at.
+const SEED: u64 = 19;
 
 impl Served {
-    fn start() -> Served {
-        let fx = Fixture::generate(Spec {
-            seed: 19,
-            append_commits: 0,
-            ..Spec::default()
-        });
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("prefix");
-        fx.write_initial(&dir);
-        let source = format!("file://{}/", dir.display());
-        let db = tmp.path().join("replica.sqlite").display().to_string();
-        let mut serve = ServeProcess::start(&["--source", &source, "--db", &db]);
-        serve.wait_ready();
-        let points = fx.points(fx.last_initial);
-        serve.wait_at(&points.last().unwrap().1);
-        Served {
-            tmp,
-            fx,
-            serve,
-            points,
-        }
-    }
-
     fn newest(&self) -> String {
         self.points.last().unwrap().1.clone()
     }
@@ -422,7 +393,7 @@ fn confirm_checkout(b: &mut Browser, button: &str, target: &str, phrases: &[Stri
 /// to its console with the admin token (no checks but that the app
 /// shows): for the tests of one panel.
 fn logged_in(test: &str) -> (Served, Browser, usize) {
-    let s = Served::start();
+    let s = Served::start(SEED);
     let b = Browser::start(test);
     let k = s.pick_commit();
     b.goto(&s.console_url());
@@ -489,7 +460,7 @@ fn assert_clean_console(b: &mut Browser) {
 
 #[test]
 fn an_operator_finds_a_bad_deploy_reads_its_diff_checks_out_before_it_and_goes_back() {
-    let s = Served::start();
+    let s = Served::start(SEED);
     let mut b = Browser::start("console_flow");
     let newest = s.newest();
     let k = s.pick_commit();

@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::fixture::{Fixture, Rng, Spec};
+use common::fixture::Rng;
 use common::serve::{Method, ServeProcess, ADMIN_TOKEN};
+use common::served::{Generated, Served};
 use serde_json::{json, Value};
 
 /// What the console's files must say about where the page may load from.
@@ -71,45 +72,13 @@ fn asset(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A generated backup synced by a `serve` with the test admin token.
-struct Served {
-    _tmp: tempfile::TempDir,
-    fx: Fixture,
-    serve: ServeProcess,
-    /// (commit index, versionstamp hex, time ms) of every recoverable point.
-    points: Vec<(usize, String, u64)>,
-}
-
-fn served(seed: u64) -> Served {
-    let fx = Fixture::generate(Spec {
-        seed,
-        append_commits: 0,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let db = tmp.path().join("r.sqlite").display().to_string();
-    let source = format!("file://{}/", dir.display());
-    let mut serve = ServeProcess::start(&["--source", &source, "--db", &db]);
-    serve.wait_ready();
-    let points = fx.points(fx.last_initial);
-    serve.wait_at(&points.last().unwrap().1);
-    Served {
-        _tmp: tmp,
-        fx,
-        serve,
-        points,
-    }
-}
-
 fn get(s: &Served, path: &str) -> (u16, Value) {
     s.serve.admin(Method::Get, path, Value::Null)
 }
 
 #[test]
 fn without_the_token_only_the_console_page_and_its_files_are_served() {
-    let s = served(11);
+    let s = Served::start(11);
     let base = s.serve.admin_url();
     let wrong = "Bearer wrong-token-for-the-console";
 
@@ -216,31 +185,18 @@ fn without_the_token_only_the_console_page_and_its_files_are_served() {
 
 #[test]
 fn without_an_admin_token_configured_there_is_no_console() {
-    let fx = Fixture::generate(Spec {
-        seed: 12,
-        append_commits: 0,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let db = tmp.path().join("r.sqlite").display().to_string();
-    let source = format!("file://{}/", dir.display());
-    let serve = ServeProcess::start_bare(
-        &[
-            "--addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--access-token",
-            common::serve::ACCESS_TOKEN,
-            "--source",
-            &source,
-            "--db",
-            &db,
-        ],
-        &[],
-    );
+    let g = Generated::new(12);
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--access-token",
+        common::serve::ACCESS_TOKEN,
+    ];
+    let bucket = g.args();
+    args.extend(bucket.iter().map(String::as_str));
+    let serve = ServeProcess::start_bare(&args, &[]);
     let r = request(
         reqwest::Method::GET,
         &format!("{}/console/", serve.admin_url()),
@@ -280,7 +236,7 @@ fn rfc3339(ms: i64) -> String {
 
 #[test]
 fn the_timeline_counts_every_commit_in_its_interval() {
-    let s = served(13);
+    let s = Served::start(13);
     let times: Vec<u64> = s.points.iter().map(|p| p.2).collect();
     let (lo, hi) = (
         *times.iter().min().unwrap() as i64,
@@ -384,7 +340,7 @@ fn expected_window(s: &Served, anchor: usize, count: usize, visible: &str) -> Va
 
 #[test]
 fn commits_around_a_point_or_a_time_come_with_their_mutations_and_previous_point() {
-    let s = served(14);
+    let s = Served::start(14);
     let n = s.points.len();
     let mut visible = s.points[n - 1].1.clone();
     let mut rng = Rng::new(14);
@@ -460,7 +416,7 @@ fn commits_around_a_point_or_a_time_come_with_their_mutations_and_previous_point
 
 #[test]
 fn status_reports_the_engine_the_position_and_the_counters_rates_come_from() {
-    let s = served(15);
+    let s = Served::start(15);
     let (status, st) = get(&s, "/status");
     assert_eq!(status, 200, "{st}");
     assert_eq!(st["ready"], json!(true), "{st}");

@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::fixture::{Fixture, Rec, Rng, Spec};
+use common::fixture::{Fixture, Rec, Rng};
 use common::serve::{http, Method, ServeProcess};
 use common::{run, run_ok, Sample};
 use kvreplica::decode::{decode_value, key_json, ValueEncoding};
@@ -33,34 +33,20 @@ struct Served {
 }
 
 fn served_fixture(seed: u64) -> Served {
-    let fx = Fixture::generate(Spec {
-        seed,
-        append_commits: 0,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let db = tmp.path().join("r.sqlite");
-    let source = format!("file://{}/", dir.display());
-    let db_arg = db.display().to_string();
-    let mut serve = ServeProcess::start(&["--source", &source, "--db", &db_arg]);
-    serve.wait_ready();
-    let points = fx.points(fx.last_initial);
-    serve.wait_at(&points.last().unwrap().1);
-    let (visible, vs, _) = points[points.len() / 2].clone();
-    let (status, body) = serve.admin(
+    let s = common::served::Served::start(seed);
+    let (visible, vs, _) = s.points[s.points.len() / 2].clone();
+    let (status, body) = s.serve.admin(
         Method::Post,
         "/pitr/checkout",
         json!({ "versionstamp": vs }),
     );
     assert_eq!(status, 200, "{body}");
     Served {
-        _tmp: tmp,
-        fx,
-        db,
-        serve,
-        points,
+        _tmp: s.tmp,
+        fx: s.fx,
+        db: s.db,
+        serve: s.serve,
+        points: s.points,
         visible,
     }
 }

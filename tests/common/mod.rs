@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod fixture;
 pub mod serve;
+pub mod served;
 pub mod v8;
 
 use std::collections::BTreeMap;
