@@ -292,6 +292,19 @@ fn the_timeline_counts_every_commit_in_its_interval() {
         assert!(want.len() <= buckets, "{q}");
     }
 
+    // Any two i64 times: the widest range counts every point, no overflow.
+    let (status, t) = get(
+        &s,
+        &format!(
+            "/pitr/timeline?start={}&end={}&buckets=7",
+            i64::MIN,
+            i64::MAX
+        ),
+    );
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["commits"], json!(s.points.len()), "{t}");
+    assert_eq!(t["counts"].as_array().unwrap().len(), 7, "{t}");
+
     for q in [
         "buckets=0",
         "buckets=2001",

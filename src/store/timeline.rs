@@ -93,8 +93,10 @@ impl HistoryView<'_> {
         end_ms: i64,
         buckets: usize,
     ) -> Result<Timeline, StoreError> {
-        let span = end_ms.saturating_sub(start_ms).max(0);
-        let buckets = buckets.clamp(1, MAX_BUCKETS) as i64;
+        // In i128: a range may be any two i64 times (the API takes epoch
+        // milliseconds), whose difference does not fit in an i64.
+        let span = (end_ms as i128 - start_ms as i128).max(0);
+        let buckets = buckets.clamp(1, MAX_BUCKETS) as i128;
         let bucket_ms = ((span + buckets - 1) / buckets).max(1);
         let n = ((span + bucket_ms - 1) / bucket_ms) as usize;
         let mut counts = vec![0u64; n];
@@ -105,7 +107,7 @@ impl HistoryView<'_> {
         let mut rows = stmt.query([start_ms, end_ms])?;
         while let Some(r) = rows.next()? {
             let ts: i64 = r.get(0)?;
-            let i = ((ts - start_ms) / bucket_ms) as usize;
+            let i = ((ts as i128 - start_ms as i128) / bucket_ms) as usize;
             if let Some(c) = counts.get_mut(i) {
                 *c += 1;
                 commits += 1;
@@ -114,7 +116,9 @@ impl HistoryView<'_> {
         Ok(Timeline {
             start_ms,
             end_ms,
-            bucket_ms,
+            // At most the span of two i64 over one interval: fits unless
+            // one interval covers more than i64::MAX ms.
+            bucket_ms: i64::try_from(bucket_ms).unwrap_or(i64::MAX),
             counts,
             commits,
         })
