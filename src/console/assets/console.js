@@ -13,6 +13,9 @@
   // ---------------------------------------------------------------- helpers
 
   const TOKEN_KEY = "kvreplica.adminToken";
+  // The admin API sits beside the console's folder: "/" when the page is /console/, "/kv-admin/" behind a
+  // reverse proxy that serves it as /kv-admin/console/. API paths below are written from that root.
+  const API_ROOT = location.pathname.replace(/console\/[^/]*$/, "");
   const POLL_MS = 2000;
   const PAGE = 100; // rows per diff/browse page: keeps the DOM small on big diffs
   const MAX_ROWS = 2000; // "more" stops here: past it, a prefix narrows better than scrolling
@@ -144,7 +147,7 @@
     }
     let response;
     try {
-      response = await fetch(path, init);
+      response = await fetch(API_ROOT + path.replace(/^\//, ""), init);
     } catch (err) {
       throw new ApiError(0, "cannot reach the replica's admin listener (" + err.message + ")");
     }
