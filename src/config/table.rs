@@ -536,12 +536,13 @@ settings! {
     /// /64); more are refused. Behind a reverse proxy, raise it to 1024
     "server.max_connections_per_address": Kind::Count { min: 1, max: ANY } => field(max_connections_per_address), flag "--max-connections-per-address" <N> @29 in SERVE,
         env ["KVREPLICA_MAX_CONNECTIONS_PER_ADDRESS"],
-    /// Address of the admin listener: PITR API, /healthz, /readyz, /metrics
+    /// Address of the admin listener: PITR API, operator console (/console/),
+    /// /healthz, /readyz, /metrics
     "admin.addr": Kind::Addr => field(admin_addr), flag "--admin-addr" <ADDR> @23 in SERVE,
         env ["KVREPLICA_ADMIN_ADDR"],
     /// Bearer token of the PITR admin API (at least 12 characters, distinct
-    /// from every access token). Without it the /pitr endpoints are off;
-    /// health and metrics stay available
+    /// from every access token). Without it the /pitr endpoints and the
+    /// console are off; health and metrics stay available
     "admin.token": Kind::Secret => get(admin_token), flag "--admin-token" <TOKEN> @24 in SERVE,
         env ["KVREPLICA_ADMIN_TOKEN"], reloadable true,
     /// File holding the admin token
