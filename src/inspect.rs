@@ -6,9 +6,12 @@
 //! their own connection, so they run beside `serve` (and its sync) without
 //! taking its store lock, and never change what it serves.
 //!
-//! Cost: a diff reads the history between the visible position and each of
-//! its two points (`kvr_undo`/`kvr_redo`, plus one `kv` lookup per key
-//! found there), not the database; a page of a diff reads that same
+//! Cost: a narrow diff (a commit or a few) reads the keys its points'
+//! history touches, then walks the history from each point towards the
+//! visible position until every one of them is found; a wide one reads
+//! the history between the visible position and each of its two points
+//! (`kvr_undo`/`kvr_redo`, plus one `kv` lookup per key found there); never
+//! the database (see `store::view::diff`). A page of a diff reads that same
 //! history again, because its totals count the whole diff (a page is
 //! collected in the pass that counts them). Browsing reads `kv` from the
 //! page's first key, merged with the history between the visible position

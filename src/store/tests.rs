@@ -847,7 +847,7 @@ fn scanned(view: &super::view::StateAt<'_>, range: &super::view::KeyRange) -> Mo
 
 #[test]
 fn the_state_at_any_point_reads_as_a_checkout_would_make_it_without_moving_anything() {
-    use super::view::{diff, KeyRange, StateAt};
+    use super::view::{diff, diff_with, KeyRange, StateAt};
     for seed in 1..=4u64 {
         let mut rng = Rng(100 + seed);
         let commits = history(&mut rng, 80);
@@ -939,10 +939,20 @@ fn the_state_at_any_point_reads_as_a_checkout_would_make_it_without_moving_anyth
                     assert_eq!(view.get(&key).unwrap(), model.get(&key).cloned());
                 }
             }
-            // Diffs between random pairs, either way round.
-            for _ in 0..40 {
-                let a = initial + 1 + rng.below((lidx - initial) as u64) as usize;
-                let b = initial + 1 + rng.below((lidx - initial) as u64) as usize;
+            // Diffs between random pairs, either way round, and of every
+            // single commit (the console's question), each computed both
+            // ways: from the keys between the points, and by merging the
+            // two overlays.
+            let mut pairs: Vec<(usize, usize)> = (0..40)
+                .map(|_| {
+                    (
+                        initial + 1 + rng.below((lidx - initial) as u64) as usize,
+                        initial + 1 + rng.below((lidx - initial) as u64) as usize,
+                    )
+                })
+                .collect();
+            pairs.extend((initial + 1..lidx).map(|a| (a, a + 1)));
+            for (a, b) in pairs {
                 let va = StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[a].vs))
                     .unwrap();
                 let vb = StateAt::resolve(&tx, &state, CheckoutTarget::Versionstamp(commits[b].vs))
@@ -962,6 +972,18 @@ fn the_state_at_any_point_reads_as_a_checkout_would_make_it_without_moving_anyth
                         .filter(|(_, x, y)| x != y)
                         .collect();
                     want.sort_by(|x, y| x.0.cmp(&y.0));
+                    for narrow in [0, usize::MAX] {
+                        let mut got = Vec::new();
+                        diff_with(&va, &vb, range, narrow, |c| {
+                            got.push((c.key.clone(), c.before.clone(), c.after.clone()));
+                            std::ops::ControlFlow::Continue(())
+                        })
+                        .unwrap();
+                        assert_eq!(
+                            got, want,
+                            "seed {seed} diff {a} → {b} in {range:?}, narrow up to {narrow} rows"
+                        );
+                    }
                     let mut got = Vec::new();
                     diff(&va, &vb, range, |c| {
                         got.push((c.key.clone(), c.before.clone(), c.after.clone()));
@@ -1085,7 +1107,7 @@ fn a_filtered_store_is_the_restricted_whole_at_every_point_late_objects_included
         // that redo is read too: the same states, and the commit end
         // markers are no difference.
         {
-            use super::view::{diff, KeyRange, StateAt};
+            use super::view::{diff, diff_with, KeyRange, StateAt};
             let mid = (initial + commits.len()) / 2;
             clean
                 .checkout(CheckoutTarget::Versionstamp(commits[mid].vs))

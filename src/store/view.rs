@@ -20,6 +20,7 @@
 //! spills to temporary files) and the cost beyond reading `kv` is the
 //! history between the position and the point, not the database.
 
+use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
 
 use rusqlite::{Connection, OptionalExtension};
@@ -276,15 +277,65 @@ impl<'c> StateAt<'c> {
 
     /// One key's entry in this state.
     pub fn get(&self, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
-        let range = KeyRange {
-            start: key.to_vec(),
-            end: Some([key, &[0]].concat()),
+        let keys = BTreeSet::from([key.to_vec()]);
+        Ok(self.entries_of(&keys)?.remove(key).flatten())
+    }
+
+    /// The entries of `keys` in this state (`None`: absent), found as a
+    /// checkout's walk finds them: behind the position, the previous row of
+    /// each key's oldest undo entry after the point; ahead of it, its
+    /// newest redo entry up to the point; otherwise its `kv` row. The
+    /// history is read in stamp order (no sorting) and the read stops as
+    /// soon as every key is found, so a key written again soon after the
+    /// point costs little however far the point is from the position.
+    fn entries_of(
+        &self,
+        keys: &BTreeSet<Vec<u8>>,
+    ) -> Result<HashMap<Vec<u8>, Option<KvRecord>>, StoreError> {
+        use std::cmp::Ordering::*;
+        let mut found: HashMap<Vec<u8>, Option<KvRecord>> = HashMap::with_capacity(keys.len());
+        let walk = match self.at.cmp(&self.position) {
+            Equal => None,
+            Less => Some((
+                "select k, v, v_encoding, version, seq, expiration_ms from kvr_undo \
+                 where stamp > ?1 and stamp <= ?2 order by stamp",
+                self.at,
+                self.position,
+                true,
+            )),
+            Greater => Some((
+                "select k, v, v_encoding, stamp, expiration_ms from kvr_redo \
+                 where stamp > ?1 and stamp <= ?2 order by stamp desc",
+                self.position,
+                self.at,
+                false,
+            )),
         };
-        let mut found = None;
-        self.scan(&range, |e| {
-            found = Some(e.record.clone());
-            ControlFlow::Break(())
-        })?;
+        if let Some((sql, after, upto, undo)) = walk {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let mut rows = stmt.query([&after.0[..], &upto.0[..]])?;
+            while found.len() < keys.len() {
+                let Some(r) = rows.next()? else { break };
+                let key = blob(r, 0)?;
+                if keys.contains(key) && !found.contains_key(key) {
+                    let record = if undo {
+                        undo_record(r)?
+                    } else {
+                        redo_record(r)?
+                    };
+                    found.insert(key.to_vec(), record);
+                }
+            }
+        }
+        let mut kv = self.conn.prepare_cached(
+            "select k, v, v_encoding, version, seq, expiration_ms from kv where k = ?1",
+        )?;
+        for key in keys {
+            if !found.contains_key(key) {
+                let record = kv.query_row([key], |r| Ok(row_record(r)?.1)).optional()?;
+                found.insert(key.clone(), record);
+            }
+        }
         Ok(found)
     }
 }
@@ -295,16 +346,116 @@ impl<'c> StateAt<'c> {
 /// write that was later undone can give) are not differences; a key
 /// written again with the same value is (its versionstamp moved).
 ///
-/// Only keys with history between the visible position and either state
-/// are candidates: the cost is that history (plus one `kv` lookup per
-/// candidate), not the database.
+/// Only keys with history between the two states can differ. A narrow
+/// diff (a commit or a few: at most [`NARROW_DIFF_ROWS`] history rows
+/// between the points) reads those keys' entries at both points, walking
+/// the history from each point towards the visible position in stamp
+/// order until every key is found; a wide one merges the two states'
+/// overlays, whose cost is the history between the visible position and
+/// either state (plus one `kv` lookup per key), not the database.
 pub fn diff(
+    from: &StateAt<'_>,
+    to: &StateAt<'_>,
+    range: &KeyRange,
+    f: impl FnMut(&Change) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    diff_with(from, to, range, NARROW_DIFF_ROWS, f)
+}
+
+/// A diff whose two points are at most this many history rows apart is
+/// computed from the keys those rows touch (see [`diff_of_keys`]): a
+/// commit or a few, the console's question, costs a scan of the history
+/// from the points to the visible position that stops as soon as every
+/// such key is resolved, with no sorting. A wider one merges the two
+/// states' overlays (each sorted by key in SQLite, flat memory).
+const NARROW_DIFF_ROWS: usize = 20_000;
+
+/// [`diff`], narrow up to `narrow_rows` history rows between the points.
+pub(crate) fn diff_with(
+    from: &StateAt<'_>,
+    to: &StateAt<'_>,
+    range: &KeyRange,
+    narrow_rows: usize,
+    f: impl FnMut(&Change) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    debug_assert_eq!(from.position, to.position, "one read transaction");
+    match keys_between(from, to, range, narrow_rows)? {
+        Some(keys) => diff_of_keys(from, to, &keys, f),
+        None => diff_of_overlays(from, to, range, f),
+    }
+}
+
+/// The keys in `range` that have history rows between the two points
+/// (only they can differ), in key order; `None` when there are more than
+/// `limit` rows between them.
+fn keys_between(
+    from: &StateAt<'_>,
+    to: &StateAt<'_>,
+    range: &KeyRange,
+    limit: usize,
+) -> Result<Option<BTreeSet<Vec<u8>>>, StoreError> {
+    let (lo, hi) = (from.at.min(to.at), from.at.max(to.at));
+    let position = from.position;
+    let mut keys = BTreeSet::new();
+    let mut rows = 0;
+    // Applied entries (at or before the position) are undo rows; the
+    // others redo rows.
+    let parts = [
+        ("kvr_undo", lo, hi.min(position)),
+        ("kvr_redo", lo.max(position), hi),
+    ];
+    for (table, after, upto) in parts {
+        if after >= upto {
+            continue;
+        }
+        let mut stmt = from.conn.prepare_cached(&format!(
+            "select k from {table} where stamp > ?1 and stamp <= ?2"
+        ))?;
+        let mut found = stmt.query([&after.0[..], &upto.0[..]])?;
+        while let Some(r) = found.next()? {
+            rows += 1;
+            if rows > limit {
+                return Ok(None);
+            }
+            let key = blob(r, 0)?;
+            if range.contains(key) && !keys.contains(key) {
+                keys.insert(key.to_vec());
+            }
+        }
+    }
+    Ok(Some(keys))
+}
+
+/// The diff over `keys` (every key that can differ): each key's entry at
+/// both points, then the ones that differ in key order.
+fn diff_of_keys(
+    from: &StateAt<'_>,
+    to: &StateAt<'_>,
+    keys: &BTreeSet<Vec<u8>>,
+    mut f: impl FnMut(&Change) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let mut before = from.entries_of(keys)?;
+    let mut after = to.entries_of(keys)?;
+    for key in keys {
+        let change = Change {
+            key: key.clone(),
+            before: before.remove(key).flatten(),
+            after: after.remove(key).flatten(),
+        };
+        if change.before != change.after && f(&change).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The diff as a merge of the two states' overlays, for wide diffs.
+fn diff_of_overlays(
     from: &StateAt<'_>,
     to: &StateAt<'_>,
     range: &KeyRange,
     mut f: impl FnMut(&Change) -> ControlFlow<()>,
 ) -> Result<(), StoreError> {
-    debug_assert_eq!(from.position, to.position, "one read transaction");
     let conn = from.conn;
     let mut query_a = OverlayQuery::new(conn, from.position, from.at, range)?;
     let mut query_b = OverlayQuery::new(conn, to.position, to.at, range)?;
@@ -448,32 +599,46 @@ impl OverlayRows<'_> {
                 continue;
             }
             let key = key.to_vec();
-            let value: Option<Vec<u8>> = r.get(1)?;
-            let record = match value {
-                None => None,
-                Some(value) if self.undo => Some(KvRecord {
-                    value,
-                    encoding: r.get(2)?,
-                    versionstamp: Versionstamp::from_parts(r.get::<_, i64>(3)? as u64, r.get(4)?),
-                    expire_at_ms: r.get(5)?,
-                }),
-                Some(value) => {
-                    let stamp = LogStamp::from_slice(blob(r, 3)?).ok_or_else(|| {
-                        StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into())
-                    })?;
-                    Some(KvRecord {
-                        value,
-                        encoding: r.get(2)?,
-                        versionstamp: stamp.versionstamp(),
-                        expire_at_ms: r.get(4)?,
-                    })
-                }
+            let record = if self.undo {
+                undo_record(r)?
+            } else {
+                redo_record(r)?
             };
             self.last = Some(key.clone());
             return Ok(Some((key, record)));
         }
         Ok(None)
     }
+}
+
+/// The row a key had, from an undo row read as `k, v, v_encoding,
+/// version, seq, expiration_ms` (`None`: absent).
+fn undo_record(r: &rusqlite::Row<'_>) -> Result<Option<KvRecord>, StoreError> {
+    let Some(value) = r.get::<_, Option<Vec<u8>>>(1)? else {
+        return Ok(None);
+    };
+    Ok(Some(KvRecord {
+        value,
+        encoding: r.get(2)?,
+        versionstamp: Versionstamp::from_parts(r.get::<_, i64>(3)? as u64, r.get(4)?),
+        expire_at_ms: r.get(5)?,
+    }))
+}
+
+/// The row a redo entry writes, read as `k, v, v_encoding, stamp,
+/// expiration_ms` (`None`: a delete).
+fn redo_record(r: &rusqlite::Row<'_>) -> Result<Option<KvRecord>, StoreError> {
+    let Some(value) = r.get::<_, Option<Vec<u8>>>(1)? else {
+        return Ok(None);
+    };
+    let stamp = LogStamp::from_slice(blob(r, 3)?)
+        .ok_or_else(|| StoreError::Corrupt("kvr_redo holds a stamp that is not 12 bytes".into()))?;
+    Ok(Some(KvRecord {
+        value,
+        encoding: r.get(2)?,
+        versionstamp: stamp.versionstamp(),
+        expire_at_ms: r.get(4)?,
+    }))
 }
 
 /// A blob column, borrowed from the row.
