@@ -1107,7 +1107,7 @@ fn a_filtered_store_is_the_restricted_whole_at_every_point_late_objects_included
         // that redo is read too: the same states, and the commit end
         // markers are no difference.
         {
-            use super::view::{diff, diff_with, KeyRange, StateAt};
+            use super::view::{diff_with, KeyRange, StateAt};
             let mid = (initial + commits.len()) / 2;
             clean
                 .checkout(CheckoutTarget::Versionstamp(commits[mid].vs))
@@ -1125,19 +1125,24 @@ fn a_filtered_store_is_the_restricted_whole_at_every_point_late_objects_included
                     "seed {seed}: view at {i}"
                 );
             }
-            let mut changes = 0;
-            diff(
-                &at(initial + 1),
-                &at(commits.len() - 1),
-                &KeyRange::all(),
-                |c| {
-                    assert!(keeps(&c.key), "seed {seed}: a diff shows {:?}", c.key);
-                    changes += 1;
-                    std::ops::ControlFlow::Continue(())
-                },
-            )
-            .unwrap();
-            assert!(changes > 0, "seed {seed}");
+            // Both ways of diffing: from the keys between the points, and
+            // by merging overlays.
+            for narrow in [0, usize::MAX] {
+                let mut changes = 0;
+                diff_with(
+                    &at(initial + 1),
+                    &at(commits.len() - 1),
+                    &KeyRange::all(),
+                    narrow,
+                    |c| {
+                        assert!(keeps(&c.key), "seed {seed}: a diff shows {:?}", c.key);
+                        changes += 1;
+                        std::ops::ControlFlow::Continue(())
+                    },
+                )
+                .unwrap();
+                assert!(changes > 0, "seed {seed}");
+            }
         }
 
         // Every point, in random order: the restricted whole.
