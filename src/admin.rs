@@ -149,6 +149,27 @@ fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
     pitr::parse_versionstamp(s).map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
 }
 
+/// A count parameter of the admin API (`limit`, `buckets`, `count`): a
+/// whole number from 1 to `max`, `default` when absent; the message names
+/// the parameter and the bounds. Read from text, so that a bad value gets
+/// this message rather than serde's ("invalid digit").
+pub(crate) fn whole_number(
+    raw: Option<&str>,
+    what: &str,
+    max: usize,
+    default: usize,
+) -> Result<usize, String> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{what}={raw:?}: write a whole number from 1 to {max} (default {default})"
+            )),
+        },
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PointsQuery {
@@ -197,18 +218,13 @@ async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminE
         .as_deref()
         .map(|s| parse_stamp(s, "before"))
         .transpose()?;
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_POINTS_PAGE,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_POINTS_PAGE).contains(&n) => n,
-            _ => {
-                return Err(AdminError::BadRequest(format!(
-                    "limit={raw:?}: write a whole number from 1 to {MAX_POINTS_PAGE} \
-                     (default {DEFAULT_POINTS_PAGE})"
-                )))
-            }
-        },
-    };
+    let limit = whole_number(
+        q.limit.as_deref(),
+        "limit",
+        MAX_POINTS_PAGE,
+        DEFAULT_POINTS_PAGE,
+    )
+    .map_err(AdminError::BadRequest)?;
     // Like /pitr/current: no points to list until the initial snapshot is
     // in, rather than an empty list that reads as "no history".
     if !ctx.syncer.state().initial_complete() {

@@ -459,15 +459,8 @@ fn request_id(parts: &[&[u8]]) -> u64 {
 
 /// `limit=`: a whole number from 1 to [`MAX_PAGE`].
 fn page_limit(raw: Option<&str>) -> Result<usize, InspectError> {
-    match raw {
-        None => Ok(DEFAULT_PAGE),
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(InspectError::BadRequest(format!(
-                "limit={raw:?}: write a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"
-            ))),
-        },
-    }
+    crate::admin::whole_number(raw, "limit", MAX_PAGE, DEFAULT_PAGE)
+        .map_err(InspectError::BadRequest)
 }
 
 fn query<'q, T: Deserialize<'q>>(query: &'q str, known: &str) -> Result<T, InspectError> {

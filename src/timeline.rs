@@ -11,7 +11,7 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::admin::{point_json, AdminContext, AdminError};
+use crate::admin::{point_json, whole_number, AdminContext, AdminError};
 use crate::store::pitr;
 use crate::store::timeline::{Anchor, MAX_BUCKETS};
 
@@ -58,23 +58,6 @@ fn time_ms(raw: &str, what: &str) -> Result<i64, AdminError> {
         })
 }
 
-fn whole_number(
-    raw: Option<&str>,
-    what: &str,
-    max: usize,
-    default: usize,
-) -> Result<usize, AdminError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(AdminError::BadRequest(format!(
-                "{what}={raw:?}: write a whole number from 1 to {max} (default {default})"
-            ))),
-        },
-    }
-}
-
 /// The visible point and the initial point, from the state the read
 /// started with.
 fn visible_and_initial(
@@ -107,7 +90,8 @@ pub(crate) async fn timeline_endpoint(
         "buckets",
         MAX_BUCKETS,
         DEFAULT_BUCKETS,
-    )?;
+    )
+    .map_err(AdminError::BadRequest)?;
     if let (Some(s), Some(e)) = (start, end) {
         if e <= s {
             return Err(AdminError::BadRequest(format!(
@@ -155,7 +139,8 @@ pub(crate) async fn commits_endpoint(
     raw: &str,
 ) -> Result<Response, AdminError> {
     let q: CommitsQuery = query(raw, "around, count")?;
-    let count = whole_number(q.count.as_deref(), "count", MAX_AROUND, DEFAULT_AROUND)?;
+    let count = whole_number(q.count.as_deref(), "count", MAX_AROUND, DEFAULT_AROUND)
+        .map_err(AdminError::BadRequest)?;
     let anchor = match q.around.as_deref().map(str::trim) {
         None => None,
         Some(a) if a.len() == 20 && a.bytes().all(|b| b.is_ascii_hexdigit()) => {
