@@ -149,6 +149,12 @@ fn parse_stamp(s: &str, what: &str) -> Result<Versionstamp, AdminError> {
     pitr::parse_versionstamp(s).map_err(|e| AdminError::BadRequest(format!("{what}: {s:?}: {e}")))
 }
 
+/// A GET request's parameters as `T` (which denies unknown fields); the
+/// message names the parameters `known`.
+pub(crate) fn query_params<'q, T: Deserialize<'q>>(raw: &'q str, known: &str) -> Result<T, String> {
+    serde_urlencoded::from_str(raw).map_err(|e| format!("query: {e} (known: {known})"))
+}
+
 /// A count parameter of the admin API (`limit`, `buckets`, `count`): a
 /// whole number from 1 to `max`, `default` when absent; the message names
 /// the parameter and the bounds. Read from text, so that a bad value gets
@@ -204,9 +210,8 @@ impl CheckoutBody {
 }
 
 async fn points(ctx: &Arc<AdminContext>, query: &str) -> Result<Response, AdminError> {
-    let q: PointsQuery = serde_urlencoded::from_str(query).map_err(|e| {
-        AdminError::BadRequest(format!("query: {e} (known: start, end, limit, before)"))
-    })?;
+    let q: PointsQuery =
+        query_params(query, "start, end, limit, before").map_err(AdminError::BadRequest)?;
     let start = q
         .start
         .as_deref()
@@ -424,7 +429,7 @@ async fn dispatch(
                     "{p} (the console needs the admin API: give it a token file with --admin-token-file, KVREPLICA_ADMIN_TOKEN_FILE or admin.token_file)"
                 )));
             }
-            return Ok(crate::console::secure(crate::console::respond(p, m)));
+            return Ok(crate::console::respond(p, m));
         }
         (p, _) if !PITR_PATHS.contains(&p) && !INSPECT_PATHS.contains(&p) && p != RESTORE_PATH => {
             return Err(AdminError::NotFound(p.to_string()))

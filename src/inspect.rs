@@ -464,8 +464,7 @@ fn page_limit(raw: Option<&str>) -> Result<usize, InspectError> {
 }
 
 fn query<'q, T: Deserialize<'q>>(query: &'q str, known: &str) -> Result<T, InspectError> {
-    serde_urlencoded::from_str(query)
-        .map_err(|e| InspectError::BadRequest(format!("query: {e} (known: {known})")))
+    crate::admin::query_params(query, known).map_err(InspectError::BadRequest)
 }
 
 /// Runs `f` on a read-only connection of its own to the replica, off the

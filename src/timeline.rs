@@ -11,7 +11,7 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::admin::{point_json, whole_number, AdminContext, AdminError};
+use crate::admin::{point_json, query_params, whole_number, AdminContext, AdminError};
 use crate::store::pitr;
 use crate::store::timeline::{Anchor, MAX_BUCKETS};
 
@@ -36,11 +36,6 @@ struct TimelineQuery {
 struct CommitsQuery {
     around: Option<String>,
     count: Option<String>,
-}
-
-fn query<'q, T: Deserialize<'q>>(raw: &'q str, known: &str) -> Result<T, AdminError> {
-    serde_urlencoded::from_str(raw)
-        .map_err(|e| AdminError::BadRequest(format!("query: {e} (known: {known})")))
 }
 
 /// A time as the console sends it (epoch milliseconds) or as a person
@@ -78,7 +73,8 @@ pub(crate) async fn timeline_endpoint(
     ctx: &Arc<AdminContext>,
     raw: &str,
 ) -> Result<Response, AdminError> {
-    let q: TimelineQuery = query(raw, "start, end, buckets")?;
+    let q: TimelineQuery =
+        query_params(raw, "start, end, buckets").map_err(AdminError::BadRequest)?;
     let start = q
         .start
         .as_deref()
@@ -138,7 +134,7 @@ pub(crate) async fn commits_endpoint(
     ctx: &Arc<AdminContext>,
     raw: &str,
 ) -> Result<Response, AdminError> {
-    let q: CommitsQuery = query(raw, "around, count")?;
+    let q: CommitsQuery = query_params(raw, "around, count").map_err(AdminError::BadRequest)?;
     let count = whole_number(q.count.as_deref(), "count", MAX_AROUND, DEFAULT_AROUND)
         .map_err(AdminError::BadRequest)?;
     let anchor = match q.around.as_deref().map(str::trim) {

@@ -54,8 +54,13 @@ pub fn owns(path: &str) -> bool {
 
 /// The answer to a request for a console path (see [`owns`]): the page,
 /// one of its files, a redirect from `/console` to `/console/` (the page
-/// names its files relative to itself), 404 or 405.
+/// names its files relative to itself), 404 or 405; every one with the
+/// console's security headers.
 pub fn respond(path: &str, method: &Method) -> Response {
+    secure(answer(path, method))
+}
+
+fn answer(path: &str, method: &Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here");
     }
@@ -94,7 +99,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// Headers every console answer carries (see the module's docs).
-pub fn secure(mut r: Response) -> Response {
+fn secure(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(
