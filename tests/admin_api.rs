@@ -4,46 +4,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-
-use common::fixture::{assert_rows_eq, Fixture, Spec};
+use common::admin::Api;
+use common::fixture::{assert_rows_eq, Fixture};
 use common::read_replica;
-use kvreplica::admin::{self, AdminContext, Tokens};
-use kvreplica::source::SourceUrl;
-use kvreplica::sync::Syncer;
+use common::served::Generated;
+use kvreplica::admin;
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-for-tests";
 
-struct Api {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    syncer: Arc<Syncer>,
-}
-
 impl Api {
-    async fn start(dir: &Path, db: &Path, tokens: Vec<String>, load: bool) -> Api {
-        let url = SourceUrl::parse(&format!("file://{}/", dir.display())).unwrap();
-        let syncer = common::syncer(&url, db, load).await;
-        let ctx = AdminContext::new(syncer.clone(), Tokens::new(tokens), db).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(admin::serve(ctx, listener, async move {
-            let _ = rx.await;
-        }));
-        Api {
-            base,
-            client: reqwest::Client::new(),
-            stop: Some(tx),
-            task,
-            syncer,
-        }
-    }
-
     async fn call(
         &self,
         method: &str,
@@ -77,14 +47,6 @@ impl Api {
     async fn checkout(&self, body: &str) -> (u16, Value) {
         self.call("POST", "/pitr/checkout", Some(TOKEN), body).await
     }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
-            .await
-            .expect("admin server stops on shutdown")
-            .unwrap();
-    }
 }
 
 fn rfc3339_ms(ms: u64) -> String {
@@ -94,22 +56,24 @@ fn rfc3339_ms(ms: u64) -> String {
         .to_string()
 }
 
+/// A generated backup in `<tmp>/prefix/`.
 fn backup() -> (tempfile::TempDir, Fixture) {
-    let fx = Fixture::generate(Spec {
-        seed: 31,
-        append_commits: 0,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    fx.write_initial(&tmp.path().join("prefix"));
-    (tmp, fx)
+    let g = Generated::new(31);
+    (g.tmp, g.fx)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn points_current_and_checkout_over_http() {
     let (tmp, fx) = backup();
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(&tmp.path().join("prefix"), &db, vec![TOKEN.into()], true).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        true,
+        admin::limits(),
+    )
+    .await;
     let points = fx.points(fx.last_initial);
 
     // Newest first, paginated with next_before.
@@ -205,7 +169,14 @@ async fn points_current_and_checkout_over_http() {
 async fn errors_are_clear_json_answers() {
     let (tmp, fx) = backup();
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(&tmp.path().join("prefix"), &db, vec![TOKEN.into()], true).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        true,
+        admin::limits(),
+    )
+    .await;
     let initial = hex::encode(fx.commits[fx.dv_commit].versionstamp);
     let first_ms = fx.points(fx.last_initial)[0].2;
 
@@ -302,7 +273,14 @@ async fn checkout_waits_for_the_initial_snapshot_and_needs_a_token() {
     let (tmp, _fx) = backup();
     let db = tmp.path().join("r.sqlite");
     // Not loaded yet: 409 with a message, and /readyz says not ready.
-    let api = Api::start(&tmp.path().join("prefix"), &db, vec![TOKEN.into()], false).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        false,
+        admin::limits(),
+    )
+    .await;
     let (status, body) = api.checkout(r#"{"latest":true}"#).await;
     assert_eq!(status, 409, "{body}");
     // Listing and the position agree while loading: both 409.
@@ -321,7 +299,14 @@ async fn checkout_waits_for_the_initial_snapshot_and_needs_a_token() {
     api.stop().await;
 
     // No admin token configured: PITR endpoints are disabled, health is on.
-    let api = Api::start(&tmp.path().join("prefix"), &db, vec![], true).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![],
+        true,
+        admin::limits(),
+    )
+    .await;
     let (status, body) = api
         .call("GET", "/pitr/points", Some("anything-at-all"), "")
         .await;

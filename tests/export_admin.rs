@@ -8,44 +8,19 @@ mod common;
 #[path = "common/export_entries.rs"]
 mod export_entries;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::admin::Api;
 use common::fixture::{Fixture, Spec};
+use common::served::Generated;
 use export_entries::{assert_entries, entries, parse_jsonl};
-use kvreplica::admin::{self, AdminContext, Tokens};
+use kvreplica::admin;
 use kvreplica::server::Limits;
-use kvreplica::source::SourceUrl;
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-for-export-tests";
 
-struct Api {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 impl Api {
-    async fn start(dir: &Path, db: &Path, load: bool, limits: Limits) -> Api {
-        let url = SourceUrl::parse(&format!("file://{}/", dir.display())).unwrap();
-        let syncer = common::syncer(&url, db, load).await;
-        let ctx = AdminContext::new(syncer, Tokens::new(vec![TOKEN.into()]), db).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(admin::serve_with(ctx, listener, limits, async move {
-            let _ = rx.await;
-        }));
-        Api {
-            base,
-            client: reqwest::Client::new(),
-            stop: Some(tx),
-            task,
-        }
-    }
-
     async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self
             .client
@@ -63,21 +38,12 @@ impl Api {
         let headers = resp.headers().clone();
         (headers, resp.bytes().await.unwrap().to_vec())
     }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("admin server stops on shutdown")
-            .unwrap();
-    }
 }
 
+/// The backup of `spec` in `<tmp>/prefix/`.
 fn backup(spec: Spec) -> (tempfile::TempDir, Fixture) {
-    let fx = Fixture::generate(spec);
-    let tmp = tempfile::tempdir().unwrap();
-    fx.write_initial(&tmp.path().join("prefix"));
-    (tmp, fx)
+    let g = Generated::with_spec(spec);
+    (g.tmp, g.fx)
 }
 
 fn encode(text: &str) -> String {
@@ -92,7 +58,14 @@ async fn get_export_streams_what_the_command_writes() {
         ..Spec::default()
     });
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(&tmp.path().join("prefix"), &db, true, admin::limits()).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        true,
+        admin::limits(),
+    )
+    .await;
     let latest = fx.state_at(fx.last_initial);
 
     let (headers, body) = api.export("").await;
@@ -153,7 +126,14 @@ async fn refusals_are_json_errors_with_their_status_before_the_first_byte() {
         ..Spec::default()
     });
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(&tmp.path().join("prefix"), &db, true, admin::limits()).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        true,
+        admin::limits(),
+    )
+    .await;
     let cases: &[(&str, Option<&str>, u16, &str)] = &[
         (
             "?prefix=users",
@@ -226,7 +206,14 @@ async fn refusals_are_json_errors_with_their_status_before_the_first_byte() {
 
     // Before the initial load: nothing consistent to export yet.
     let db = tmp.path().join("empty.sqlite");
-    let api = Api::start(&tmp.path().join("prefix"), &db, false, admin::limits()).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        false,
+        admin::limits(),
+    )
+    .await;
     let resp = api.get("/export", Some(TOKEN)).await;
     assert_eq!(resp.status().as_u16(), 409);
     let body: Value = resp.json().await.unwrap();
@@ -256,7 +243,14 @@ async fn an_export_slower_than_every_deadline_completes_while_its_client_reads()
         stall_timeout: Duration::from_millis(1000),
         ..admin::limits()
     };
-    let api = Api::start(&tmp.path().join("prefix"), &db, true, limits).await;
+    let api = Api::start(
+        &tmp.path().join("prefix"),
+        &db,
+        vec![TOKEN.into()],
+        true,
+        limits,
+    )
+    .await;
     let addr = api.base.trim_start_matches("http://").to_string();
     let (took, head, raw) = tokio::task::spawn_blocking(move || {
         use std::io::Read;

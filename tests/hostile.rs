@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fixture::{Fixture, Spec};
 use common::read_replica;
 use common::serve::{ServeProcess, ACCESS_TOKEN as CHILD_TOKEN, ADMIN_TOKEN as CHILD_ADMIN};
+use common::served::Generated;
 use denokv_proto::datapath::{
     AtomicWrite, ReadRange, SnapshotRead, SnapshotReadOutput, Watch, WatchKey,
 };
@@ -71,16 +71,8 @@ fn rss_kib(pid: Option<u32>) -> u64 {
 
 /// A generated backup in `<tmp>/prefix/` and its `file://` URL.
 fn backup(seed: u64) -> (tempfile::TempDir, String) {
-    let fx = Fixture::generate(Spec {
-        seed,
-        append_commits: 0,
-        ..Spec::default()
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("prefix");
-    fx.write_initial(&dir);
-    let url = format!("file://{}/", dir.display());
-    (tmp, url)
+    let g = Generated::new(seed);
+    (g.tmp, g.source)
 }
 
 /// One answer: status and body text.

@@ -23,8 +23,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::fixture::{Fixture, Spec};
+use common::fixture::Fixture;
 use common::serve::{run_deno, Method, ServeProcess, ACCESS_TOKEN};
+use common::served::Generated;
 use common::{kvreplica_bin, run_ok};
 use denokv::Denokv;
 use serde_json::Value;
@@ -41,6 +42,8 @@ type Content = (Vec<u8>, i64, i64);
 struct Setup {
     tmp: tempfile::TempDir,
     fx: Fixture,
+    /// The generated bucket's `file://` URL.
+    source: String,
     db: PathBuf,
     primary: Denokv,
     token_file: PathBuf,
@@ -50,16 +53,12 @@ struct Setup {
 
 impl Setup {
     fn new(seed: u64) -> Setup {
-        let fx = Fixture::generate(Spec {
-            seed,
-            append_commits: 0,
-            ..Spec::default()
-        });
-        let tmp = tempfile::tempdir().unwrap();
-        let bucket = tmp.path().join("bucket");
-        fx.write_initial(&bucket);
-        let db = tmp.path().join("replica.sqlite");
-        let source = format!("file://{}/", bucket.display());
+        let Generated {
+            tmp,
+            fx,
+            source,
+            db,
+        } = Generated::new(seed);
         run_ok(&["sync", "--source", &source, "--db", db.to_str().unwrap()]);
         let primary = Denokv::start(tmp.path(), ACCESS_TOKEN);
         let token_file = tmp.path().join("token");
@@ -69,6 +68,7 @@ impl Setup {
         let setup = Setup {
             tmp,
             fx,
+            source,
             db,
             primary,
             token_file,
@@ -405,8 +405,7 @@ fn an_apply_killed_midway_is_finished_by_a_second_run() {
 fn serve_replica(setup: &Setup) -> ServeProcess {
     let db = setup.tmp.path().join("served.sqlite");
     std::fs::copy(&setup.db, &db).unwrap();
-    let bucket = format!("file://{}/", setup.tmp.path().join("bucket").display());
-    let mut serve = ServeProcess::start(&["--source", &bucket, "--db", db.to_str().unwrap()]);
+    let mut serve = ServeProcess::start(&["--source", &setup.source, "--db", db.to_str().unwrap()]);
     serve.wait_ready();
     serve
 }

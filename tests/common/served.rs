@@ -21,11 +21,16 @@ pub struct Generated {
 impl Generated {
     /// The default workload of seed `seed`, without later objects.
     pub fn new(seed: u64) -> Generated {
-        let fx = Fixture::generate(Spec {
+        Generated::with_spec(Spec {
             seed,
             append_commits: 0,
             ..Spec::default()
-        });
+        })
+    }
+
+    /// The workload `spec`.
+    pub fn with_spec(spec: Spec) -> Generated {
+        let fx = Fixture::generate(spec);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("prefix");
         fx.write_initial(&dir);
