@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::common::fixture::{Fixture, Rec};
+use crate::common::fixture::Rec;
+use crate::common::served::Generated;
 use crate::compare::quantile;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
@@ -124,20 +125,27 @@ pub fn admin_api(
     out
 }
 
+/// The backup the `checkout` and `diff` benchmarks share: `keys` keys and
+/// `commits` commits, a twelfth of them before `differential` (so most are
+/// recoverable points), in `<tmp>/prefix/`.
+pub fn history_backup(keys: usize, commits: usize) -> Generated {
+    let pre = (commits / 12).max(2);
+    Generated::with_spec(crate::read_spec(7, keys, pre, commits - pre, true))
+}
+
 pub fn run(args: &[String]) {
     let keys = num(args, "--keys", 100_000);
     let commits = num(args, "--commits", 12_000);
     let distances = list(args, "--distances", &[1, 100, 10_000]);
     let runs = num(args, "--runs", 30);
     let bin = kvreplica_release();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("backup");
-    let db = tmp.path().join("replica.sqlite");
-
     let t = Instant::now();
-    let pre = (commits / 12).max(2);
-    let fx = Fixture::generate(crate::read_spec(7, keys, pre, commits - pre, true));
-    fx.write_initial(&src);
+    let Generated {
+        tmp: _tmp,
+        fx,
+        source,
+        db,
+    } = history_backup(keys, commits);
     let logged_muts: usize = fx.commits[fx.first_logged..=fx.last_initial]
         .iter()
         .map(|c| c.muts.len())
@@ -159,7 +167,6 @@ pub fn run(args: &[String]) {
     let latest = hex::encode(fx.commits[fx.last_initial].versionstamp);
 
     let rt = crate::runtime();
-    let source = format!("file://{}/", src.display());
     let (mut srv, http, database_id, synced_after) =
         server::start_synced(&rt, &bin, &source, &db, &latest);
     let (kv_url, admin_url) = (srv.kv_url.clone(), srv.admin_url.clone());

@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::common::fixture::Fixture;
+use crate::common::served::Generated;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, list, median, num};
 
@@ -107,14 +108,13 @@ pub fn run(args: &[String]) {
     let runs = num(args, "--runs", 5);
     let page = num(args, "--page", 1_000);
     let bin = kvreplica_release();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("backup");
-    let db = tmp.path().join("replica.sqlite");
-
     let t = Instant::now();
-    let pre = (commits / 12).max(2);
-    let fx = Fixture::generate(crate::read_spec(7, keys, pre, commits - pre, true));
-    fx.write_initial(&src);
+    let Generated {
+        tmp: _tmp,
+        fx,
+        source,
+        db,
+    } = crate::checkout::history_backup(keys, commits);
     let newest = fx.last_initial;
     let points_total = newest - fx.dv_commit;
     let deepest = distances.iter().copied().max().unwrap_or(0);
@@ -144,7 +144,6 @@ pub fn run(args: &[String]) {
         .collect();
 
     let rt = crate::runtime();
-    let source = format!("file://{}/", src.display());
     let (mut srv, http, _, _) = server::start_synced(&rt, &bin, &source, &db, &vs(newest));
     let mut cli_ms = vec![Vec::new(); cases.len()];
     let mut api_ms = vec![Vec::new(); cases.len()];

@@ -11,7 +11,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::common::browser::Browser;
-use crate::common::fixture::{Fixture, Spec};
+use crate::common::fixture::Spec;
+use crate::common::served::Generated;
 use crate::server::{self, ADMIN_TOKEN};
 use crate::{kvreplica_release, median, num};
 
@@ -43,13 +44,14 @@ pub fn run(args: &[String]) {
     let keys = num(args, "--keys", 10_000);
     let runs = num(args, "--runs", 5);
     let bin = kvreplica_release();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("backup");
-    let db = tmp.path().join("replica.sqlite");
-
     let t = Instant::now();
     // Small commits (1–2 mutations), many per log object: a busy database.
-    let fx = Fixture::generate(Spec {
+    let Generated {
+        tmp: _tmp,
+        fx,
+        source,
+        db,
+    } = Generated::with_spec(Spec {
         seed: 9,
         keys,
         pre_commits: 2,
@@ -62,7 +64,6 @@ pub fn run(args: &[String]) {
         format0_logs: 0,
         split_commits: false,
     });
-    fx.write_initial(&src);
     let newest = fx.last_initial;
     let points = fx.points(newest);
     let distinct_times = points
@@ -76,7 +77,6 @@ pub fn run(args: &[String]) {
         points.len()
     );
     let rt = crate::runtime();
-    let source = format!("file://{}/", src.display());
     let latest = hex::encode(fx.commits[newest].versionstamp);
     let (mut srv, http, _, synced) = server::start_synced(&rt, &bin, &source, &db, &latest);
     eprintln!("synced in {synced:.1?}");
