@@ -12,6 +12,8 @@
 //! - The timeline: every bar counts the fixture's commits of its interval;
 //!   a click on a bar and ←/Enter on the focused plot list its commits.
 //! - A narrow window: nothing sticks out, Tab reaches the actions.
+//! - Behind a proxy that serves the admin listener under a path: the
+//!   page addresses only that path (timeline, diff, checkout, back).
 //!
 //! Each step leaves a screenshot (see [`common::browser`] for where).
 
@@ -20,6 +22,8 @@ mod common;
 mod denokv;
 #[path = "common/export_entries.rs"]
 mod export_entries;
+#[path = "common/path_proxy.rs"]
+mod path_proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -30,6 +34,7 @@ use common::serve::{run_deno, Method, ACCESS_TOKEN, ADMIN_TOKEN};
 use common::served::Served;
 use denokv::Denokv;
 use fantoccini::key::Key;
+use path_proxy::PathProxy;
 use serde_json::{json, Value};
 
 const DENO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -961,4 +966,63 @@ fn compare_entries(rows: &[Value], want: &[(Value, Value)]) -> Result<(), String
         return Err(format!("{} tr.entry rows, want {}", rows.len(), want.len()));
     }
     Ok(())
+}
+
+#[test]
+fn behind_a_proxy_under_a_path_the_console_works_and_addresses_only_that_path() {
+    let s = Served::start(SEED);
+    let proxy = PathProxy::start(&s.serve.admin_url(), "/kv-admin/");
+    let mut b = Browser::start("console_under_a_path");
+    let newest = s.newest();
+    let k = s.pick_commit();
+    let prev_vs = s.previous_vs(k);
+
+    // `/kv-admin/console` redirects to the page under the same path.
+    b.goto(&format!("{}console", proxy.url()));
+    b.wait_visible("form#login", true);
+    let path = b.js("return location.pathname;", vec![]);
+    assert_eq!(path, "/kv-admin/console/", "where the redirect went");
+    b.fill("#login-token", ADMIN_TOKEN);
+    b.click("#login-submit");
+    b.wait_visible("main#app", true);
+    b.wait_text("#status-latest", &newest);
+    b.wait_js(
+        "return [...document.querySelectorAll('svg#timeline rect.bar')]
+           .reduce((n, r) => n + Number(r.dataset.count), 0);",
+        "the timeline's bars to count every point",
+        |v| v.as_u64() == Some(s.points.len() as u64),
+    );
+    b.shot("timeline");
+
+    // K's diff, a checkout of the point before it, and back to latest.
+    find_commit(&s, &b, k);
+    select_commit(&b, &s.vs(k));
+    let (before_k, at_k) = (s.fx.state_at(k - 1), s.fx.state_at(k));
+    b.wait_for("K's diff to equal the fixture's", |b| {
+        check_diff(b, &before_k, &at_k, |_| true)
+    });
+    b.shot("diff");
+    select_commit(&b, &prev_vs);
+    confirm_checkout(
+        &mut b,
+        "#checkout-selected",
+        &prev_vs,
+        &[],
+        "confirm-checkout",
+    );
+    b.wait_text("#status-mode", "pinned");
+    b.wait_text("#status-visible", &prev_vs);
+    assert_deno_reads(&s, k - 1, "the Deno CLI after a checkout through the proxy");
+    confirm_checkout(&mut b, "#checkout-latest", &newest, &[], "confirm-latest");
+    b.wait_text("#status-mode", "following");
+    b.wait_text("#status-visible", &newest);
+    b.shot("latest");
+
+    assert_eq!(
+        proxy.outside(),
+        Vec::<String>::new(),
+        "requests the page sent outside /kv-admin/"
+    );
+    assert!(proxy.forwarded() > 10, "{} requests", proxy.forwarded());
+    assert_clean_console(&mut b);
 }

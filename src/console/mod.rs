@@ -53,7 +53,7 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// The answer to a request for a console path (see [`owns`]): the page,
-/// one of its files, a redirect from `/console` to `/console/` (the page
+/// one of its files, a redirect from `/console` to `console/` (the page
 /// names its files relative to itself), 404 or 405; every one with the
 /// console's security headers.
 pub fn respond(path: &str, method: &Method) -> Response {
@@ -65,9 +65,11 @@ fn answer(path: &str, method: &Method) -> Response {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here");
     }
     if path == "/console" {
+        // Relative, so that behind a proxy serving the admin listener
+        // under a path (`/kv-admin/console`) the browser stays under it.
         let mut r = plain(StatusCode::PERMANENT_REDIRECT, "");
         r.headers_mut()
-            .insert("location", HeaderValue::from_static(PATH));
+            .insert("location", HeaderValue::from_static("console/"));
         return r;
     }
     let rest = &path[PATH.len()..];
