@@ -126,6 +126,14 @@ pub fn run(args: &[String]) {
             srv.assert_running();
             let (t, status, size, json) = timed(&rt, &http, url, *auth);
             assert_eq!(status, 200, "{label}: {url}");
+            if *label == "current" {
+                let j = json.as_ref().unwrap();
+                assert_eq!(
+                    (j["points_total"].as_u64(), j["points_behind"].as_u64()),
+                    (Some(points.len() as u64), Some(0)),
+                    "{label}: {j}"
+                );
+            }
             if i == 0 || i == 1 {
                 let j = json.as_ref().unwrap();
                 let sum: u64 = j["counts"]
@@ -143,6 +151,7 @@ pub fn run(args: &[String]) {
         }
     }
     let page = in_browser(&srv.admin_url, runs, middle, points.len());
+    let pinned = current_pinned_at_oldest(&rt, &http, &base, &points[0].1, points.len(), runs);
     let problems = srv.problems();
     let status = srv.stop();
 
@@ -160,6 +169,11 @@ pub fn run(args: &[String]) {
             sizes[i]
         );
     }
+    println!(
+        "{:<26} {:>10.1}",
+        "current, pinned at oldest",
+        median(pinned)
+    );
     println!();
     println!("in headless Chromium (in-page time from the click to the drawn answer), medians:");
     for (label, v) in &page {
@@ -184,6 +198,47 @@ pub fn run(args: &[String]) {
             cases[i].0
         );
     }
+}
+
+/// Checks the replica out at its oldest point and times `GET
+/// /pitr/current` there: the most points behind the visible one it can
+/// count.
+fn current_pinned_at_oldest(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    base: &str,
+    oldest: &str,
+    points: usize,
+    runs: usize,
+) -> Vec<f64> {
+    let t = Instant::now();
+    let status = rt.block_on(async {
+        http.post(format!("{base}/pitr/checkout"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "versionstamp": oldest }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200, "checkout of the oldest point");
+    eprintln!("checked out the oldest point in {:.1?}", t.elapsed());
+    (0..runs)
+        .map(|run| {
+            let url = format!("{base}/pitr/current");
+            let (t, status, _, json) = timed(rt, http, &url, Some(ADMIN_TOKEN));
+            assert_eq!(status, 200);
+            let j = json.unwrap();
+            assert_eq!(
+                (j["points_total"].as_u64(), j["points_behind"].as_u64()),
+                (Some(points as u64), Some(points as u64 - 1)),
+                "pinned at the oldest point: {j}"
+            );
+            eprintln!("run {run}: current, pinned at oldest: {t:.1} ms");
+            t
+        })
+        .collect()
 }
 
 /// Clicks `click` and measures, inside the page, the time until the text
