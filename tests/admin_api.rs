@@ -66,14 +66,7 @@ fn backup() -> (tempfile::TempDir, Fixture) {
 async fn points_current_and_checkout_over_http() {
     let (tmp, fx) = backup();
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(
-        &tmp.path().join("prefix"),
-        &db,
-        vec![TOKEN.into()],
-        true,
-        admin::limits(),
-    )
-    .await;
+    let api = Api::start_loaded(&tmp.path().join("prefix"), &db, TOKEN).await;
     let points = fx.points(fx.last_initial);
 
     // Newest first, paginated with next_before.
@@ -169,14 +162,7 @@ async fn points_current_and_checkout_over_http() {
 async fn errors_are_clear_json_answers() {
     let (tmp, fx) = backup();
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(
-        &tmp.path().join("prefix"),
-        &db,
-        vec![TOKEN.into()],
-        true,
-        admin::limits(),
-    )
-    .await;
+    let api = Api::start_loaded(&tmp.path().join("prefix"), &db, TOKEN).await;
     let initial = hex::encode(fx.commits[fx.dv_commit].versionstamp);
     let first_ms = fx.points(fx.last_initial)[0].2;
 

@@ -58,14 +58,7 @@ async fn get_export_streams_what_the_command_writes() {
         ..Spec::default()
     });
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(
-        &tmp.path().join("prefix"),
-        &db,
-        vec![TOKEN.into()],
-        true,
-        admin::limits(),
-    )
-    .await;
+    let api = Api::start_loaded(&tmp.path().join("prefix"), &db, TOKEN).await;
     let latest = fx.state_at(fx.last_initial);
 
     let (headers, body) = api.export("").await;
@@ -126,14 +119,7 @@ async fn refusals_are_json_errors_with_their_status_before_the_first_byte() {
         ..Spec::default()
     });
     let db = tmp.path().join("r.sqlite");
-    let api = Api::start(
-        &tmp.path().join("prefix"),
-        &db,
-        vec![TOKEN.into()],
-        true,
-        admin::limits(),
-    )
-    .await;
+    let api = Api::start_loaded(&tmp.path().join("prefix"), &db, TOKEN).await;
     let cases: &[(&str, Option<&str>, u16, &str)] = &[
         (
             "?prefix=users",

@@ -47,6 +47,12 @@ impl Api {
         }
     }
 
+    /// The usual case: the replica `db` of the bucket in `dir`, loaded,
+    /// accepting `token`, within the default limits.
+    pub async fn start_loaded(dir: &Path, db: &Path, token: &str) -> Api {
+        Api::start(dir, db, vec![token.into()], true, admin::limits()).await
+    }
+
     /// Shuts the listener down and waits (10 s at most) until it stopped.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
