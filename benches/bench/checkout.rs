@@ -38,7 +38,7 @@ fn stats(v: &[f64]) -> String {
 /// `POST /pitr/checkout` with `body` on the admin listener at `admin_url`:
 /// the client-side wall time in ms and the answer. The checkout is one
 /// transaction, answered after it commits.
-fn post_checkout(
+pub(crate) fn post_checkout(
     rt: &tokio::runtime::Runtime,
     http: &reqwest::Client,
     admin_url: &str,

@@ -211,19 +211,13 @@ fn current_pinned_at_oldest(
     points: usize,
     runs: usize,
 ) -> Vec<f64> {
-    let t = Instant::now();
-    let status = rt.block_on(async {
-        http.post(format!("{base}/pitr/checkout"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({ "versionstamp": oldest }))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
-    assert_eq!(status, 200, "checkout of the oldest point");
-    eprintln!("checked out the oldest point in {:.1?}", t.elapsed());
+    let (ms, _) = crate::checkout::post_checkout(
+        rt,
+        http,
+        base,
+        serde_json::json!({ "versionstamp": oldest }),
+    );
+    eprintln!("checked out the oldest point in {ms:.0} ms");
     (0..runs)
         .map(|run| {
             let url = format!("{base}/pitr/current");
